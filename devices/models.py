@@ -1,0 +1,19 @@
+"""The device registry."""
+
+from django.db import models
+
+
+class Device(models.Model):
+    """A device that sends telemetry; its access token is stored only as a SHA-256 hash."""
+
+    key = models.SlugField(max_length=64, unique=True, help_text="Stable identifier used in topics and URLs.")
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.name or self.key

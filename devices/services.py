@@ -1,0 +1,48 @@
+"""Device registry services: create, rotate, authenticate."""
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from devices.models import Device
+from devices.tokens import token_hash, token_new
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What a transport needs to know about an authenticated device."""
+
+    id: int
+    key: str
+
+
+def device_create(*, key: str, name: str = "") -> tuple[Device, str]:
+    """Create a device; returns it with its plaintext token (the only time the token is visible)."""
+    token = token_new()
+    device = Device(key=key, name=name, token_hash=token_hash(token))
+    device.full_clean()
+    device.save()
+    return device, token
+
+
+def device_token_rotate(*, key: str) -> str:
+    """Issue a new token for a device; the old one stops working at once."""
+    token = token_new()
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(key=key)
+        device.token_hash = token_hash(token)
+        device.save(update_fields=["token_hash"])
+    return token
+
+
+async def device_authenticate(*, token: str) -> DeviceIdentity | None:
+    """The device owning this token, or None."""
+    if not token or len(token) > 256:
+        return None
+    row = await Device.objects.filter(token_hash=token_hash(token)).values_list("id", "key").afirst()
+    return DeviceIdentity(id=row[0], key=row[1]) if row else None
+
+
+def device_identity_by_key(*, key: str) -> DeviceIdentity | None:
+    row = Device.objects.filter(key=key).values_list("id", "key").first()
+    return DeviceIdentity(id=row[0], key=row[1]) if row else None

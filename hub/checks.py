@@ -1,0 +1,37 @@
+"""System checks that refuse dangerous setting combinations, with a hint."""
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from django.db import connections
+
+
+def _embedded() -> bool:
+    return connections["default"].vendor == "sqlite"
+
+
+@register()
+def check_allowed_hosts(app_configs, **kwargs) -> list:
+    if "*" in settings.ALLOWED_HOSTS and not _embedded():
+        return [
+            Error(
+                "HUB_ALLOWED_HOSTS contains '*' outside the embedded default.",
+                hint="List the host names clients use, e.g. HUB_ALLOWED_HOSTS=hub.example.com",
+                id="hub.E001",
+            )
+        ]
+    return []
+
+
+@register()
+def check_secret_key(app_configs, **kwargs) -> list:
+    from hub.env import env_optional
+
+    if not _embedded() and env_optional("HUB_SECRET_KEY") is None:
+        return [
+            Warning(
+                "HUB_SECRET_KEY is not set; a key generated in HUB_VAR_DIR is used.",
+                hint="Set HUB_SECRET_KEY to the same long random value on every hub process.",
+                id="hub.W001",
+            )
+        ]
+    return []

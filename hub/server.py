@@ -1,0 +1,30 @@
+"""uvicorn settings shared by `manage.py serve`, the demo, the tests and the benchmarks."""
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from django.conf import settings
+
+
+def uvicorn_options() -> dict[str, Any]:
+    return {
+        "lifespan": "on",
+        # Far below uvicorn's 16 MiB default: bigger frames are refused with close code 1009.
+        "ws_max_size": settings.HUB_WS_MAX_SIZE,
+        # No permessage-deflate: a small compressed frame must not inflate into a huge one.
+        "ws_per_message_deflate": False,
+        "log_config": None,  # Django's LOGGING (with token redaction) already configured the loggers
+        "timeout_graceful_shutdown": int(settings.HUB_WRITER_DRAIN_SECONDS) + 5,
+        "server_header": False,
+    }
+
+
+async def server_started(server: uvicorn.Server, serving: asyncio.Task[None], wait_s: float = 30.0) -> None:
+    """Wait until uvicorn listens (it offers no event for this); raise if it stopped instead."""
+    async with asyncio.timeout(wait_s):
+        while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
+            if serving.done():
+                serving.result()
+                raise RuntimeError("uvicorn exited before it started listening")
+            await asyncio.sleep(0.02)

@@ -1,0 +1,150 @@
+"""Hub settings, read from HUB_* environment variables (listed in .env.example and docs/configuration.md)."""
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+import plotly
+
+from hub.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("HUB_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """HUB_SECRET_KEY, or (embedded default) a random key kept in var/ so sessions survive restarts."""
+    if key := env_optional("HUB_SECRET_KEY"):
+        return key
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("HUB_DEBUG", False)
+ALLOWED_HOSTS = env_list("HUB_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("HUB_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "hub",
+    "devices",
+    "ingest",
+    "dashboards",
+    "bridge",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hub.urls"
+ASGI_APPLICATION = "hub.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Embedded default: a SQLite file in var/, no server needed. Production: postgresql://...
+DATABASE_URL = env_str("HUB_DATABASE_URL", f"sqlite:///{VAR_DIR / 'hub.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI, per-thread persistent connections leak; psycopg's pool is the documented alternative.
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": env_int("HUB_DB_POOL_SIZE", 10, minimum=1)}}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets the ingest writer's own connection commit while pages read.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Embedded default: the in-memory layer (one process only). With HUB_REDIS_URL: channels-redis.
+# Several comma-separated URLs shard groups over several Redis servers.
+REDIS_URLS = env_list("HUB_REDIS_URL", [])
+CHANNEL_LAYER_KIND = env_str("HUB_CHANNEL_LAYER", "pubsub")
+if REDIS_URLS:
+    _backend = {
+        "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "core": "channels_redis.core.RedisChannelLayer",
+    }[CHANNEL_LAYER_KIND]
+    CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": REDIS_URLS}}}
+    if CHANNEL_LAYER_KIND == "core":
+        CHANNEL_LAYERS["default"]["CONFIG"].update(
+            capacity=env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1),
+            group_expiry=env_int("HUB_GROUP_EXPIRY", 86400, minimum=1),
+        )
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Ingest limits (docs/payload.md).
+HUB_MAX_MESSAGE_BYTES = env_int("HUB_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1)
+HUB_MAX_READINGS_PER_MESSAGE = env_int("HUB_MAX_READINGS_PER_MESSAGE", 1000, minimum=1)
+HUB_MAX_FUTURE_SECONDS = env_int("HUB_MAX_FUTURE_SECONDS", 600)
+HUB_MAX_PAST_DAYS = env_int("HUB_MAX_PAST_DAYS", 365)
+# uvicorn drops frames over this with close code 1009; a bit above the message limit so a message
+# just over it gets a named error frame instead.
+HUB_WS_MAX_SIZE = env_int("HUB_WS_MAX_SIZE", 2 * HUB_MAX_MESSAGE_BYTES, minimum=1024)
+
+# The writer (docs/storage.md).
+HUB_WRITER_FLUSH_MS = env_float("HUB_WRITER_FLUSH_MS", 20.0, minimum=1.0)
+HUB_WRITER_BATCH_ROWS = env_int("HUB_WRITER_BATCH_ROWS", 20_000, minimum=1)
+HUB_WRITER_MAX_PENDING_ROWS = env_int("HUB_WRITER_MAX_PENDING_ROWS", 200_000, minimum=1)
+HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)
+HUB_TIMESCALE_CHUNK_INTERVAL = env_str("HUB_TIMESCALE_CHUNK_INTERVAL", "1 day")
+HUB_WS_MAX_INFLIGHT_FRAMES = env_int("HUB_WS_MAX_INFLIGHT_FRAMES", 1000, minimum=1)
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+# plotly.js comes from the installed plotly package, so dashboards work offline (no CDN).
+STATICFILES_DIRS = [("plotly", Path(plotly.__file__).parent / "package_data")]
+LOGIN_URL = "admin:login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("HUB_TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact_tokens": {"()": "hub.logs.RedactTokensFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]},
+    },
+    "root": {"handlers": ["console"], "level": env_str("HUB_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

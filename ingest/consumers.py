@@ -1,0 +1,62 @@
+"""WebSocket ingest: authenticate by token, hand frames to the ingest service, send acks and errors."""
+
+from typing import Any
+
+import orjson
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from devices.services import DeviceIdentity, device_authenticate
+from ingest.acks import AckSequencer
+from ingest.parsing import ErrorCode, IngestError
+from ingest.service import ingest_message
+
+# Close codes (RFC 6455 registry and the 4000-4999 private range).
+WS_1011_INTERNAL_ERROR = 1011
+WS_1012_SERVICE_RESTART = 1012
+
+
+class TelemetryConsumer(AsyncWebsocketConsumer):
+    """`/ws/v1/<TOKEN>/telemetry`: one text frame = one message; acks are cumulative after commit."""
+
+    device: DeviceIdentity
+    acks: AckSequencer | None = None
+
+    async def connect(self) -> None:
+        device = await device_authenticate(token=self.scope["url_route"]["kwargs"]["token"])
+        if device is None:
+            await self.close()  # before accept: the handshake is refused with HTTP 403
+            return
+        self.device = device
+        self.frames = 0
+        self.acks = AckSequencer(
+            self._send_json, self._on_commit_failure, max_inflight=settings.HUB_WS_MAX_INFLIGHT_FRAMES
+        )
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert self.acks is not None  # noqa: S101 - receive only follows an accepted connect
+        self.frames += 1
+        if text_data is None:
+            error = IngestError(ErrorCode.UNSUPPORTED_FRAME, "send telemetry as text frames of JSON")
+            await self.acks.rejected(self.frames, error)
+            return
+        try:
+            future = await ingest_message(device=self.device, body=text_data)
+        except IngestError as error:
+            await self.acks.rejected(self.frames, error)
+            return
+        await self.acks.committed_later(self.frames, future)
+
+    async def disconnect(self, code: int) -> None:
+        if self.acks is not None:
+            await self.acks.close()
+
+    async def _send_json(self, payload: dict[str, Any]) -> None:
+        await self.send(text_data=orjson.dumps(payload).decode())
+
+    async def _on_commit_failure(self, exc: BaseException) -> None:
+        from ingest.writer import WriterClosed
+
+        code = WS_1012_SERVICE_RESTART if isinstance(exc, WriterClosed) else WS_1011_INTERNAL_ERROR
+        await self.close(code=code)

@@ -1,0 +1,107 @@
+"""Simulated devices: each streams readings over the WebSocket ingest and resends what was not acked.
+
+Used by `manage.py simulate` (against any hub URL and token set) and by `manage.py demo`.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import websockets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SimStats:
+    sent: int = 0
+    acked: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def _reading(phase: float, now_ms: int) -> dict:
+    t = now_ms / 1000
+    return {
+        "ts": now_ms,
+        "values": {
+            "temperature": round(21 + 3 * math.sin(t / 30 + phase) + random.gauss(0, 0.2), 3),  # noqa: S311
+            "humidity": round(45 + 10 * math.sin(t / 90 + phase), 2),
+            "voltage": round(3.3 + random.gauss(0, 0.02), 4),  # noqa: S311
+            "state": "ok" if math.sin(t / 20 + phase) > -0.9 else "check",
+        },
+    }
+
+
+async def simulate_device(base_url: str, token: str, *, rate: float, stats: SimStats, stop: asyncio.Event) -> None:
+    """Send `rate` messages/s until `stop`; unacked messages are resent after a reconnect."""
+    url = f"{base_url.rstrip('/')}/ws/v1/{token}/telemetry"
+    phase = random.random() * 6.28  # noqa: S311
+    unacked: dict[int, bytes] = {}  # frame number on the current connection -> message
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            async with websockets.connect(url, open_timeout=10) as ws:
+                backoff = 0.5
+                frame = 0
+                pending = list(unacked.values())
+                unacked.clear()
+                for message in pending:
+                    frame += 1
+                    unacked[frame] = message
+                    await ws.send(message.decode())
+                receiver = asyncio.create_task(_receive_acks(ws, unacked, stats))
+                try:
+                    while not stop.is_set() and not receiver.done():
+                        message = orjson.dumps(_reading(phase, time.time_ns() // 1_000_000))
+                        frame += 1
+                        unacked[frame] = message
+                        await ws.send(message.decode())
+                        stats.sent += 1
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), 1 / rate)
+                finally:
+                    receiver.cancel()
+        except (OSError, websockets.WebSocketException) as exc:
+            stats.reconnects += 1
+            logger.debug("simulator: %s; reconnecting in %.1fs", exc, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 10)
+
+
+async def _receive_acks(ws, unacked: dict[int, bytes], stats: SimStats) -> None:
+    async for raw in ws:
+        message = orjson.loads(raw)
+        if "ack" in message:
+            for frame in [f for f in unacked if f <= message["ack"]]:
+                del unacked[frame]
+                stats.acked += 1
+        elif "error" in message:
+            stats.errors += 1
+            unacked.pop(message["error"]["frame"], None)
+
+
+async def run_simulation(
+    base_url: str, tokens: list[str], *, rate: float, stop: asyncio.Event, report_every: float = 5.0
+) -> SimStats:
+    """Run one simulated device per token until `stop`, printing a status line every `report_every` s."""
+    stats = SimStats()
+    tasks = [asyncio.create_task(simulate_device(base_url, t, rate=rate, stats=stats, stop=stop)) for t in tokens]
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), report_every)
+        elapsed = time.monotonic() - stats.started
+        print(
+            f"simulate: {len(tokens)} devices, sent {stats.sent} ({stats.sent / elapsed:.1f}/s), "
+            f"acked {stats.acked}, errors {stats.errors}, reconnects {stats.reconnects}",
+            flush=True,
+        )
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return stats

@@ -1,0 +1,45 @@
+"""HTTP ingest: `POST /api/v1/<TOKEN>/telemetry`, answered 200 only after commit."""
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from devices.services import device_authenticate
+from ingest.parsing import ErrorCode, IngestError
+from ingest.service import ingest_message
+from ingest.writer import WriterClosed
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+@csrf_exempt
+@require_POST
+async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
+    device = await device_authenticate(token=token)
+    if device is None:
+        return _error(401, "unauthorized", "unknown device token")
+    declared = request.headers.get("Content-Length", "0")
+    if declared.isdigit() and int(declared) > settings.HUB_MAX_MESSAGE_BYTES:
+        return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
+    try:
+        future = await ingest_message(device=device, body=request.body)
+        await future
+    except RequestDataTooBig:
+        return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
+    except IngestError as error:
+        status = 413 if error.code == ErrorCode.TOO_LARGE else 400
+        return JsonResponse({"error": error.as_dict()}, status=status)
+    except WriterClosed:
+        return _error(503, "unavailable", "the hub is shutting down; retry", retry=True)
+    except Exception:
+        logger.exception("HTTP ingest for device %s failed at commit", device.key)
+        return _error(500, "storage_failed", "the readings were not stored; retry later", retry=True)
+    return JsonResponse({"ok": True})

@@ -1,0 +1,102 @@
+"""Shared fixtures: real services, a served hub, devices with tokens, logged-in operators."""
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+from django.conf import settings
+from django.db import connection
+
+from devices.services import device_create
+from hub.server import server_started, uvicorn_options
+from ingest.service import writer_shutdown
+from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
+
+
+@pytest.fixture
+def postgres() -> str:
+    """The suite's database is PostgreSQL (skip or fail otherwise)."""
+    need("PostgreSQL", POSTGRES_URL)
+    assert connection.vendor == "postgresql", f"tests run on {connection.vendor}; set HUB_DATABASE_URL"
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def redis() -> str:
+    """The channel layer is channels-redis (skip or fail otherwise)."""
+    need("Redis", REDIS_URL)
+    assert settings.REDIS_URLS, "HUB_REDIS_URL is not set for the tests"
+    return REDIS_URL
+
+
+@pytest.fixture
+def mqtt() -> str:
+    need("MQTT broker", MQTT_URL)
+    return MQTT_URL
+
+
+@pytest.fixture(autouse=True)
+async def _writer_teardown() -> AsyncIterator[None]:
+    """Each test's event loop gets its own writer; drain it before the loop closes."""
+    yield
+    await writer_shutdown()
+
+
+@dataclass(frozen=True)
+class DeviceToken:
+    key: str
+    id: int
+    token: str
+
+
+@pytest.fixture
+def make_device(db) -> Callable[..., DeviceToken]:
+    counter = iter(range(1, 1_000_000))
+
+    def make(key: str | None = None) -> DeviceToken:
+        device, token = device_create(key=key or f"dev-{next(counter)}")
+        return DeviceToken(device.key, device.id, token)
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class LiveHub:
+    http: str
+    ws: str
+
+
+@pytest.fixture
+async def live_hub(transactional_db) -> AsyncIterator[LiveHub]:
+    """The real ASGI app under an in-process uvicorn on a free loopback port, with its lifespan."""
+    port = free_port()
+    config = uvicorn.Config("hub.asgi:application", host="127.0.0.1", port=port, **uvicorn_options())
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    await server_started(server, serving)
+    yield LiveHub(http=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(serving, 30)
+
+
+@pytest.fixture
+def operator_cookie(transactional_db) -> str:
+    """A logged-in operator's session cookie header value."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user = get_user_model().objects.create_user("operator", password="pw")
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
