@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 import uvicorn
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from devices.services import device_create
 from hub.server import server_started, uvicorn_options
@@ -41,9 +42,14 @@ def mqtt() -> str:
 
 @pytest.fixture(autouse=True)
 async def _writer_teardown() -> AsyncIterator[None]:
-    """Each test's event loop gets its own writer; drain it before the loop closes."""
+    """Each test's event loop gets its own writer; drain it before the loop closes.
+
+    Also close the ORM connections of asgiref's sync thread, which would otherwise keep the test
+    database in use when pytest-django drops it.
+    """
     yield
     await writer_shutdown()
+    await sync_to_async(connections.close_all)()
 
 
 @dataclass(frozen=True)
@@ -100,3 +106,14 @@ def operator_cookie(transactional_db) -> str:
     client = Client()
     client.force_login(user)
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Close Django's psycopg pool before the test database is dropped (it holds a connection)."""
+    yield
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            conn.close()
+            if hasattr(conn, "close_pool"):
+                conn.close_pool()

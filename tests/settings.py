@@ -19,3 +19,9 @@ from hub.settings import *  # noqa: E402, F403
 
 # Unhashed passwords keep login fixtures fast.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Concurrent test runs on one machine must not share a test database or channel-layer names.
+_RUN = os.environ.get("HUB_TEST_RUN_ID", str(os.getpid()))
+DATABASES["default"]["TEST"] = {"NAME": f"test_hub_{_RUN}"}  # noqa: F405
+if REDIS_URLS:  # noqa: F405
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"hubtest{_RUN}"  # noqa: F405
