@@ -60,7 +60,7 @@ class DeviceToken:
 
 
 @pytest.fixture
-def make_device(db) -> Callable[..., DeviceToken]:
+def make_device(transactional_db) -> Callable[..., DeviceToken]:
     counter = iter(range(1, 1_000_000))
 
     def make(key: str | None = None) -> DeviceToken:

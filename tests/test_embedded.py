@@ -1,0 +1,109 @@
+"""The embedded default (`make run`'s configuration): SQLite + in-memory layer, no server at all.
+
+Runs the real `manage.py` commands in subprocesses with a clean environment (no HUB_DATABASE_URL, no
+HUB_REDIS_URL), so it also checks that tokens never reach the logs.
+"""
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from tests.conftest import free_port
+from tests.waiting import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
+    env.update(HUB_VAR_DIR=str(tmp_path), DJANGO_SUPERUSER_PASSWORD="pw")
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def login_cookie(client: httpx.AsyncClient) -> str:
+    """Log in through the real login form (CSRF included) and return the Cookie header."""
+    await client.get("/admin/login/")
+    csrf = client.cookies["csrftoken"]
+    response = await client.post(
+        "/admin/login/?next=/admin/",
+        data={"username": "op", "password": "pw", "csrfmiddlewaretoken": csrf},
+        headers={"Referer": f"{client.base_url}/admin/login/"},
+    )
+    assert response.status_code == 302, response.text
+    return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+
+
+async def test_embedded_default_ingests_stores_and_streams_without_servers(embedded_env, tmp_path):
+    """With no database or Redis server, the hub migrates, ingests over HTTP and WebSocket, and streams."""
+    manage(embedded_env, "migrate", "--noinput")
+    token = manage(embedded_env, "createdevice", "kitchen").strip().splitlines()[-1]
+    manage(embedded_env, "createsuperuser", "--noinput", "--username", "op", "--email", "op@example.com")
+    port = free_port()
+    log = (tmp_path / "hub.log").open("w")
+    hub = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=embedded_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/admin/login/")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, timeout=30, what="the hub to listen")
+            cookie = await login_cookie(client)
+            headers = {"Cookie": cookie, "Origin": base}
+            async with websockets.connect(
+                f"ws://127.0.0.1:{port}/ws/v1/devices/kitchen/stream", additional_headers=headers
+            ) as stream:
+                assert orjson.loads(await stream.recv())["type"] == "subscribed"
+                ts = time.time_ns() // 1_000_000
+                response = await client.post(f"/api/v1/{token}/telemetry", json={"ts": ts, "values": {"t": 1.5}})
+                assert response.status_code == 200
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws/v1/{token}/telemetry") as ws:
+                    await ws.send(orjson.dumps([{"ts": ts + 1, "values": {"t": 2.5}}, {"h": "text"}]).decode())
+                    assert orjson.loads(await ws.recv()) == {"ack": 1}
+                live = []
+                async with asyncio.timeout(10):
+                    while len(live) < 3:
+                        live += orjson.loads(await stream.recv())["readings"]
+                assert [r[1:] for r in live] == [["t", 1.5], ["t", 2.5], ["h", "text"]]
+            bad = await client.post(f"/api/v1/{token}/telemetry", content="{")
+            assert bad.status_code == 400
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)  # uvicorn re-raises SIGTERM after a graceful shutdown
+        log.close()
+
+    with sqlite3.connect(tmp_path / "hub.sqlite3") as db:
+        assert db.execute("SELECT key, value FROM ingest_reading ORDER BY ts").fetchall() == [("t", 1.5), ("t", 2.5)]
+        assert dict(db.execute("SELECT key, coalesce(text, value) FROM ingest_latestvalue")) == {"t": 2.5, "h": "text"}
+    logs = (tmp_path / "hub.log").read_text()
+    assert "writer drained" in logs, "SIGTERM drains the writer before exit"
+    assert "POST /api/v1/***/telemetry" in logs
+    assert token not in logs, "device tokens never appear in logs"

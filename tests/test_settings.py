@@ -1,0 +1,45 @@
+"""Settings come from HUB_* variables; bad values and dangerous combinations are refused with their name."""
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from hub import checks
+from hub.env import env_bool, env_int, env_list
+from hub.logs import redact
+
+
+def test_bad_values_name_the_variable(monkeypatch):
+    monkeypatch.setenv("HUB_X_BOOL", "maybe")
+    monkeypatch.setenv("HUB_X_INT", "12abc")
+    with pytest.raises(ImproperlyConfigured, match="HUB_X_BOOL='maybe'"):
+        env_bool("HUB_X_BOOL", False)
+    with pytest.raises(ImproperlyConfigured, match="HUB_X_INT='12abc'"):
+        env_int("HUB_X_INT", 1)
+    monkeypatch.setenv("HUB_X_INT", "-5")
+    with pytest.raises(ImproperlyConfigured, match="at least 0"):
+        env_int("HUB_X_INT", 1)
+
+
+def test_values_parse(monkeypatch):
+    monkeypatch.setenv("HUB_X_BOOL", "yes")
+    monkeypatch.setenv("HUB_X_LIST", " a.example , b.example,")
+    assert env_bool("HUB_X_BOOL", False) is True
+    assert env_list("HUB_X_LIST", []) == ["a.example", "b.example"]
+    assert env_int("HUB_X_UNSET", 7) == 7
+
+
+@pytest.mark.django_db
+def test_wildcard_allowed_hosts_is_refused_outside_the_embedded_default(settings, postgres):
+    """ALLOWED_HOSTS=['*'] is an error on PostgreSQL (production), allowed only for the SQLite default."""
+    settings.ALLOWED_HOSTS = ["*"]
+    assert [e.id for e in checks.check_allowed_hosts(None)] == ["hub.E001"]
+    settings.ALLOWED_HOSTS = ["hub.example.com"]
+    assert checks.check_allowed_hosts(None) == []
+
+
+def test_tokens_are_redacted_from_paths():
+    line = '127.0.0.1:5 - "POST /api/v1/s3cr3t-T0k_en/telemetry HTTP/1.1" 200 and "WebSocket /ws/v1/abc/telemetry"'
+    assert (
+        redact(line) == '127.0.0.1:5 - "POST /api/v1/***/telemetry HTTP/1.1" 200 and "WebSocket /ws/v1/***/telemetry"'
+    )
+    assert redact("/ws/v1/devices/kitchen/stream") == "/ws/v1/devices/kitchen/stream"

@@ -1,0 +1,138 @@
+"""The writer against real PostgreSQL: acks only after commit, bounded queue, outages survived, drain."""
+
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from devices.services import DeviceIdentity
+from ingest.backends import Batch, PostgresBackend, postgres_conninfo
+from ingest.models import Reading
+from ingest.parsing import Reading as R
+from ingest.writer import Writer, WriterClosed, WriterConfig
+from tests.tcp_proxy import TcpProxy
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("postgres")
+
+
+class GatedBackend(PostgresBackend):
+    """The real PostgreSQL backend, but each write waits for the test to open the gate."""
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__(conninfo)
+        self.gate = asyncio.Event()
+        self.writes = 0
+
+    async def write(self, batch: Batch) -> None:
+        await self.gate.wait()
+        await super().write(batch)
+        self.writes += 1
+
+
+def conninfo(**overrides) -> str:
+    return postgres_conninfo({**connection.settings_dict, **overrides})
+
+
+def readings(n: int, *, start: int | None = None, key: str = "t") -> list[R]:
+    t0 = start if start is not None else time.time_ns() // 1_000_000 - 100_000
+    return [R(t0 + i, key, float(i)) for i in range(n)]
+
+
+@sync_to_async
+def stored(device_id: int) -> int:
+    return Reading.objects.filter(device_id=device_id).count()
+
+
+async def nothing(_by_device) -> None:
+    return None
+
+
+async def test_no_future_resolves_before_commit_and_the_queue_is_bounded(make_device):
+    """While the database does not commit, no submit resolves and submit() blocks at the row bound."""
+    device = await sync_to_async(make_device)()
+    ident = DeviceIdentity(device.id, device.key)
+    backend = GatedBackend(conninfo())
+    writer = Writer(backend, config=WriterConfig(flush_interval=0.005, max_pending_rows=300), publish=nothing)
+    writer.start()
+    futures = [await writer.submit(ident, readings(100, start=1_700_000_000_000 + i * 1000)) for i in range(3)]
+    blocked = asyncio.create_task(writer.submit(ident, readings(100, start=1_700_000_100_000)))
+    await asyncio.sleep(0.2)
+    assert not blocked.done(), "a full queue makes submit() wait (backpressure)"
+    assert not any(f.done() for f in futures), "nothing is acknowledged before commit"
+    assert writer.queued_rows == 300
+    backend.gate.set()
+    await asyncio.wait_for(asyncio.gather(*futures), 10)
+    await asyncio.wait_for(await asyncio.wait_for(blocked, 10), 10)
+    assert await stored(device.id) == 400
+    await writer.drain()
+
+
+async def test_a_database_outage_delays_acks_and_loses_nothing(make_device):
+    """The connection to PostgreSQL is cut: no acks while it is down; after it returns everything is stored."""
+    device = await sync_to_async(make_device)()
+    ident = DeviceIdentity(device.id, device.key)
+    settings_dict = connection.settings_dict
+    proxy = await TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432)).start()
+    writer = Writer(
+        PostgresBackend(conninfo(HOST="127.0.0.1", PORT=proxy.port)),
+        config=WriterConfig(flush_interval=0.005),
+        publish=nothing,
+    )
+    writer.start()
+    await asyncio.wait_for(await writer.submit(ident, readings(10, start=1_700_000_000_000)), 10)
+    await proxy.cut()
+    during = [await writer.submit(ident, readings(50, start=1_700_000_001_000 + i * 100)) for i in range(5)]
+    await asyncio.sleep(1.0)
+    assert not any(f.done() for f in during), "nothing is acknowledged while the database is unreachable"
+    assert writer.stats["retries"] > 0
+    await proxy.restore()
+    await asyncio.wait_for(asyncio.gather(*during), 30)
+    assert await stored(device.id) == 260
+    await writer.drain()
+    await proxy.close()
+
+
+async def test_drain_commits_what_is_queued_and_fails_what_cannot_be(make_device):
+    """Shutdown commits queued readings; with the database gone, pending futures fail with WriterClosed."""
+    device = await sync_to_async(make_device)()
+    ident = DeviceIdentity(device.id, device.key)
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.5), publish=nothing)
+    writer.start()
+    queued = await writer.submit(ident, readings(25))
+    await writer.drain()
+    assert queued.done() and queued.exception() is None
+    assert await stored(device.id) == 25
+    with pytest.raises(WriterClosed):
+        await writer.submit(ident, readings(1))
+
+    gated = GatedBackend(conninfo())
+    stuck = Writer(gated, config=WriterConfig(flush_interval=0.001, drain_timeout=0.3), publish=nothing)
+    stuck.start()
+    pending = await stuck.submit(ident, readings(5, start=1_700_000_000_000))
+    await stuck.drain()
+    with pytest.raises(WriterClosed):
+        pending.result()
+
+
+async def test_fan_out_follows_commit_once_per_device_per_flush(make_device):
+    """Each flush publishes one message per device carrying that device's readings, after commit."""
+    a, b = [await sync_to_async(make_device)() for _ in range(2)]
+    published: list[dict] = []
+
+    async def publish(by_device) -> None:
+        published.append({key: len(rs) for key, rs in by_device.items()})
+
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), publish=publish)
+    writer.start()
+    futures = [
+        await writer.submit(DeviceIdentity(a.id, a.key), readings(3)),
+        await writer.submit(DeviceIdentity(b.id, b.key), readings(2)),
+        await writer.submit(DeviceIdentity(a.id, a.key), readings(4, start=1_700_000_000_000)),
+    ]
+    await asyncio.wait_for(asyncio.gather(*futures), 10)
+    await eventually(lambda: bool(published), what="fan-out")
+    assert published == [{a.key: 7, b.key: 2}]
+    await writer.drain()
