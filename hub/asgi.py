@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP (Django), WebSocket (Channels) and a lifespan that owns the writer."""
 
+import asyncio
 import logging
 import os
 
@@ -12,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - after
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from hub.routing import websocket_urlpatterns  # noqa: E402
+from ingest.retention import retention_configured, retention_loop  # noqa: E402
 from ingest.service import get_writer, writer_shutdown  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -22,13 +24,19 @@ router = ProtocolTypeRouter({"http": ASGIStaticFilesHandler(django_app), "websoc
 
 
 async def lifespan(receive, send) -> None:
-    """Start the writer with the server; on shutdown drain it (commit what is queued) before exit."""
+    """Start the writer (and retention) with the server; on shutdown drain the writer before exit."""
+    retention: asyncio.Task[None] | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             get_writer()
+            if retention_configured():
+                retention = asyncio.create_task(retention_loop(), name="hub-retention")
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if retention is not None:
+                retention.cancel()
+                await asyncio.gather(retention, return_exceptions=True)
             await writer_shutdown()
             logger.info("writer drained")
             await send({"type": "lifespan.shutdown.complete"})

@@ -122,6 +122,18 @@ HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)
 HUB_TIMESCALE_CHUNK_INTERVAL = env_str("HUB_TIMESCALE_CHUNK_INTERVAL", "1 day")
 HUB_WS_MAX_INFLIGHT_FRAMES = env_int("HUB_WS_MAX_INFLIGHT_FRAMES", 1000, minimum=1)
 
+# History API (docs/history.md).
+HUB_HISTORY_MAX_LIMIT = env_int("HUB_HISTORY_MAX_LIMIT", 10_000, minimum=1)
+HUB_HISTORY_CSV_MAX_ROWS = env_int("HUB_HISTORY_CSV_MAX_ROWS", 10_000_000, minimum=1)
+HUB_HISTORY_MAX_BUCKETS = env_int("HUB_HISTORY_MAX_BUCKETS", 10_000, minimum=1)
+HUB_HISTORY_MAX_RANGE_DAYS = env_int("HUB_HISTORY_MAX_RANGE_DAYS", 3660, minimum=1)
+
+# Retention (days; 0 keeps forever). Every hub process checks each interval; one applies it (docs/history.md).
+HUB_RAW_RETENTION_DAYS = env_int("HUB_RAW_RETENTION_DAYS", 0)
+HUB_ROLLUP_1M_RETENTION_DAYS = env_int("HUB_ROLLUP_1M_RETENTION_DAYS", 0)
+HUB_ROLLUP_1H_RETENTION_DAYS = env_int("HUB_ROLLUP_1H_RETENTION_DAYS", 0)
+HUB_RETENTION_INTERVAL_SECONDS = env_int("HUB_RETENTION_INTERVAL_SECONDS", 3600, minimum=1)
+
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # plotly.js comes from the installed plotly package, so dashboards work offline (no CDN).

@@ -1,10 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from dashboards.api import telemetry_history, telemetry_latest
 from ingest.views import telemetry_post
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/devices/<slug:key>/telemetry", telemetry_history, name="telemetry-history"),
+    path("api/v1/devices/<slug:key>/telemetry.csv", telemetry_history, {"fmt": "csv"}, name="telemetry-csv"),
+    path("api/v1/devices/<slug:key>/latest", telemetry_latest, name="telemetry-latest"),
     path("api/v1/<str:token>/telemetry", telemetry_post, name="telemetry-post"),
     path("", include("dashboards.urls")),
 ]

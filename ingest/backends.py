@@ -62,6 +62,22 @@ _PG_INSERT = """
     SELECT device_id, key, timestamptz 'epoch' + ts * interval '1 millisecond', value FROM hub_staging
     ON CONFLICT DO NOTHING
 """
+# Plain PostgreSQL: the same insert also folds the rows it actually inserted (RETURNING skips conflicts,
+# so a resend adds nothing) into the minute and hour rollups. TimescaleDB keeps its continuous aggregates.
+_PG_ROLLUP = """
+    INSERT INTO {table} AS r (device_id, key, bucket, n, sum, min, max)
+    SELECT device_id, key, date_bin(interval '{width}', ts, timestamptz 'epoch'),
+           count(*), sum(value), min(value), max(value)
+    FROM inserted GROUP BY 1, 2, 3
+    ON CONFLICT (device_id, key, bucket) DO UPDATE
+    SET n = r.n + EXCLUDED.n, sum = r.sum + EXCLUDED.sum,
+        min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max)
+"""
+_PG_INSERT_WITH_ROLLUPS = f"""
+    WITH inserted AS ({_PG_INSERT} RETURNING device_id, key, ts, value),
+    minutes AS ({_PG_ROLLUP.format(table="ingest_rollup_1m", width="1 minute")})
+    {_PG_ROLLUP.format(table="ingest_rollup_1h", width="1 hour")}
+"""
 _PG_LATEST = """
     INSERT INTO ingest_latestvalue (device_id, key, ts, value, text)
     SELECT d, k, timestamptz 'epoch' + t * interval '1 millisecond', v, x
@@ -85,6 +101,7 @@ class PostgresBackend:
     """COPY into a per-connection temp table, then one INSERT … ON CONFLICT DO NOTHING."""
 
     def __init__(self, conninfo: str, *, pool_size: int = 2) -> None:
+        self._insert: str | None = None  # chosen on the first connection: Timescale or not
         self._pool = AsyncConnectionPool(
             conninfo, min_size=1, max_size=pool_size, open=False, timeout=5.0, configure=self._configure
         )
@@ -98,13 +115,20 @@ class PostgresBackend:
         # wait=False: a database that is down at start-up is retried by the pool, not fatal.
         await self._pool.open(wait=False)
 
+    @staticmethod
+    async def _insert_statement(conn: psycopg.AsyncConnection) -> str:
+        cursor = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+        return _PG_INSERT if await cursor.fetchone() else _PG_INSERT_WITH_ROLLUPS
+
     async def write(self, batch: Batch) -> None:
         latest = batch.latest
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if self._insert is None:
+                self._insert = await self._insert_statement(conn)
             if batch.rows:
                 async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
                     await copy.write(_copy_text(batch.rows))
-                await cur.execute(_PG_INSERT)
+                await cur.execute(self._insert)
             await cur.execute(
                 _PG_LATEST,
                 (

@@ -1,0 +1,109 @@
+"""Retention: drop raw readings past HUB_RAW_RETENTION_DAYS and rollups past their own retention.
+
+Rollups are separate relations, so deleting raw rows never changes them. On TimescaleDB (only exercised
+where the extension exists) the same ages become retention policies that drop whole chunks.
+"""
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 50_000
+# (relation, time column, setting holding its retention in days; 0 keeps forever)
+RETAINED = (
+    ("ingest_reading", "ts", "HUB_RAW_RETENTION_DAYS"),
+    ("ingest_rollup_1m", "bucket", "HUB_ROLLUP_1M_RETENTION_DAYS"),
+    ("ingest_rollup_1h", "bucket", "HUB_ROLLUP_1H_RETENTION_DAYS"),
+)
+_LOCK_ID = 0x6875_6272  # pg advisory lock: one process applies retention at a time
+
+
+def retention_apply(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete what is past its age; returns rows deleted per relation."""
+    now = now or timezone.now()
+    vendor = connection.vendor
+    if vendor == "postgresql" and _timescale():
+        _timescale_policies()
+        return {}
+    deleted: dict[str, int] = {}
+    for relation, column, setting in RETAINED:
+        days = getattr(settings, setting)
+        if days <= 0 or (vendor != "postgresql" and relation != "ingest_reading"):
+            continue
+        deleted[relation] = _delete_older(relation, column, now - timedelta(days=days))
+    if any(deleted.values()):
+        logger.info("retention: deleted %s", deleted)
+    return deleted
+
+
+def retention_apply_once_across_processes() -> dict[str, int] | None:
+    """retention_apply under a PostgreSQL advisory lock; None when another process holds it."""
+    if connection.vendor != "postgresql":
+        return retention_apply()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_LOCK_ID])
+        if not cursor.fetchone()[0]:
+            return None
+        try:
+            return retention_apply()
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_ID])
+
+
+def retention_configured() -> bool:
+    return any(getattr(settings, setting) > 0 for _relation, _column, setting in RETAINED)
+
+
+async def retention_loop() -> None:
+    """Apply retention every HUB_RETENTION_INTERVAL_SECONDS (owned by the ASGI lifespan)."""
+    while True:
+        await asyncio.sleep(settings.HUB_RETENTION_INTERVAL_SECONDS)
+        try:
+            await sync_to_async(retention_apply_once_across_processes)()
+        except Exception:
+            logger.exception("retention failed; retrying next interval")
+
+
+def _delete_older(relation: str, column: str, cutoff: datetime) -> int:
+    """Delete in batches so a large backlog never holds one huge transaction."""
+    total = 0
+    if connection.vendor == "postgresql":
+        sql = (
+            f"DELETE FROM {relation} WHERE ctid = ANY(ARRAY("  # noqa: S608 - fixed identifiers only
+            f"SELECT ctid FROM {relation} WHERE {column} < %s LIMIT {_BATCH}))"
+        )
+        params = [cutoff]
+    else:
+        sql = f"DELETE FROM {relation} WHERE rowid IN (SELECT rowid FROM {relation} WHERE {column} < %s LIMIT {_BATCH})"  # noqa: S608
+        params = [str(cutoff.astimezone(UTC).replace(tzinfo=None))]  # Django's SQLite datetime text
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            count = cursor.rowcount
+        total += count
+        if count < _BATCH:
+            return total
+
+
+def _timescale() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+        return cursor.fetchone() is not None
+
+
+def _timescale_policies() -> None:
+    with connection.cursor() as cursor:
+        for relation, _column, setting in RETAINED:
+            days = getattr(settings, setting)
+            if days > 0:
+                cursor.execute(
+                    "SELECT add_retention_policy(%s, make_interval(days => %s), if_not_exists => true)",
+                    [relation, days],
+                )
