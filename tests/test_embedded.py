@@ -51,6 +51,27 @@ async def login_cookie(client: httpx.AsyncClient) -> str:
     return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
+async def check_history_on_sqlite(client: httpx.AsyncClient, ts: int) -> None:
+    """The SQLite dialect buckets and streams like PostgreSQL's (the logged-in client's session)."""
+    params = {"keys": "t", "start": ts - 1000, "end": ts + 1000, "agg": "AVG", "interval": 1}
+    body = (await client.get("/api/v1/devices/kitchen/telemetry", params=params)).json()
+    assert "data" in body, body
+    assert body["data"]["t"] == [{"ts": ts, "value": 1.5}, {"ts": ts + 1, "value": 2.5}]
+    params["interval"] = 3_600_000
+    hour = ts - ts % 3_600_000
+    buckets = [(hour, 2.0)] if ts % 3_600_000 != 3_599_999 else [(hour, 1.5), (hour + 3_600_000, 2.5)]
+    body = (await client.get("/api/v1/devices/kitchen/telemetry", params=params)).json()
+    assert [(p["ts"], p["value"]) for p in body["data"]["t"]] == buckets
+    csv_text = (await client.get("/api/v1/devices/kitchen/telemetry.csv", params={"keys": "t", "start": ts - 1})).text
+    assert csv_text.splitlines()[1:] == [f"{ts},{iso(ts)},t,1.5", f"{ts + 1},{iso(ts + 1)},t,2.5"]
+
+
+def iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
 async def test_embedded_default_ingests_stores_and_streams_without_servers(embedded_env, tmp_path):
     """With no database or Redis server, the hub migrates, ingests over HTTP and WebSocket, and streams."""
     manage(embedded_env, "migrate", "--noinput")
@@ -95,6 +116,7 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
                 assert [r[1:] for r in live] == [["t", 1.5], ["t", 2.5], ["h", "text"]]
             bad = await client.post(f"/api/v1/{token}/telemetry", content="{")
             assert bad.status_code == 400
+            await check_history_on_sqlite(client, ts)
     finally:
         hub.terminate()
         hub.wait(timeout=30)  # uvicorn re-raises SIGTERM after a graceful shutdown
