@@ -2,6 +2,8 @@
 
 import logging
 import re
+import uuid
+from contextvars import ContextVar
 
 # /api/v1/<TOKEN>/telemetry and /ws/v1/<TOKEN>/telemetry (ThingsBoard puts the token in the path).
 _TOKEN_PATH = re.compile(r"(/(?:api|ws)/v1/)(?!devices/)[^/\s\"?]+(/telemetry)")
@@ -11,12 +13,41 @@ def redact(text: str) -> str:
     return _TOKEN_PATH.sub(r"\1***\2", text)
 
 
+_STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
 class RedactTokensFilter(logging.Filter):
-    """Rewrites the formatted message so no device token reaches a handler."""
+    """Rewrites the message and any extra attribute (e.g. Django's `request`, which the JSON format
+    serialises) so no device token reaches a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        for name, value in list(vars(record).items()):
+            if name not in _STANDARD_ATTRIBUTES and not isinstance(value, int | float | bool | None):
+                text = str(value)
+                if (scrubbed := redact(text)) != text:
+                    setattr(record, name, scrubbed)
         return True
+
+
+# The request (or WebSocket connection) a log line belongs to; set by RequestIdMiddleware.
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record, for the plain and JSON formats alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's X-Request-ID when it is sane, else a new random one."""
+    if header and _VALID_REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex

@@ -1,6 +1,8 @@
 """uvicorn settings shared by `manage.py serve`, the demo, the tests and the benchmarks."""
 
 import asyncio
+import os
+import shutil
 from typing import Any
 
 import uvicorn
@@ -28,3 +30,12 @@ async def server_started(server: uvicorn.Server, serving: asyncio.Task[None], wa
                 serving.result()
                 raise RuntimeError("uvicorn exited before it started listening")
             await asyncio.sleep(0.02)
+
+
+def prepare_multiprocess_metrics() -> str:
+    """An empty PROMETHEUS_MULTIPROC_DIR for this server's workers (inherited by them via the environment)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(settings.VAR_DIR / "prometheus")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path

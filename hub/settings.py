@@ -45,6 +45,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "hub.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -105,6 +106,9 @@ if REDIS_URLS:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# MQTT broker of the bridge (docs/mqtt.md); when set, /readyz also checks it.
+HUB_MQTT_URL = env_optional("HUB_MQTT_URL")
+
 # Ingest limits (docs/payload.md).
 HUB_MAX_MESSAGE_BYTES = env_int("HUB_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1)
 HUB_MAX_READINGS_PER_MESSAGE = env_int("HUB_MAX_READINGS_PER_MESSAGE", 1000, minimum=1)
@@ -145,13 +149,29 @@ TIME_ZONE = env_str("HUB_TIME_ZONE", "UTC")
 USE_I18N = False
 USE_TZ = True
 
+# HUB_LOG_FORMAT=json: one JSON object per line (python-json-logger). Every line passes the token filter.
+HUB_LOG_FORMAT = env_str("HUB_LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_tokens": {"()": "hub.logs.RedactTokensFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {
+        "redact_tokens": {"()": "hub.logs.RedactTokensFilter"},
+        "request_id": {"()": "hub.logs.RequestIdFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if HUB_LOG_FORMAT == "json" else "plain",
+            "filters": ["redact_tokens", "request_id"],
+        },
     },
     "root": {"handlers": ["console"], "level": env_str("HUB_LOG_LEVEL", "INFO")},
     "loggers": {

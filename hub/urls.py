@@ -2,10 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 
 from dashboards.api import telemetry_history, telemetry_latest
+from hub.health import healthz, metrics, readyz
 from ingest.views import telemetry_post
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("api/v1/devices/<slug:key>/telemetry", telemetry_history, name="telemetry-history"),
     path("api/v1/devices/<slug:key>/telemetry.csv", telemetry_history, {"fmt": "csv"}, name="telemetry-csv"),
     path("api/v1/devices/<slug:key>/latest", telemetry_latest, name="telemetry-latest"),

@@ -7,6 +7,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from devices.services import DeviceIdentity, device_authenticate
+from hub import metrics
 from ingest.acks import AckSequencer
 from ingest.parsing import ErrorCode, IngestError
 from ingest.service import ingest_message
@@ -33,16 +34,18 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
             self._send_json, self._on_commit_failure, max_inflight=settings.HUB_WS_MAX_INFLIGHT_FRAMES
         )
         await self.accept()
+        metrics.CONNECTED_DEVICES.labels("ws").inc()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         assert self.acks is not None  # noqa: S101 - receive only follows an accepted connect
         self.frames += 1
         if text_data is None:
             error = IngestError(ErrorCode.UNSUPPORTED_FRAME, "send telemetry as text frames of JSON")
+            metrics.MESSAGES_REJECTED.labels("ws", error.code).inc()
             await self.acks.rejected(self.frames, error)
             return
         try:
-            future = await ingest_message(device=self.device, body=text_data)
+            future = await ingest_message(device=self.device, body=text_data, transport="ws")
         except IngestError as error:
             await self.acks.rejected(self.frames, error)
             return
@@ -50,6 +53,7 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if self.acks is not None:
+            metrics.CONNECTED_DEVICES.labels("ws").dec()
             await self.acks.close()
 
     async def _send_json(self, payload: dict[str, Any]) -> None:

@@ -7,9 +7,10 @@ from functools import cache
 from django.conf import settings
 
 from devices.services import DeviceIdentity
+from hub import metrics
 from ingest.backends import backend_from_settings
 from ingest.fanout import fanout_publish
-from ingest.parsing import Limits, parse_telemetry
+from ingest.parsing import IngestError, Limits, parse_telemetry
 from ingest.writer import Writer, WriterConfig
 
 _writer: Writer | None = None
@@ -48,10 +49,18 @@ async def writer_shutdown() -> None:
         await writer.drain()
 
 
-async def ingest_message(*, device: DeviceIdentity, body: bytes | str) -> asyncio.Future[None]:
+async def ingest_message(
+    *, device: DeviceIdentity, body: bytes | str, transport: str = "other"
+) -> asyncio.Future[None]:
     """Validate one message and queue its readings; the future resolves once they are committed.
 
     Raises IngestError for a message that breaks the grammar (nothing from it is stored).
+    `transport` ("ws", "http", "mqtt") labels the metrics.
     """
-    readings = parse_telemetry(body, now_ms=time.time_ns() // 1_000_000, limits=ingest_limits())
-    return await get_writer().submit(device, readings)
+    try:
+        readings = parse_telemetry(body, now_ms=time.time_ns() // 1_000_000, limits=ingest_limits())
+    except IngestError as error:
+        metrics.MESSAGES_REJECTED.labels(transport, error.code).inc()
+        raise
+    metrics.READINGS_RECEIVED.labels(transport).inc(len(readings))
+    return await get_writer().submit(device, readings, transport=transport)

@@ -30,7 +30,7 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
     if declared.isdigit() and int(declared) > settings.HUB_MAX_MESSAGE_BYTES:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
     try:
-        future = await ingest_message(device=device, body=request.body)
+        future = await ingest_message(device=device, body=request.body, transport="http")
         await future
     except RequestDataTooBig:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from devices.services import DeviceIdentity
+from hub import metrics
 from ingest.backends import Backend, Batch, LatestRow, Row
 from ingest.parsing import Reading
 
@@ -35,6 +36,7 @@ class _Pending:
     readings: Sequence[Reading]
     future: asyncio.Future[None]
     queued_at: float
+    transport: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,9 @@ class Writer:
     def start(self) -> None:
         self._task = self.loop.create_task(self._run(), name="hub-writer")
 
-    async def submit(self, device: DeviceIdentity, readings: Sequence[Reading]) -> asyncio.Future[None]:
+    async def submit(
+        self, device: DeviceIdentity, readings: Sequence[Reading], *, transport: str = "other"
+    ) -> asyncio.Future[None]:
         """Queue readings; waits while the queue is full. The future resolves after commit."""
         size = len(readings)
         # A message larger than the whole budget still goes through once the queue is empty.
@@ -78,8 +82,9 @@ class Writer:
         if self._closing:
             raise WriterClosed("the hub is shutting down")
         future: asyncio.Future[None] = self.loop.create_future()
-        self._queue.append(_Pending(device, readings, future, time.monotonic()))
+        self._queue.append(_Pending(device, readings, future, time.monotonic(), transport))
         self._queued_rows += size
+        metrics.WRITER_QUEUE_ROWS.set(self._queued_rows)
         self._idle.clear()
         self._arrived.set()
         return future
@@ -97,6 +102,7 @@ class Writer:
             if taken:
                 await self._store(taken)
                 self._queued_rows -= sum(len(p.readings) for p in taken)
+                metrics.WRITER_QUEUE_ROWS.set(self._queued_rows)
                 self._space.set()
                 self._on_committed(taken)
             self._inflight = []
@@ -125,6 +131,7 @@ class Writer:
         batch = _batch_of(taken)
         delay = 0.05
         while True:
+            started = time.monotonic()
             try:
                 await self._backend.write(batch)
             except asyncio.CancelledError:
@@ -137,21 +144,30 @@ class Writer:
                             pending.future.set_exception(exc)
                     return
                 self.stats["retries"] += 1
+                metrics.WRITER_RETRIES.inc()
                 logger.warning("writer: database unavailable (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 delay = min(delay * 2, 5.0)
             else:
                 self.stats["flushes"] += 1
                 self.stats["rows"] += len(batch.rows)
+                metrics.WRITER_FLUSH_SECONDS.observe(time.monotonic() - started)
+                metrics.WRITER_BATCH_ROWS.observe(sum(len(p.readings) for p in taken))
                 return
 
     def _on_committed(self, taken: list[_Pending]) -> None:
         """Commit, then ack, then publish: acks resolve here, fan-out follows on its own task."""
         by_device: dict[str, list[Reading]] = {}
+        stored: dict[str, int] = {}
+        now = time.monotonic()
         for pending in taken:
             if not pending.future.done():
                 pending.future.set_result(None)
             by_device.setdefault(pending.device.key, []).extend(pending.readings)
+            stored[pending.transport] = stored.get(pending.transport, 0) + len(pending.readings)
+            metrics.ACK_LATENCY.labels(pending.transport).observe(now - pending.queued_at)
+        for transport, count in stored.items():
+            metrics.READINGS_STORED.labels(transport).inc(count)
         previous = self._fanout
         self._fanout = self.loop.create_task(self._fan_out(previous, by_device), name="hub-fanout")
 

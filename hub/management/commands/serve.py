@@ -2,7 +2,7 @@ import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from hub.server import uvicorn_options
+from hub.server import prepare_multiprocess_metrics, uvicorn_options
 
 
 class Command(BaseCommand):
@@ -16,4 +16,6 @@ class Command(BaseCommand):
     def handle(self, *args, host: str, port: int, workers: int, **options) -> None:
         if workers > 1 and not settings.REDIS_URLS:
             raise CommandError("--workers > 1 needs HUB_REDIS_URL: the in-memory channel layer is per process")
+        if workers > 1:
+            prepare_multiprocess_metrics()
         uvicorn.run("hub.asgi:application", host=host, port=port, workers=workers, **uvicorn_options())

@@ -1,0 +1,35 @@
+"""Prometheus metrics of the hub (served at /metrics).
+
+With several worker processes, `manage.py serve` sets PROMETHEUS_MULTIPROC_DIR before the workers start,
+so every process writes its samples there and /metrics aggregates them (prometheus-client's multiprocess
+mode); gauges then sum over live processes.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+READINGS_RECEIVED = Counter("hub_readings_received", "Valid readings received", ["transport"])
+READINGS_STORED = Counter("hub_readings_stored", "Readings committed (duplicates included)", ["transport"])
+MESSAGES_REJECTED = Counter("hub_messages_rejected", "Messages refused as a whole", ["transport", "code"])
+ACK_LATENCY = Histogram(
+    "hub_ack_latency_seconds", "From queueing a message to its commit (= ack)", ["transport"], buckets=_LATENCY_BUCKETS
+)
+WRITER_BATCH_ROWS = Histogram(
+    "hub_writer_batch_rows", "Readings per flush", buckets=(1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000)
+)
+WRITER_FLUSH_SECONDS = Histogram("hub_writer_flush_seconds", "Duration of a committed flush", buckets=_LATENCY_BUCKETS)
+WRITER_RETRIES = Counter("hub_writer_retries", "Flushes retried after a transient database error")
+WRITER_QUEUE_ROWS = Gauge("hub_writer_queue_rows", "Readings waiting for the writer", multiprocess_mode="livesum")
+CONNECTED_DEVICES = Gauge("hub_connected_devices", "Open device WebSockets", ["transport"], multiprocess_mode="livesum")
+CONNECTED_DASHBOARDS = Gauge("hub_connected_dashboards", "Open dashboard streams", multiprocess_mode="livesum")
+
+
+def metrics_exposition(multiproc_dir: str | None) -> tuple[bytes, str]:
+    """The text exposition of this process, or of every worker in multiprocess mode."""
+    if multiproc_dir:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
