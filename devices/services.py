@@ -14,6 +14,7 @@ class DeviceIdentity:
 
     id: int
     key: str
+    token_hash: str = ""
 
 
 def device_create(*, key: str, name: str = "") -> tuple[Device, str]:
@@ -39,8 +40,9 @@ async def device_authenticate(*, token: str) -> DeviceIdentity | None:
     """The device owning this token, or None."""
     if not token or len(token) > 256:
         return None
-    row = await Device.objects.filter(token_hash=token_hash(token)).values_list("id", "key").afirst()
-    return DeviceIdentity(id=row[0], key=row[1]) if row else None
+    hashed = token_hash(token)
+    row = await Device.objects.filter(token_hash=hashed).values_list("id", "key").afirst()
+    return DeviceIdentity(id=row[0], key=row[1], token_hash=hashed) if row else None
 
 
 def device_identity_by_key(*, key: str) -> DeviceIdentity | None:

@@ -14,6 +14,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from hub.routing import websocket_urlpatterns  # noqa: E402
 from ingest.retention import retention_configured, retention_loop  # noqa: E402
+from ingest.revocation import revocation_loop  # noqa: E402
 from ingest.service import get_writer, writer_shutdown  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -25,18 +26,19 @@ router = ProtocolTypeRouter({"http": ASGIStaticFilesHandler(django_app), "websoc
 
 async def lifespan(receive, send) -> None:
     """Start the writer (and retention) with the server; on shutdown drain the writer before exit."""
-    retention: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             get_writer()
+            tasks.append(asyncio.create_task(revocation_loop(), name="hub-token-recheck"))
             if retention_configured():
-                retention = asyncio.create_task(retention_loop(), name="hub-retention")
+                tasks.append(asyncio.create_task(retention_loop(), name="hub-retention"))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            if retention is not None:
-                retention.cancel()
-                await asyncio.gather(retention, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await writer_shutdown()
             logger.info("writer drained")
             await send({"type": "lifespan.shutdown.complete"})

@@ -16,6 +16,11 @@ def uvicorn_options() -> dict[str, Any]:
         "ws_max_size": settings.HUB_WS_MAX_SIZE,
         # No permessage-deflate: a small compressed frame must not inflate into a huge one.
         "ws_per_message_deflate": False,
+        # Idle and half-open sockets: a peer that does not answer a ping in time is closed.
+        "ws_ping_interval": settings.HUB_WS_PING_INTERVAL,
+        "ws_ping_timeout": settings.HUB_WS_PING_TIMEOUT,
+        # Connection floods: past this many connections and tasks, uvicorn answers 503.
+        "limit_concurrency": settings.HUB_MAX_CONNECTIONS,
         "log_config": None,  # Django's LOGGING (with token redaction) already configured the loggers
         "timeout_graceful_shutdown": int(settings.HUB_WRITER_DRAIN_SECONDS) + 5,
         "server_header": False,

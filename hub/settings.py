@@ -126,6 +126,14 @@ HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)
 HUB_TIMESCALE_CHUNK_INTERVAL = env_str("HUB_TIMESCALE_CHUNK_INTERVAL", "1 day")
 HUB_WS_MAX_INFLIGHT_FRAMES = env_int("HUB_WS_MAX_INFLIGHT_FRAMES", 1000, minimum=1)
 
+# Abuse limits (docs/reliability.md).
+HUB_DEVICE_RATE_LIMIT = env_float("HUB_DEVICE_RATE_LIMIT", 0.0)  # readings/s per device and process; 0 = off
+HUB_DEVICE_RATE_BURST = env_float("HUB_DEVICE_RATE_BURST", 0.0)  # bucket size; 0 = 2 s worth of the rate
+HUB_TOKEN_RECHECK_SECONDS = env_float("HUB_TOKEN_RECHECK_SECONDS", 5.0, minimum=0.1)
+HUB_WS_PING_INTERVAL = env_float("HUB_WS_PING_INTERVAL", 20.0, minimum=0.1)
+HUB_WS_PING_TIMEOUT = env_float("HUB_WS_PING_TIMEOUT", 20.0, minimum=0.1)
+HUB_MAX_CONNECTIONS = env_int("HUB_MAX_CONNECTIONS", 20_000, minimum=1)
+
 # History API (docs/history.md).
 HUB_HISTORY_MAX_LIMIT = env_int("HUB_HISTORY_MAX_LIMIT", 10_000, minimum=1)
 HUB_HISTORY_CSV_MAX_ROWS = env_int("HUB_HISTORY_CSV_MAX_ROWS", 10_000_000, minimum=1)

@@ -10,11 +10,13 @@ from devices.services import DeviceIdentity, device_authenticate
 from hub import metrics
 from ingest.acks import AckSequencer
 from ingest.parsing import ErrorCode, IngestError
+from ingest.revocation import connection_closed, connection_opened
 from ingest.service import ingest_message
 
 # Close codes (RFC 6455 registry and the 4000-4999 private range).
 WS_1011_INTERNAL_ERROR = 1011
 WS_1012_SERVICE_RESTART = 1012
+WS_4403_TOKEN_REVOKED = 4403
 
 
 class TelemetryConsumer(AsyncWebsocketConsumer):
@@ -35,6 +37,7 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
         )
         await self.accept()
         metrics.CONNECTED_DEVICES.labels("ws").inc()
+        connection_opened(device.token_hash, self._revoked)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         assert self.acks is not None  # noqa: S101 - receive only follows an accepted connect
@@ -54,10 +57,14 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.acks is not None:
             metrics.CONNECTED_DEVICES.labels("ws").dec()
+            connection_closed(self.device.token_hash, self._revoked)
             await self.acks.close()
 
     async def _send_json(self, payload: dict[str, Any]) -> None:
         await self.send(text_data=orjson.dumps(payload).decode())
+
+    async def _revoked(self) -> None:
+        await self.close(code=WS_4403_TOKEN_REVOKED)
 
     async def _on_commit_failure(self, exc: BaseException) -> None:
         from ingest.writer import WriterClosed

@@ -13,6 +13,7 @@ import orjson
 
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _MAX_EXACT_INT = 2**53  # beyond this a double no longer holds every integer
+_SECONDS_FLOOR = 10**9  # 2001-09-09 in seconds: from here up, a small ts is a seconds timestamp
 _SECONDS_CEILING = 10**11  # ms timestamps below this are before 1973: almost surely seconds
 _MICROSECONDS_FLOOR = 10**14  # ms timestamps above this are after year 5138: µs or ns
 _NANOSECONDS_FLOOR = 10**17
@@ -32,6 +33,7 @@ class ErrorCode:
     TS_IN_FUTURE = "ts_in_future"
     TS_TOO_OLD = "ts_too_old"
     UNSUPPORTED_FRAME = "unsupported_frame"
+    RATE_LIMITED = "rate_limited"
 
 
 class IngestError(Exception):
@@ -157,7 +159,7 @@ def _check_ts(raw: Any, *, now_ms: int, limits: Limits, index: int | None) -> in
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise IngestError(ErrorCode.INVALID_TS, '"ts" must be an integer of milliseconds since the epoch', index=index)
-    if raw < _SECONDS_CEILING and raw * 1000 > now_ms - limits.max_past_ms:
+    if _SECONDS_FLOOR <= raw < _SECONDS_CEILING:
         raise IngestError(ErrorCode.TS_UNIT, f"ts={raw} looks like seconds; send milliseconds", index=index)
     if raw >= _NANOSECONDS_FLOOR:
         raise IngestError(ErrorCode.TS_UNIT, f"ts={raw} looks like nanoseconds; send milliseconds", index=index)

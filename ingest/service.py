@@ -11,6 +11,7 @@ from hub import metrics
 from ingest.backends import backend_from_settings
 from ingest.fanout import fanout_publish
 from ingest.parsing import IngestError, Limits, parse_telemetry
+from ingest.ratelimit import rate_limiter
 from ingest.writer import Writer, WriterConfig
 
 _writer: Writer | None = None
@@ -59,6 +60,7 @@ async def ingest_message(
     """
     try:
         readings = parse_telemetry(body, now_ms=time.time_ns() // 1_000_000, limits=ingest_limits())
+        rate_limiter().take(device.id, len(readings))
     except IngestError as error:
         metrics.MESSAGES_REJECTED.labels(transport, error.code).inc()
         raise

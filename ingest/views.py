@@ -35,7 +35,7 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
     except RequestDataTooBig:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
     except IngestError as error:
-        status = 413 if error.code == ErrorCode.TOO_LARGE else 400
+        status = {ErrorCode.TOO_LARGE: 413, ErrorCode.RATE_LIMITED: 429}.get(error.code, 400)
         return JsonResponse({"error": error.as_dict()}, status=status)
     except WriterClosed:
         return _error(503, "unavailable", "the hub is shutting down; retry", retry=True)

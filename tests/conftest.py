@@ -82,18 +82,26 @@ class LiveHub:
     ws: str
 
 
-@pytest.fixture
-async def live_hub(transactional_db) -> AsyncIterator[LiveHub]:
+@contextlib.asynccontextmanager
+async def served_hub(**overrides) -> AsyncIterator[LiveHub]:
     """The real ASGI app under an in-process uvicorn on a free loopback port, with its lifespan."""
     port = free_port()
-    config = uvicorn.Config("hub.asgi:application", host="127.0.0.1", port=port, **uvicorn_options())
-    server = uvicorn.Server(config)
+    options = {**uvicorn_options(), **overrides}
+    server = uvicorn.Server(uvicorn.Config("hub.asgi:application", host="127.0.0.1", port=port, **options))
     serving = asyncio.create_task(server.serve())
     await server_started(server, serving)
-    yield LiveHub(http=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(serving, 30)
+    try:
+        yield LiveHub(http=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(serving, 30)
+
+
+@pytest.fixture
+async def live_hub(transactional_db) -> AsyncIterator[LiveHub]:
+    async with served_hub() as hub:
+        yield hub
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""A deliberately minimal WebSocket client over a raw socket, for what well-behaved libraries refuse to do:
+offer compression and inspect the answer, send invalid UTF-8, never answer pings."""
+
+import asyncio
+import base64
+import os
+import struct
+
+
+async def handshake(
+    host: str, port: int, path: str, extra_headers: dict[str, str] | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    reader, writer = await asyncio.open_connection(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = {
+        "Host": f"{host}:{port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": key,
+        "Sec-WebSocket-Version": "13",
+        **(extra_headers or {}),
+    }
+    request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    writer.write(request.encode())
+    response = (await reader.readuntil(b"\r\n\r\n")).decode()
+    return reader, writer, response
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A final, masked client frame."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first, second = await reader.readexactly(2)
+    size = second & 0x7F
+    if size == 126:
+        size = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif size == 127:
+        size = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return first & 0x0F, await reader.readexactly(size)
+
+
+async def close_code(reader: asyncio.StreamReader) -> int:
+    """Read frames until a close frame; its status code."""
+    while True:
+        opcode, payload = await read_frame(reader)
+        if opcode == 0x8:
+            return struct.unpack("!H", payload[:2])[0]

@@ -1,0 +1,197 @@
+"""Hostile and bad input through the real server: refused with a clear error or close code, nothing
+stored, the hub keeps serving others. Also token revocation, rate limits and dead-peer detection."""
+
+import asyncio
+import logging
+import re
+import time
+
+import httpx
+import orjson
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from devices.services import device_token_rotate
+from ingest.models import Reading
+from tests import rawws
+from tests.conftest import served_hub
+
+pytestmark = pytest.mark.usefixtures("postgres")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@sync_to_async
+def stored(device_id: int) -> int:
+    return Reading.objects.filter(device_id=device_id).count()
+
+
+async def still_serving(hub, token: str) -> None:
+    """Another connection gets its reading acked: the hub kept serving."""
+    async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
+        await ws.send('{"alive": 1}')
+        assert orjson.loads(await ws.recv()) == {"ack": 1}
+
+
+def hub_address(hub) -> tuple[str, int]:
+    host, port = hub.http.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("[" * 5000 + "]" * 5000, "malformed_json"),  # deep nesting
+        ('{"big": 123456789012345678901234567890}', "invalid_value"),  # huge integer (beyond 64 bits: a double)
+        ('{"big": 9007199254740993}', "invalid_value"),  # beyond 2^53
+        ('{"x": NaN}', "malformed_json"),
+        ('{"x": Infinity}', "malformed_json"),
+        ('{"x": 1e999}', "malformed_json"),
+        ('{"ts": 1764000000, "values": {"x": 1}}', "ts_unit"),  # seconds, not milliseconds
+        ('{"ts": 1764000000000000, "values": {"x": 1}}', "ts_unit"),  # microseconds
+        ('{"x": {"nested": 1}}', "invalid_value"),
+        ("null", "invalid_shape"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_store_nothing(live_hub, make_device, frame, code):
+    device, other = [await sync_to_async(make_device)() for _ in range(2)]
+    async with websockets.connect(f"{live_hub.ws}/ws/v1/{device.token}/telemetry") as ws:
+        await ws.send(frame)
+        reply = orjson.loads(await ws.recv())
+    if code == "invalid_value" and "123456789012345678901234567890" in frame:
+        # orjson reads integer literals beyond 64 bits as doubles, which are finite: stored as a double.
+        assert reply == {"ack": 1}
+    else:
+        assert reply["error"]["code"] == code, reply
+        assert reply["error"]["frame"] == 1
+        assert await stored(device.id) == 0
+    await still_serving(live_hub, other.token)
+
+
+async def test_compression_is_not_negotiated_and_invalid_utf8_closes_1007(live_hub, make_device):
+    """permessage-deflate offered by the client is declined (no decompression bombs); a text frame of
+    invalid UTF-8 closes the socket with 1007; a binary frame gets an error frame."""
+    device, other = [await sync_to_async(make_device)() for _ in range(2)]
+    host, port = hub_address(live_hub)
+    path = f"/ws/v1/{device.token}/telemetry"
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+    reader, writer, response = await rawws.handshake(host, port, path, offer)
+    assert response.startswith("HTTP/1.1 101")
+    assert "sec-websocket-extensions" not in response.lower()
+    writer.write(rawws.frame(0x2, b'{"x": 1}'))
+    opcode, payload = await rawws.read_frame(reader)
+    assert orjson.loads(payload)["error"]["code"] == "unsupported_frame"
+    writer.write(rawws.frame(0x1, b'{"x": "\xff\xfe"}'))
+    assert await asyncio.wait_for(rawws.close_code(reader), 5) == 1007
+    writer.close()
+    assert await stored(device.id) == 0
+    await still_serving(live_hub, other.token)
+
+
+async def test_a_silent_peer_is_closed_by_ping_timeout(transactional_db, make_device):
+    """A client that never answers pings (half-open, dead) is disconnected after interval + timeout."""
+    device = await sync_to_async(make_device)()
+    async with served_hub(ws_ping_interval=0.3, ws_ping_timeout=0.3) as hub:
+        host, port = hub_address(hub)
+        reader, writer, response = await rawws.handshake(host, port, f"/ws/v1/{device.token}/telemetry")
+        assert response.startswith("HTTP/1.1 101")
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            while await reader.read(4096):  # pings arrive and go unanswered, until the server hangs up
+                pass
+        assert time.monotonic() - started < 5
+        writer.close()
+
+
+@pytest.fixture
+def fast_recheck(settings):
+    settings.HUB_TOKEN_RECHECK_SECONDS = 0.2
+
+
+async def test_a_connected_device_is_disconnected_when_its_token_is_rotated(fast_recheck, live_hub, make_device):
+    device = await sync_to_async(make_device)()
+    async with websockets.connect(f"{live_hub.ws}/ws/v1/{device.token}/telemetry") as ws:
+        await ws.send('{"x": 1}')
+        assert orjson.loads(await ws.recv()) == {"ack": 1}
+        await sync_to_async(device_token_rotate)(key=device.key)
+        started = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert closed.value.rcvd.code == 4403
+        assert time.monotonic() - started < 3
+
+
+async def test_rate_limit_refuses_the_excess_of_one_device_only(live_hub, make_device, settings):
+    """Over the per-device rate: an error frame (WebSocket) or 429 (HTTP), not stored; others unaffected."""
+    settings.HUB_DEVICE_RATE_LIMIT = 100
+    settings.HUB_DEVICE_RATE_BURST = 100
+    noisy, quiet = [await sync_to_async(make_device)() for _ in range(2)]
+    t0 = now_ms() - 60_000
+    batch = orjson.dumps([{"ts": t0 + i, "values": {"x": i}} for i in range(80)]).decode()
+    async with websockets.connect(f"{live_hub.ws}/ws/v1/{noisy.token}/telemetry") as ws:
+        await ws.send(batch)
+        assert orjson.loads(await ws.recv()) == {"ack": 1}
+        await ws.send(batch)  # 80 more within the same instant: over the 100-reading bucket
+        reply = orjson.loads(await ws.recv())
+        assert reply["error"]["code"] == "rate_limited" and reply["error"]["frame"] == 2
+    async with httpx.AsyncClient(base_url=live_hub.http) as client:
+        response = await client.post(f"/api/v1/{noisy.token}/telemetry", content=batch)
+        assert response.status_code == 429
+        assert (await client.post(f"/api/v1/{quiet.token}/telemetry", content=batch)).status_code == 200
+    assert await stored(noisy.id) == 80
+    assert await stored(quiet.id) == 80
+
+
+_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_key = st.from_regex(r"[A-Za-z0-9_.\-]{1,8}", fullmatch=True)
+_value = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.integers(-(2**53), 2**53))
+_valid = st.dictionaries(_key, _value, min_size=1, max_size=5)
+_invalid = st.one_of(
+    st.text(max_size=50).filter(lambda s: not s.strip().startswith(("{", "["))),
+    st.dictionaries(st.text(min_size=1, max_size=3).filter(lambda k: not _KEY.fullmatch(k)), _value, min_size=1),
+    st.dictionaries(_key, st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2), min_size=1),
+)
+
+
+async def test_fuzzed_frames_valid_are_stored_once_invalid_get_errors(live_hub, make_device, caplog):
+    """Random frames through the real endpoint: valid ones stored exactly once, invalid ones answered with an
+    error frame and storing nothing; no unhandled exception is logged."""
+    device = await sync_to_async(make_device)()
+    frames: list[tuple[str, dict | None]] = []
+
+    @hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.one_of(_valid.map(lambda d: ("valid", d)), _invalid.map(lambda d: ("invalid", d))))
+    def collect(example):
+        kind, body = example
+        if kind == "valid":
+            ts = now_ms() - 100_000 + len(frames)  # unique ts per frame: each reading is new
+            frames.append((orjson.dumps({"ts": ts, "values": body}).decode(), body))
+        else:
+            frames.append((body if isinstance(body, str) else orjson.dumps(body).decode(), None))
+
+    collect()
+    caplog.set_level(logging.WARNING)
+    async with websockets.connect(f"{live_hub.ws}/ws/v1/{device.token}/telemetry") as ws:
+        for text, _body in frames:
+            await ws.send(text)
+        errors: set[int] = set()
+        acked = 0
+        async with asyncio.timeout(30):
+            while acked < len(frames):
+                reply = orjson.loads(await ws.recv())
+                if "error" in reply:
+                    errors.add(reply["error"]["frame"])
+                else:
+                    acked = reply["ack"]
+    invalid = {i + 1 for i, (_text, body) in enumerate(frames) if body is None}
+    assert errors == invalid
+    expected = sum(len(body) for _text, body in frames if body is not None)
+    assert await stored(device.id) == expected
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
