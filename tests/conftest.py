@@ -2,10 +2,16 @@
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
@@ -16,6 +22,7 @@ from devices.services import device_create
 from hub.server import server_started, uvicorn_options
 from ingest.service import writer_shutdown
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -125,3 +132,82 @@ def django_db_setup(django_db_setup, django_db_blocker):
             conn.close()
             if hasattr(conn, "close_pool"):
                 conn.close_pool()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class HubProcess:
+    """A `manage.py serve` subprocess (the production entry point), stoppable and restartable."""
+
+    env: dict[str, str]
+    port: int
+    log: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> "HubProcess":
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "serve", "--port", str(self.port)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    async def ready(self, timeout: float = 30) -> "HubProcess":
+        async def listening() -> bool:
+            try:
+                async with httpx.AsyncClient(base_url=self.http) as client:
+                    return (await client.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(listening, timeout=timeout, what=f"hub on port {self.port}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=timeout)
+        self.process = None
+
+
+@pytest.fixture
+def hub_process(tmp_path) -> Iterator[Callable[..., HubProcess]]:
+    """Factory: a hub subprocess with a clean HUB_* environment plus `env` (not started)."""
+    made: list[HubProcess] = []
+
+    def make(*, migrate: bool = False, **env: str) -> HubProcess:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
+        environment.update(HUB_VAR_DIR=str(tmp_path), HUB_SECRET_KEY="x" * 50, **env)
+        if migrate:
+            command = [sys.executable, "manage.py", "migrate", "-v0"]
+            subprocess.run(command, cwd=ROOT, env=environment, check=True, timeout=120)
+        port = free_port()
+        hub = HubProcess(environment, port, tmp_path / f"hub-{port}.log")
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        hub.stop(signal.SIGKILL)
+
+
+def database_url_for_tests(**overrides: str | int) -> str:
+    """A postgresql:// URL for Django's current (test) database, optionally via another host/port."""
+    settings_dict = {**connection.settings_dict, **{k.upper(): v for k, v in overrides.items()}}
+    user = settings_dict.get("USER") or "postgres"
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgresql://{user}@{host}:{port}/{settings_dict['NAME']}"

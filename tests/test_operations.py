@@ -1,13 +1,9 @@
 """Operations: liveness, readiness with reasons, Prometheus metrics, request ids and JSON logs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from asgiref.sync import sync_to_async
 
 from tests.conftest import free_port
@@ -41,53 +37,17 @@ async def test_health_ready_and_metrics(live_hub, make_device, postgres, redis):
     assert samples["hub_writer_flush_seconds_count"] >= 1
 
 
-@pytest.fixture
-def hub_process(tmp_path):
-    """Start `manage.py serve` with extra environment; yields (base URL, log path)."""
-    started: list[subprocess.Popen] = []
-
-    def start(*, migrate: bool = False, **env: str) -> tuple[str, Path]:
-        port = free_port()
-        log = tmp_path / f"hub-{port}.log"
-        environment = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
-        environment.update(HUB_VAR_DIR=str(tmp_path), HUB_SECRET_KEY="x" * 50, **env)
-        if migrate:
-            manage = [sys.executable, "manage.py", "migrate", "-v0"]
-            subprocess.run(manage, cwd=ROOT, env=environment, check=True, timeout=60)
-        with log.open("w") as out:
-            started.append(
-                subprocess.Popen(
-                    [sys.executable, "manage.py", "serve", "--port", str(port)],
-                    cwd=ROOT,
-                    env=environment,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        return f"http://127.0.0.1:{port}", log
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-async def listening(base: str) -> bool:
-    try:
-        async with httpx.AsyncClient(base_url=base) as client:
-            return (await client.get("/healthz")).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 async def test_readyz_is_503_naming_what_is_unreachable(hub_process):
     """Database and Redis unreachable: alive (healthz 200) but not ready, with a reason per check."""
-    base, _log = hub_process(
-        HUB_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
-        HUB_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    hub = (
+        await hub_process(
+            HUB_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+            HUB_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        )
+        .start()
+        .ready()
     )
-    await eventually(lambda: listening(base), timeout=30, what="the hub to listen")
-    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=hub.http, timeout=10) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
@@ -97,9 +57,9 @@ async def test_readyz_is_503_naming_what_is_unreachable(hub_process):
 
 async def test_json_logs_carry_request_ids_and_no_tokens(hub_process):
     """HUB_LOG_FORMAT=json writes one JSON object per line, with the request id, tokens redacted."""
-    base, log = hub_process(migrate=True, HUB_LOG_FORMAT="json")
-    await eventually(lambda: listening(base), timeout=30, what="the hub to listen")
-    async with httpx.AsyncClient(base_url=base) as client:
+    hub = await hub_process(migrate=True, HUB_LOG_FORMAT="json").start().ready()
+    log = hub.log
+    async with httpx.AsyncClient(base_url=hub.http) as client:
         response = await client.post(
             "/api/v1/secret-token-123/telemetry", json={"a": 1}, headers={"X-Request-ID": "req-7"}
         )
