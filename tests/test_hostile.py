@@ -16,9 +16,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from devices.services import device_token_rotate
+from hub.asgi import router
 from ingest.models import Reading
 from tests import rawws
 from tests.conftest import served_hub
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -195,3 +197,21 @@ async def test_fuzzed_frames_valid_are_stored_once_invalid_get_errors(live_hub, 
     expected = sum(len(body) for _text, body in frames if body is not None)
     assert await stored(device.id) == expected
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+async def test_a_connection_flood_is_refused_past_the_limit(transactional_db, make_device, settings):
+    """Past HUB_MAX_CONNECTIONS new WebSockets get 503; existing ones keep working."""
+    device = await sync_to_async(make_device)()
+    settings.HUB_MAX_CONNECTIONS = 3
+    async with served_hub() as hub:
+        url = f"{hub.ws}/ws/v1/{device.token}/telemetry"
+        async with websockets.connect(url) as a, websockets.connect(url), websockets.connect(url):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(url):
+                    pass
+            assert refused.value.response.status_code == 503
+            await a.send('{"x": 1}')
+            assert orjson.loads(await a.recv()) == {"ack": 1}
+        cap = router.application_mapping["websocket"]
+        await eventually(lambda: cap.open == 0, what="closed sockets to leave the count")
+        await still_serving(hub, device.token)
