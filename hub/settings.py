@@ -97,7 +97,9 @@ if REDIS_URLS:
         "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "core": "channels_redis.core.RedisChannelLayer",
     }[CHANNEL_LAYER_KIND]
-    CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": REDIS_URLS}}}
+    # HUB_CHANNEL_PREFIX separates hubs (or test runs) sharing one Redis.
+    _prefix = env_str("HUB_CHANNEL_PREFIX", "asgi")
+    CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": REDIS_URLS, "prefix": _prefix}}}
     if CHANNEL_LAYER_KIND == "core":
         CHANNEL_LAYERS["default"]["CONFIG"].update(
             capacity=env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1),

@@ -190,7 +190,7 @@ def hub_process(tmp_path) -> Iterator[Callable[..., HubProcess]]:
 
     def make(*, migrate: bool = False, **env: str) -> HubProcess:
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
-        environment.update(HUB_VAR_DIR=str(tmp_path), HUB_SECRET_KEY="x" * 50, **env)
+        environment.update({"HUB_VAR_DIR": str(tmp_path), "HUB_SECRET_KEY": "x" * 50, **env})
         if migrate:
             command = [sys.executable, "manage.py", "migrate", "-v0"]
             subprocess.run(command, cwd=ROOT, env=environment, check=True, timeout=120)

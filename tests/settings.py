@@ -14,14 +14,13 @@ if REQUIRED or reachable(POSTGRES_URL):
     os.environ.setdefault("HUB_DATABASE_URL", POSTGRES_URL)
 if REQUIRED or reachable(REDIS_URL):
     os.environ.setdefault("HUB_REDIS_URL", REDIS_URL)
+# Concurrent test runs on one machine must not share a test database or channel-layer names.
+RUN_ID = os.environ.setdefault("HUB_TEST_RUN_ID", str(os.getpid()))
+os.environ.setdefault("HUB_CHANNEL_PREFIX", f"hubtest{RUN_ID}")
 
 from hub.settings import *  # noqa: E402, F403
 
 # Unhashed passwords keep login fixtures fast.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-# Concurrent test runs on one machine must not share a test database or channel-layer names.
-_RUN = os.environ.get("HUB_TEST_RUN_ID", str(os.getpid()))
-DATABASES["default"]["TEST"] = {"NAME": f"test_hub_{_RUN}"}  # noqa: F405
-if REDIS_URLS:  # noqa: F405
-    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"hubtest{_RUN}"  # noqa: F405
+DATABASES["default"]["TEST"] = {"NAME": f"test_hub_{RUN_ID}"}  # noqa: F405

@@ -70,3 +70,45 @@ async def test_json_logs_carry_request_ids_and_no_tokens(hub_process):
     assert unauthorized and unauthorized[0]["request_id"] == "req-7"
     assert {"time", "level", "logger", "message"} <= set(unauthorized[0])
     assert "secret-token-123" not in log.read_text()
+
+
+async def test_readyz_flips_when_postgres_or_redis_goes_and_comes_back(make_device, hub_process, tmp_path):
+    """/readyz answers 503 naming PostgreSQL, then Redis, while each is unreachable, and 200 once it is back."""
+    from django.db import connection
+
+    from tests.conftest import database_url_for_tests
+    from tests.redis_server import RedisServer
+    from tests.tcp_proxy import TcpProxy
+
+    settings_dict = connection.settings_dict
+    proxy = await TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432)).start()
+    redis_server = RedisServer(tmp_path).start()
+    hub = hub_process(
+        HUB_DATABASE_URL=database_url_for_tests(host="127.0.0.1", port=proxy.port), HUB_REDIS_URL=redis_server.url
+    )
+    await hub.start().ready()
+
+    async def ready() -> tuple[int, dict]:
+        async with httpx.AsyncClient(base_url=hub.http, timeout=10) as client:
+            response = await client.get("/readyz")
+            return response.status_code, response.json()["checks"]
+
+    try:
+        assert await ready() == (200, {"database": "ok", "channel_layer": "ok"})
+        await proxy.cut()
+        status, checks = await ready()
+        assert status == 503 and checks["database"] != "ok" and checks["channel_layer"] == "ok"
+        await proxy.restore()
+        await eventually(lambda: _is(ready, 200), what="ready again after PostgreSQL returns")
+        redis_server.stop()
+        status, checks = await ready()
+        assert status == 503 and checks["channel_layer"] != "ok" and checks["database"] == "ok"
+        redis_server.start()
+        await eventually(lambda: _is(ready, 200), what="ready again after Redis returns")
+    finally:
+        redis_server.stop()
+        await proxy.close()
+
+
+async def _is(probe, status: int) -> bool:
+    return (await probe())[0] == status

@@ -1,0 +1,79 @@
+"""Scale-out on one backbone: two hub processes share PostgreSQL and a Redis channel layer sharded over two
+Redis servers; a dashboard on either process sees, live, the readings of devices connected to the other."""
+
+import asyncio
+import contextlib
+import os
+
+import httpx
+import orjson
+import pytest
+import redis as redis_client
+import websockets
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from tests.conftest import database_url_for_tests
+from tests.ledger import Ledger, http_device, ws_device
+from tests.redis_server import RedisServer
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("postgres", "redis")
+
+
+@pytest.fixture
+def second_redis(tmp_path):
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+async def watch(hub, cookie: str, key: str, seen: dict[str, set[int]]) -> None:
+    headers = {"Cookie": cookie, "Origin": hub.http}
+    async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
+        async for raw in ws:
+            message = orjson.loads(raw)
+            if message.get("type") == "subscribed":  # sent after the group membership is in place
+                seen.setdefault(key, set())
+            elif message.get("type") == "readings":
+                seen[key].update(r[0] for r in message["readings"])
+
+
+async def test_two_hub_processes_share_fanout_over_sharded_redis(
+    make_device, hub_process, operator_cookie, second_redis, redis
+):
+    env = {
+        "HUB_DATABASE_URL": database_url_for_tests(),
+        "HUB_REDIS_URL": f"{redis},{second_redis.url}",  # groups sharded over two Redis servers
+        "HUB_CHANNEL_PREFIX": os.environ["HUB_CHANNEL_PREFIX"],
+        "HUB_SECRET_KEY": settings.SECRET_KEY,  # one session store and key for every process
+    }
+    a, b = hub_process(**env), hub_process(**env)
+    await asyncio.gather(a.start().ready(), b.start().ready())
+    devices = [await sync_to_async(make_device)() for _ in range(6)]
+    seen_on_a: dict[str, set[int]] = {}
+    seen_on_b: dict[str, set[int]] = {}
+    watchers = [asyncio.create_task(watch(a, operator_cookie, d.key, seen_on_a)) for d in devices]
+    watchers += [asyncio.create_task(watch(b, operator_cookie, d.key, seen_on_b)) for d in devices]
+    await eventually(lambda: len(seen_on_a) == len(seen_on_b) == len(devices), what="every stream subscribed")
+    second = await asyncio.to_thread(lambda: redis_client.Redis(port=second_redis.port).pubsub_channels())
+    assert second, "groups and channels are sharded onto the second Redis too"
+    ledger, stop = Ledger(), asyncio.Event()
+    await asyncio.gather(
+        *(ws_device(lambda: b.ws, d.key, d.token, ledger, frames=50, per_frame=10, stop=stop) for d in devices[:3]),
+        *(http_device(lambda: a.http, d.key, d.token, ledger, posts=20, per_post=10, stop=stop) for d in devices[3:]),
+    )
+    report = await ledger.reconcile()
+    assert report["lost"] == report["unexpected"] == report["duplicates"] == 0
+    assert report["acked"] == report["sent"] == 3 * 500 + 3 * 200
+    with contextlib.suppress(AssertionError):
+        await eventually(
+            lambda: all(seen_on_a[d.key] >= ledger.acked[d.key] <= seen_on_b[d.key] for d in devices), timeout=15
+        )
+    for d in devices:
+        assert seen_on_a[d.key] == ledger.acked[d.key], f"dashboard on A misses readings of {d.key}"
+        assert seen_on_b[d.key] == ledger.acked[d.key], f"dashboard on B misses readings of {d.key}"
+    for w in watchers:
+        w.cancel()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{a.http}/readyz")).status_code == 200
