@@ -13,6 +13,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - after
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from alerts.silence import silence_loop  # noqa: E402
+from alerts.webhooks import webhook_loop  # noqa: E402
 from hub.routing import websocket_urlpatterns  # noqa: E402
 from ingest.retention import retention_configured, retention_loop  # noqa: E402
 from ingest.revocation import revocation_loop  # noqa: E402
@@ -67,6 +69,8 @@ async def lifespan(receive, send) -> None:
         if message["type"] == "lifespan.startup":
             get_writer()
             tasks.append(asyncio.create_task(revocation_loop(), name="hub-token-recheck"))
+            tasks.append(asyncio.create_task(silence_loop(), name="hub-alert-silence"))
+            tasks.append(asyncio.create_task(webhook_loop(), name="hub-alert-webhooks"))
             if retention_configured():
                 tasks.append(asyncio.create_task(retention_loop(), name="hub-retention"))
             await send({"type": "lifespan.startup.complete"})

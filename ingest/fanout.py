@@ -6,6 +6,7 @@ from typing import Literal, TypedDict
 
 from channels.layers import get_channel_layer
 
+from devices.services import DeviceIdentity
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,18 @@ def readings_to_wire(readings: list[Reading]) -> list[WireReading]:
     return [[r.ts, r.key, r.text if r.value is None else r.value] for r in readings]
 
 
-async def fanout_publish(by_device: dict[str, list[Reading]]) -> None:
+async def fanout_publish(by_device: dict[DeviceIdentity, list[Reading]]) -> None:
     """Send one `readings.batch` per device; failures are logged, never raised (best effort)."""
     layer = get_channel_layer()
     if layer is None:
         return
-    keys = list(by_device)
+    readings_of = {device.key: readings for device, readings in by_device.items()}
+    keys = list(readings_of)
     results = await asyncio.gather(
         *(
             layer.group_send(
                 device_group(key),
-                ReadingsBatch(type="readings.batch", device=key, readings=readings_to_wire(by_device[key])),
+                ReadingsBatch(type="readings.batch", device=key, readings=readings_to_wire(readings_of[key])),
             )
             for key in keys
         ),

@@ -6,6 +6,7 @@ from functools import cache
 
 from django.conf import settings
 
+from alerts.engine import alerts_on_committed
 from devices.services import DeviceIdentity
 from hub import metrics
 from ingest.backends import backend_from_settings
@@ -37,7 +38,7 @@ def get_writer() -> Writer:
             max_pending_rows=settings.HUB_WRITER_MAX_PENDING_ROWS,
             drain_timeout=settings.HUB_WRITER_DRAIN_SECONDS,
         )
-        _writer = Writer(backend_from_settings(), config=config, publish=fanout_publish)
+        _writer = Writer(backend_from_settings(), config=config, after_commit=[fanout_publish, alerts_on_committed])
         _writer.start()
     return _writer
 

@@ -23,7 +23,8 @@ from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
 
-Publish = Callable[[dict[str, list[Reading]]], Awaitable[None]]
+# Called after each commit with the flush's readings per device, in order: fan-out, then alerts.
+AfterCommit = Callable[[dict[DeviceIdentity, list[Reading]]], Awaitable[None]]
 
 
 class WriterClosed(Exception):
@@ -50,10 +51,10 @@ class WriterConfig:
 class Writer:
     """Batches, stores and publishes readings; one instance per process and event loop."""
 
-    def __init__(self, backend: Backend, *, config: WriterConfig, publish: Publish) -> None:
+    def __init__(self, backend: Backend, *, config: WriterConfig, after_commit: Sequence[AfterCommit]) -> None:
         self._backend = backend
         self._config = config
-        self._publish = publish
+        self._after_commit = after_commit
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._inflight: list[_Pending] = []
@@ -157,13 +158,13 @@ class Writer:
 
     def _on_committed(self, taken: list[_Pending]) -> None:
         """Commit, then ack, then publish: acks resolve here, fan-out follows on its own task."""
-        by_device: dict[str, list[Reading]] = {}
+        by_device: dict[DeviceIdentity, list[Reading]] = {}
         stored: dict[str, int] = {}
         now = time.monotonic()
         for pending in taken:
             if not pending.future.done():
                 pending.future.set_result(None)
-            by_device.setdefault(pending.device.key, []).extend(pending.readings)
+            by_device.setdefault(pending.device, []).extend(pending.readings)
             stored[pending.transport] = stored.get(pending.transport, 0) + len(pending.readings)
             metrics.ACK_LATENCY.labels(pending.transport).observe(now - pending.queued_at)
         for transport, count in stored.items():
@@ -171,16 +172,19 @@ class Writer:
         previous = self._fanout
         self._fanout = self.loop.create_task(self._fan_out(previous, by_device), name="hub-fanout")
 
-    async def _fan_out(self, previous: asyncio.Task[None] | None, by_device: dict[str, list[Reading]]) -> None:
+    async def _fan_out(
+        self, previous: asyncio.Task[None] | None, by_device: dict[DeviceIdentity, list[Reading]]
+    ) -> None:
         if previous is not None:
             await asyncio.shield(previous)  # keep per-device order across flushes
         if not by_device:
             return
-        try:
-            await self._publish(by_device)
-        except Exception:
-            # Best effort: dashboards recover from the database, never from the channel layer.
-            logger.warning("fan-out of %d devices failed", len(by_device), exc_info=True)
+        for hook in self._after_commit:
+            try:
+                await hook(by_device)
+            except Exception:
+                # Best effort: dashboards recover from the database, never from the channel layer.
+                logger.warning("after-commit %s failed for %d devices", hook.__name__, len(by_device), exc_info=True)
 
     async def drain(self) -> None:
         """Stop intake, commit what is queued within the drain timeout, fail the rest, close."""

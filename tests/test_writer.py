@@ -55,7 +55,7 @@ async def test_no_future_resolves_before_commit_and_the_queue_is_bounded(make_de
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
     backend = GatedBackend(conninfo())
-    writer = Writer(backend, config=WriterConfig(flush_interval=0.005, max_pending_rows=300), publish=nothing)
+    writer = Writer(backend, config=WriterConfig(flush_interval=0.005, max_pending_rows=300), after_commit=[])
     writer.start()
     futures = [await writer.submit(ident, readings(100, start=1_700_000_000_000 + i * 1000)) for i in range(3)]
     blocked = asyncio.create_task(writer.submit(ident, readings(100, start=1_700_000_100_000)))
@@ -79,7 +79,7 @@ async def test_a_database_outage_delays_acks_and_loses_nothing(make_device):
     writer = Writer(
         PostgresBackend(conninfo(HOST="127.0.0.1", PORT=proxy.port)),
         config=WriterConfig(flush_interval=0.005),
-        publish=nothing,
+        after_commit=[],
     )
     writer.start()
     await asyncio.wait_for(await writer.submit(ident, readings(10, start=1_700_000_000_000)), 10)
@@ -99,7 +99,7 @@ async def test_drain_commits_what_is_queued_and_fails_what_cannot_be(make_device
     """Shutdown commits queued readings; with the database gone, pending futures fail with WriterClosed."""
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.5), publish=nothing)
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.5), after_commit=[])
     writer.start()
     queued = await writer.submit(ident, readings(25))
     await writer.drain()
@@ -109,7 +109,7 @@ async def test_drain_commits_what_is_queued_and_fails_what_cannot_be(make_device
         await writer.submit(ident, readings(1))
 
     gated = GatedBackend(conninfo())
-    stuck = Writer(gated, config=WriterConfig(flush_interval=0.001, drain_timeout=0.3), publish=nothing)
+    stuck = Writer(gated, config=WriterConfig(flush_interval=0.001, drain_timeout=0.3), after_commit=[])
     stuck.start()
     pending = await stuck.submit(ident, readings(5, start=1_700_000_000_000))
     await stuck.drain()
@@ -123,9 +123,9 @@ async def test_fan_out_follows_commit_once_per_device_per_flush(make_device):
     published: list[dict] = []
 
     async def publish(by_device) -> None:
-        published.append({key: len(rs) for key, rs in by_device.items()})
+        published.append({device.key: len(rs) for device, rs in by_device.items()})
 
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), publish=publish)
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[publish])
     writer.start()
     futures = [
         await writer.submit(DeviceIdentity(a.id, a.key), readings(3)),

@@ -1,0 +1,66 @@
+"""No-data and offline rules, evaluated on a timer (owned by the ASGI lifespan): silence fires, hearing
+from the device again resolves. Transitions go through the engine's compare-and-set recording."""
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from alerts.engine import FIRED, Transition, announce, record
+from alerts.evaluation import FIRING, Tracked, silence_step
+from alerts.models import AlertRule, AlertState, Kind
+from alerts.rules import rule_spec
+from devices.models import Device
+from devices.services import DeviceIdentity
+from ingest.models import LatestValue
+
+logger = logging.getLogger(__name__)
+
+
+def silence_check(*, now_ms: int | None = None) -> list[dict]:
+    """Evaluate every enabled no-data/offline rule against every device in its scope; returns events."""
+    now_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind__in=[Kind.NO_DATA, Kind.OFFLINE])]
+    if not rules:
+        return []
+    devices = list(Device.objects.values_list("id", "key", "created_at", "last_seen"))
+    firing = set(
+        AlertState.objects.filter(rule_id__in=[r.id for r in rules], state=FIRING).values_list("rule_id", "device_id")
+    )
+    heard = {
+        (device_id, key): _ms(ts)
+        for device_id, key, ts in LatestValue.objects.filter(key__in={r.key for r in rules}).values_list(
+            "device_id", "key", "ts"
+        )
+    }
+    transitions = []
+    for rule in rules:
+        for device_id, key, created_at, last_seen in devices:
+            if not rule.applies_to(device_id, key):
+                continue
+            if rule.kind == Kind.OFFLINE:
+                last = _ms(last_seen or created_at)
+            else:
+                last = heard.get((device_id, rule.key), _ms(created_at))
+            tracked = Tracked(state=FIRING if (rule.id, device_id) in firing else "ok")
+            change = silence_step(rule, tracked, last_heard_ms=last, now_ms=now_ms)
+            if change:
+                at = now_ms if change == FIRED else last
+                transitions.append(Transition(rule, DeviceIdentity(device_id, key), change, at, None))
+    return record(transitions) if transitions else []
+
+
+def _ms(value: datetime) -> int:
+    return round(value.timestamp() * 1000)
+
+
+async def silence_loop() -> None:
+    while True:
+        await asyncio.sleep(settings.HUB_ALERT_SILENCE_CHECK_SECONDS)
+        try:
+            await announce(await sync_to_async(silence_check)())
+        except Exception:
+            logger.exception("no-data check failed; retrying next interval")
