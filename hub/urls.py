@@ -14,5 +14,6 @@ urlpatterns = [
     path("api/v1/devices/<slug:key>/telemetry.csv", telemetry_history, {"fmt": "csv"}, name="telemetry-csv"),
     path("api/v1/devices/<slug:key>/latest", telemetry_latest, name="telemetry-latest"),
     path("api/v1/<str:token>/telemetry", telemetry_post, name="telemetry-post"),
+    path("alerts/", include("alerts.urls")),
     path("", include("dashboards.urls")),
 ]

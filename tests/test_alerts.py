@@ -240,3 +240,46 @@ async def _delivery_status(status: str) -> bool:
 
 async def _event_count(kind: str, count: int) -> bool:
     return await sync_to_async(AlertEvent.objects.filter(type=kind).count)() == count
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rule_page_creates_valid_rules_and_refuses_bad_ones(client, make_device):
+    from django.contrib.auth import get_user_model
+
+    from ingest.models import LatestValue
+
+    device = make_device()
+    LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)
+    client.force_login(get_user_model().objects.create_user("op", password="pw"))
+    base = {"name": "hot", "enabled": "on", "kind": "threshold", "severity": "critical", "hysteresis": "0"}
+    base |= {"duration_seconds": "0", "no_data_seconds": "0", "device": str(device.id), "condition": "gt"}
+    refused = client.post("/alerts/rules/", {**base, "key": "unknown", "threshold": "30"})
+    assert refused.status_code == 400
+    assert "has reported the key" in refused.content.decode()
+    assert client.post("/alerts/rules/", {**base, "key": "t", "threshold": "30"}).status_code == 302
+    assert AlertRule.objects.get().threshold == 30.0
+    assert "hot" in client.get("/alerts/rules/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_open_alerts_page_lists_firing_alerts_and_records_acknowledgement(client, make_device):
+    from django.contrib.auth import get_user_model
+
+    from ingest.models import LatestValue
+
+    device = make_device()
+    LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)
+    rule = make_rule(device.id)
+    record([Transition(rule_spec(rule), DeviceIdentity(device.id, device.key), FIRED, now_ms(), 41.5)])
+    operator = get_user_model().objects.create_user("op", password="pw")
+    client.force_login(operator)
+    page = client.get("/alerts/").content.decode()
+    assert "boiler hot" in page and device.key in page and "41.5" in page
+    state = AlertState.objects.get(rule=rule)
+    assert client.post(f"/alerts/{state.id}/ack").status_code == 302
+    state.refresh_from_db()
+    assert state.acknowledged_by == operator
+    assert AlertEvent.objects.filter(type="acknowledged", by=operator).count() == 1
+    assert client.get("/alerts/", follow=False).status_code == 200
+    client.logout()
+    assert client.get("/alerts/").status_code == 302, "login required"

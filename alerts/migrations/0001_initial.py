@@ -6,90 +6,202 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('devices', '0001_initial'),
+        ("devices", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertRule',
+            name="AlertRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('enabled', models.BooleanField(default=True)),
-                ('device_pattern', models.CharField(blank=True, help_text='shell-style pattern over device keys, e.g. boiler-*; empty = all', max_length=100)),
-                ('key', models.CharField(blank=True, help_text='reading key (not needed for offline rules)', max_length=64)),
-                ('kind', models.CharField(choices=[('threshold', 'threshold'), ('no_data', 'no reading of the key for a while'), ('offline', 'device offline')], default='threshold', max_length=16)),
-                ('condition', models.CharField(blank=True, choices=[('gt', '>'), ('ge', '>='), ('lt', '<'), ('le', '<='), ('outside', 'outside the band')], max_length=8)),
-                ('threshold', models.FloatField(blank=True, help_text="the limit, or the band's low edge", null=True)),
-                ('threshold_high', models.FloatField(blank=True, help_text="the band's high edge (outside)", null=True)),
-                ('duration_seconds', models.PositiveIntegerField(default=0, help_text='fires only if every reading breaks it for this long')),
-                ('hysteresis', models.FloatField(default=0.0, help_text='clears only this far back inside the limit')),
-                ('no_data_seconds', models.PositiveIntegerField(default=0, help_text='no-data and offline rules: silence that fires')),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], default='warning', max_length=8)),
-                ('webhook_url', models.URLField(blank=True, help_text='empty: HUB_ALERT_WEBHOOK_URL')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('device', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='alert_rules', to='devices.device')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=200)),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "device_pattern",
+                    models.CharField(
+                        blank=True,
+                        help_text="shell-style pattern over device keys, e.g. boiler-*; empty = all",
+                        max_length=100,
+                    ),
+                ),
+                (
+                    "key",
+                    models.CharField(blank=True, help_text="reading key (not needed for offline rules)", max_length=64),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("threshold", "threshold"),
+                            ("no_data", "no reading of the key for a while"),
+                            ("offline", "device offline"),
+                        ],
+                        default="threshold",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "condition",
+                    models.CharField(
+                        blank=True,
+                        choices=[("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("outside", "outside the band")],
+                        max_length=8,
+                    ),
+                ),
+                ("threshold", models.FloatField(blank=True, help_text="the limit, or the band's low edge", null=True)),
+                (
+                    "threshold_high",
+                    models.FloatField(blank=True, help_text="the band's high edge (outside)", null=True),
+                ),
+                (
+                    "duration_seconds",
+                    models.PositiveIntegerField(
+                        default=0, help_text="fires only if every reading breaks it for this long"
+                    ),
+                ),
+                ("hysteresis", models.FloatField(default=0.0, help_text="clears only this far back inside the limit")),
+                (
+                    "no_data_seconds",
+                    models.PositiveIntegerField(default=0, help_text="no-data and offline rules: silence that fires"),
+                ),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")],
+                        default="warning",
+                        max_length=8,
+                    ),
+                ),
+                ("webhook_url", models.URLField(blank=True, help_text="empty: HUB_ALERT_WEBHOOK_URL")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="alert_rules",
+                        to="devices.device",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AlertEvent',
+            name="AlertEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('type', models.CharField(choices=[('fired', 'Fired'), ('resolved', 'Resolved'), ('acknowledged', 'Acknowledged')], max_length=16)),
-                ('at', models.DateTimeField()),
-                ('value', models.FloatField(blank=True, null=True)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], max_length=8)),
-                ('by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alert_events', to='devices.device')),
-                ('rule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='alerts.alertrule')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[("fired", "Fired"), ("resolved", "Resolved"), ("acknowledged", "Acknowledged")],
+                        max_length=16,
+                    ),
+                ),
+                ("at", models.DateTimeField()),
+                ("value", models.FloatField(blank=True, null=True)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")], max_length=8
+                    ),
+                ),
+                (
+                    "by",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alert_events", to="devices.device"
+                    ),
+                ),
+                (
+                    "rule",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="alerts.alertrule"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
+                "ordering": ["-at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='AlertState',
+            name="AlertState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('ok', 'Ok'), ('pending', 'Pending'), ('firing', 'Firing')], default='ok', max_length=8)),
-                ('pending_since', models.DateTimeField(blank=True, null=True)),
-                ('fired_at', models.DateTimeField(blank=True, null=True)),
-                ('value', models.FloatField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('acknowledged_at', models.DateTimeField(blank=True, null=True)),
-                ('acknowledged_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alert_states', to='devices.device')),
-                ('rule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='states', to='alerts.alertrule')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("ok", "Ok"), ("pending", "Pending"), ("firing", "Firing")], default="ok", max_length=8
+                    ),
+                ),
+                ("pending_since", models.DateTimeField(blank=True, null=True)),
+                ("fired_at", models.DateTimeField(blank=True, null=True)),
+                ("value", models.FloatField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("acknowledged_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "acknowledged_by",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alert_states", to="devices.device"
+                    ),
+                ),
+                (
+                    "rule",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="states", to="alerts.alertrule"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='WebhookDelivery',
+            name="WebhookDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('url', models.URLField()),
-                ('payload', models.JSONField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('failed', 'Failed')], default='pending', max_length=8)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField()),
-                ('last_error', models.TextField(blank=True)),
-                ('event', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='alerts.alertevent')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("url", models.URLField()),
+                ("payload", models.JSONField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("sent", "Sent"), ("failed", "Failed")],
+                        default="pending",
+                        max_length=8,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField()),
+                ("last_error", models.TextField(blank=True)),
+                (
+                    "event",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="alerts.alertevent"
+                    ),
+                ),
             ],
         ),
         migrations.AddIndex(
-            model_name='alertevent',
-            index=models.Index(fields=['device', '-at'], name='alerts_aler_device__7b9a71_idx'),
+            model_name="alertevent",
+            index=models.Index(fields=["device", "-at"], name="alerts_aler_device__7b9a71_idx"),
         ),
         migrations.AddConstraint(
-            model_name='alertstate',
-            constraint=models.UniqueConstraint(fields=('rule', 'device'), name='alert_state_rule_device'),
+            model_name="alertstate",
+            constraint=models.UniqueConstraint(fields=("rule", "device"), name="alert_state_rule_device"),
         ),
         migrations.AddIndex(
-            model_name='webhookdelivery',
-            index=models.Index(fields=['status', 'next_attempt_at'], name='alerts_webh_status_c4557e_idx'),
+            model_name="webhookdelivery",
+            index=models.Index(fields=["status", "next_attempt_at"], name="alerts_webh_status_c4557e_idx"),
         ),
     ]

@@ -1,0 +1,14 @@
+from django import forms
+
+from alerts.models import AlertRule
+
+
+class AlertRuleForm(forms.ModelForm):
+    """Validation lives in AlertRule.clean (alerts.rules.rule_problems), shared with the admin."""
+
+    class Meta:
+        model = AlertRule
+        fields = [
+            "name", "enabled", "device", "device_pattern", "key", "kind", "condition", "threshold",
+            "threshold_high", "duration_seconds", "hysteresis", "no_data_seconds", "severity", "webhook_url",
+        ]  # fmt: skip
