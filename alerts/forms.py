@@ -6,6 +6,8 @@ from alerts.models import AlertRule
 class AlertRuleForm(forms.ModelForm):
     """Validation lives in AlertRule.clean (alerts.rules.rule_problems), shared with the admin."""
 
+    webhook_url = forms.URLField(required=False, assume_scheme="https", help_text="empty: HUB_ALERT_WEBHOOK_URL")
+
     class Meta:
         model = AlertRule
         fields = [

@@ -88,7 +88,6 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 default, opted into now
 
 # Embedded default: the in-memory layer (one process only). With HUB_REDIS_URL: channels-redis.
 # Several comma-separated URLs shard groups over several Redis servers.
