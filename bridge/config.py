@@ -1,0 +1,56 @@
+"""Bridge settings from HUB_MQTT_* variables (docs/mqtt.md)."""
+
+import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+TELEMETRY_FILTER = "devices/+/telemetry"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+    client_id: str
+    protocol: int  # 5 or 4 (3.1.1)
+    shared: bool
+    share_group: str
+    session_expiry: int
+    receive_maximum: int
+    error_topic: bool
+    stats_seconds: float
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.share_group}/{TELEMETRY_FILTER}" if self.shared else TELEMETRY_FILTER
+
+
+def bridge_config(*, url: str | None = None, client_id: str | None = None, protocol: int | None = None) -> BridgeConfig:
+    url = url or settings.HUB_MQTT_URL or "mqtt://127.0.0.1:1883"
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ImproperlyConfigured(f"HUB_MQTT_URL={url!r}: the scheme must be mqtt:// or mqtts://")
+    env = os.environ.get
+    return BridgeConfig(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        # Stable per worker: the broker keeps this session's queue while the worker is away.
+        client_id=client_id or env("HUB_MQTT_CLIENT_ID") or f"hub-bridge-{socket.gethostname()}",
+        protocol=protocol or int(env("HUB_MQTT_PROTOCOL", "5")),
+        shared=env("HUB_MQTT_SHARED", "1") not in ("0", "false", "no"),
+        share_group=env("HUB_MQTT_SHARE_GROUP", "hub"),
+        session_expiry=int(env("HUB_MQTT_SESSION_EXPIRY", str(7 * 24 * 3600))),
+        receive_maximum=int(env("HUB_MQTT_RECEIVE_MAXIMUM", "1000")),
+        error_topic=env("HUB_MQTT_ERROR_TOPIC", "1") not in ("0", "false", "no"),
+        stats_seconds=float(env("HUB_MQTT_STATS_SECONDS", "10")),
+    )

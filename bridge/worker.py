@@ -1,0 +1,205 @@
+"""The MQTT bridge: broker → the one ingest entry point → PUBACK only after commit.
+
+paho-mqtt runs its network loop in its own thread; messages are handed to asyncio with
+call_soon_threadsafe, parsed and queued for the process's writer like any other transport, and
+acknowledged to the broker (manual ack) only when the writer's commit future resolves. Bad messages are
+acknowledged too (so the broker does not redeliver them forever), counted, and reported.
+"""
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass
+
+import orjson
+import paho.mqtt.client as mqtt
+from asgiref.sync import sync_to_async
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.config import BridgeConfig
+from bridge.stats import BridgeStats
+from devices.models import Device
+from devices.services import DeviceIdentity
+from hub import metrics
+from ingest.parsing import IngestError
+from ingest.service import ingest_message, writer_shutdown
+
+logger = logging.getLogger(__name__)
+
+_UNKNOWN_DEVICE = "unknown_device"
+_BAD_TOPIC = "bad_topic"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: float
+
+
+def device_key_of(topic: str) -> str | None:
+    """`devices/<KEY>/telemetry` → KEY."""
+    parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == "devices" and parts[2] == "telemetry" and parts[1]:
+        return parts[1]
+    return None
+
+
+class Bridge:
+    """One worker: owns the paho client, the consumer task and the status line."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.stats = BridgeStats()
+        self.connected = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._devices: dict[str, tuple[DeviceIdentity | None, float]] = {}
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        c = self.config
+        v5 = c.protocol == 5
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=c.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,  # 3.1.1: a persistent session
+            manual_ack=True,
+        )
+        if c.username:
+            client.username_pw_set(c.username, c.password)
+        if c.tls:
+            client.tls_set_context(ssl.create_default_context())
+        # Exponential backoff; a random base spreads the reconnects of many workers (jitter).
+        client.reconnect_delay_set(min_delay=random.uniform(0.5, 1.5), max_delay=30)  # noqa: S311
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # paho's thread ----------------------------------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            logger.warning("bridge: broker refused the connection: %s", reason_code)
+            return
+        client.subscribe(self.config.subscription, qos=1)
+        logger.info(
+            "bridge: connected as %s (session present: %s), subscribed to %s",
+            self.config.client_id,
+            flags.session_present,
+            self.config.subscription,
+        )
+        self._loop.call_soon_threadsafe(self.connected.set)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._loop.call_soon_threadsafe(self.connected.clear)
+        if reason_code != 0:
+            logger.warning("bridge: disconnected (%s); reconnecting with backoff", reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        incoming = Incoming(message.topic, message.payload, message.mid, message.qos, time.monotonic())
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, incoming)
+
+    # asyncio ----------------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        c = self.config
+        properties = None
+        if c.protocol == 5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = c.session_expiry
+            properties.ReceiveMaximum = c.receive_maximum
+            self._client.connect_async(c.host, c.port, keepalive=30, clean_start=False, properties=properties)
+        else:
+            self._client.connect_async(c.host, c.port, keepalive=30)
+        self._client.loop_start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop`, then drain: commit what is queued, ack it, disconnect."""
+        self.connect()
+        reporter = asyncio.create_task(self._report(stop), name="bridge-stats")
+        consumer = asyncio.create_task(self._consume(), name="bridge-consumer")
+        await stop.wait()
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await writer_shutdown()  # commits what is queued; the resolved futures ack their messages
+        await asyncio.sleep(0)  # let the last ack callbacks run
+        self._client.disconnect()
+        self._client.loop_stop()
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+        logger.info("%s (stopped)", self.stats.line())
+
+    async def _consume(self) -> None:
+        while True:
+            await self._handle(await self._queue.get())
+
+    async def _handle(self, message: Incoming) -> None:
+        self.stats.received += 1
+        key = device_key_of(message.topic)
+        device = await self._device(key) if key else None
+        if device is None:
+            reason = _UNKNOWN_DEVICE if key else _BAD_TOPIC
+            self._reject(message, key, reason, f"no device {key!r}" if key else "topic is not devices/<KEY>/telemetry")
+            return
+        try:
+            future = await ingest_message(device=device, body=message.payload, transport="mqtt")
+        except IngestError as error:
+            self._reject(message, key, error.code, error.message, error.as_dict())
+            return
+        self.stats.inflight += 1
+        self.stats.oldest_inflight[message.mid] = message.received_at
+        future.add_done_callback(lambda f, m=message: self._committed(m, f))
+
+    def _committed(self, message: Incoming, future: asyncio.Future[None]) -> None:
+        self.stats.inflight -= 1
+        self.stats.oldest_inflight.pop(message.mid, None)
+        if future.cancelled() or future.exception() is not None:
+            # Not committed: no PUBACK, so the broker redelivers it to this session later.
+            return
+        self.stats.stored += 1
+        self._ack(message)
+
+    def _ack(self, message: Incoming) -> None:
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+        self.stats.acked += 1
+
+    def _reject(self, message: Incoming, key: str | None, code: str, text: str, detail: dict | None = None) -> None:
+        self.stats.rejected += 1
+        self.stats.reasons[code] += 1
+        logger.debug("bridge: rejected a message on %s: %s (%s)", message.topic, code, text)
+        metrics.MESSAGES_REJECTED.labels("mqtt", code).inc()
+        self._ack(message)  # acknowledged, so a bad message is not redelivered forever
+        if self.config.error_topic and key and code != _UNKNOWN_DEVICE:
+            error = {"error": detail or {"code": code, "message": text}}
+            self._client.publish(f"devices/{key}/errors", orjson.dumps(error), qos=0)
+
+    async def _device(self, key: str) -> DeviceIdentity | None:
+        """Cached lookup; unknown keys are re-checked after 10 s (a device may be created meanwhile)."""
+        cached = self._devices.get(key)
+        if cached is not None and (cached[0] is not None or time.monotonic() - cached[1] < 10):
+            return cached[0]
+        identity = await _lookup(key)
+        self._devices[key] = (identity, time.monotonic())
+        return identity
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.config.stats_seconds)
+            logger.info("%s", self.stats.line())
+            self.stats.reasons.clear()
+
+
+@sync_to_async
+def _lookup(key: str) -> DeviceIdentity | None:
+    row = Device.objects.filter(key=key).values_list("id", "key").first()
+    return DeviceIdentity(id=row[0], key=row[1]) if row else None

@@ -1,0 +1,58 @@
+"""MQTT publishers for tests and benchmarks: QoS 1, recording what the broker acknowledged (PUBACK)."""
+
+import threading
+import time
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+class Publisher:
+    """One device's MQTT connection; `acked` holds the ts of messages the broker PUBACKed."""
+
+    def __init__(self, host: str, port: int, key: str, *, client_id: str | None = None) -> None:
+        self.key = key
+        self.acked: set[int] = set()
+        self._pending: dict[int, int] = {}
+        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"pub-{key}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.on_publish = self._on_publish
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            ts = self._pending.pop(mid, None)
+            if ts is None:
+                self._early.add(mid)
+            else:
+                self.acked.add(ts)
+
+    def publish(self, ts: int, values: dict, *, topic: str | None = None, payload: bytes | None = None) -> None:
+        body = payload if payload is not None else orjson.dumps({"ts": ts, "values": values})
+        # Never hold our lock inside paho: its network thread may be in _on_publish waiting for it.
+        info = self.client.publish(topic or f"devices/{self.key}/telemetry", body, qos=1)
+        with self._lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.add(ts)
+            else:
+                self._pending[info.mid] = ts
+
+    def wait_all_acked(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
