@@ -172,6 +172,7 @@ USE_TZ = True
 
 # HUB_LOG_FORMAT=json: one JSON object per line (python-json-logger). Every line passes the token filter.
 HUB_LOG_FORMAT = env_str("HUB_LOG_FORMAT", "plain")
+HUB_LOG_LEVEL = env_str("HUB_LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -194,10 +195,9 @@ LOGGING = {
             "filters": ["redact_tokens", "request_id"],
         },
     },
-    "root": {"handlers": ["console"], "level": env_str("HUB_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": HUB_LOG_LEVEL},
     "loggers": {
-        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        name: {"handlers": ["console"], "level": HUB_LOG_LEVEL, "propagate": False}
+        for name in ("uvicorn", "uvicorn.access", "django")
     },
 }

@@ -22,6 +22,9 @@ WS_4403_TOKEN_REVOKED = 4403
 class TelemetryConsumer(AsyncWebsocketConsumer):
     """`/ws/v1/<TOKEN>/telemetry`: one text frame = one message; acks are cumulative after commit."""
 
+    # Device sockets never receive channel-layer messages: no layer means no per-connection channel,
+    # no Redis subscription and no receive task per socket (what lets one process hold 10,000 of them).
+    channel_layer_alias = "no-channel-layer"
     device: DeviceIdentity
     acks: AckSequencer | None = None
 
