@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -98,7 +98,7 @@ class AlertEngine:
                 tracked.state, tracked.pending_since = state, since
 
 
-@sync_to_async
+@database_sync_to_async
 def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None]]]:
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind=Kind.THRESHOLD)]
     states = {
@@ -117,7 +117,7 @@ def _dt(ms: int) -> datetime:
 
 
 async def record_transitions(transitions: list[Transition]) -> None:
-    await announce(await sync_to_async(record)(transitions))
+    await announce(await database_sync_to_async(record)(transitions))
 
 
 async def announce(events: list[dict]) -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from alerts.engine import FIRED, Transition, announce, record
@@ -61,6 +61,6 @@ async def silence_loop() -> None:
     while True:
         await asyncio.sleep(settings.HUB_ALERT_SILENCE_CHECK_SECONDS)
         try:
-            await announce(await sync_to_async(silence_check)())
+            await announce(await database_sync_to_async(silence_check)())
         except Exception:
             logger.exception("no-data check failed; retrying next interval")

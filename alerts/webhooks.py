@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import httpx
 import orjson
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -71,11 +71,11 @@ async def _send(client: httpx.AsyncClient, delivery_id: int, url: str, payload: 
         error = None if response.is_success else f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
-    await sync_to_async(_settle)(delivery_id, attempts + 1, error)
+    await database_sync_to_async(_settle)(delivery_id, attempts + 1, error)
 
 
 async def webhooks_deliver_due(client: httpx.AsyncClient) -> int:
-    rows = await sync_to_async(_claim)()
+    rows = await database_sync_to_async(_claim)()
     await asyncio.gather(*(_send(client, *row) for row in rows))
     return len(rows)
 

@@ -64,7 +64,13 @@ def prepare(env: dict[str, str], devices: int) -> list[str]:
 
 
 async def device(url: str, interval: float, latencies: list[float], connected: list[int], stop: asyncio.Event) -> None:
-    async with websockets.connect(url, open_timeout=60, ping_interval=None, max_queue=4) as ws:
+    while True:  # a handshake that times out in the connection storm is retried, as a real device would
+        try:
+            ws = await websockets.connect(url, open_timeout=30, ping_interval=None, max_queue=4)
+            break
+        except (OSError, TimeoutError, websockets.WebSocketException):
+            await asyncio.sleep(random.uniform(1, 3))  # noqa: S311
+    async with ws:
         connected[0] += 1
         frame = 0
         await asyncio.sleep(random.uniform(0, interval))  # noqa: S311 - spread the load
@@ -105,7 +111,7 @@ async def run(args: argparse.Namespace) -> None:
             tasks.append(
                 asyncio.create_task(device(f"{base}/{tokens[i]}/telemetry", args.interval, latencies, connected, stop))
             )
-            if i % 200 == 0:
+            if i % 100 == 0:
                 await asyncio.sleep(0.2)
                 print(f"\rconnecting: {connected[0]}/{args.devices - 1}", end="", flush=True)
         while connected[0] < args.devices - 1 and time.monotonic() - started < 300:

@@ -10,12 +10,13 @@ import asyncio
 import logging
 import random
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 
 import orjson
 import paho.mqtt.client as mqtt
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -41,6 +42,7 @@ class Incoming:
     mid: int
     qos: int
     received_at: float
+    generation: int  # the connection it arrived on: packet ids are only meaningful within it
 
 
 def device_key_of(topic: str) -> str | None:
@@ -61,6 +63,8 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         self._devices: dict[str, tuple[DeviceIdentity | None, float]] = {}
+        self._generation = 0
+        self._ack_lock = threading.Lock()
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -90,6 +94,10 @@ class Bridge:
         if reason_code.is_failure:
             logger.warning("bridge: broker refused the connection: %s", reason_code)
             return
+        with self._ack_lock:
+            # Acks still pending from the previous connection must not hit messages of this one that
+            # reuse their packet ids; their messages are redelivered (and stored once) instead.
+            self._generation += 1
         client.subscribe(self.config.subscription, qos=1)
         logger.info(
             "bridge: connected as %s (session present: %s), subscribed to %s",
@@ -105,7 +113,9 @@ class Bridge:
             logger.warning("bridge: disconnected (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        incoming = Incoming(message.topic, message.payload, message.mid, message.qos, time.monotonic())
+        incoming = Incoming(
+            message.topic, message.payload, message.mid, message.qos, time.monotonic(), self._generation
+        )
         self._loop.call_soon_threadsafe(self._queue.put_nowait, incoming)
 
     # asyncio ----------------------------------------------------------------------------------------
@@ -169,8 +179,11 @@ class Bridge:
         self._ack(message)
 
     def _ack(self, message: Incoming) -> None:
-        if message.qos > 0:
-            self._client.ack(message.mid, message.qos)
+        with self._ack_lock:
+            if message.generation != self._generation:
+                return  # that connection is gone; the broker redelivers the message on this one
+            if message.qos > 0:
+                self._client.ack(message.mid, message.qos)
         self.stats.acked += 1
 
     def _reject(self, message: Incoming, key: str | None, code: str, text: str, detail: dict | None = None) -> None:
@@ -199,7 +212,7 @@ class Bridge:
             self.stats.reasons.clear()
 
 
-@sync_to_async
+@database_sync_to_async
 def _lookup(key: str) -> DeviceIdentity | None:
     row = Device.objects.filter(key=key).values_list("id", "key").first()
     return DeviceIdentity(id=row[0], key=row[1]) if row else None

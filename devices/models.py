@@ -11,6 +11,8 @@ class Device(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # The same token hashed for the MQTT broker's password file (devices/tokens.py, docs/mqtt.md).
+    broker_hash = models.CharField(max_length=128, blank=True, editable=False)
 
     class Meta:
         ordering = ["key"]

@@ -2,10 +2,11 @@
 
 from dataclasses import dataclass
 
+from channels.db import database_sync_to_async
 from django.db import transaction
 
 from devices.models import Device
-from devices.tokens import token_hash, token_new
+from devices.tokens import token_broker_hash, token_hash, token_new
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class DeviceIdentity:
 def device_create(*, key: str, name: str = "") -> tuple[Device, str]:
     """Create a device; returns it with its plaintext token (the only time the token is visible)."""
     token = token_new()
-    device = Device(key=key, name=name, token_hash=token_hash(token))
+    device = Device(key=key, name=name, token_hash=token_hash(token), broker_hash=token_broker_hash(token))
     device.full_clean()
     device.save()
     return device, token
@@ -32,7 +33,8 @@ def device_token_rotate(*, key: str) -> str:
     with transaction.atomic():
         device = Device.objects.select_for_update().get(key=key)
         device.token_hash = token_hash(token)
-        device.save(update_fields=["token_hash"])
+        device.broker_hash = token_broker_hash(token)
+        device.save(update_fields=["token_hash", "broker_hash"])
     return token
 
 
@@ -41,8 +43,15 @@ async def device_authenticate(*, token: str) -> DeviceIdentity | None:
     if not token or len(token) > 256:
         return None
     hashed = token_hash(token)
-    row = await Device.objects.filter(token_hash=hashed).values_list("id", "key").afirst()
+    row = await _device_row(hashed)
     return DeviceIdentity(id=row[0], key=row[1], token_hash=hashed) if row else None
+
+
+@database_sync_to_async
+def _device_row(hashed: str) -> tuple[int, str] | None:
+    # database_sync_to_async drops connections that broke (a database restart) before and after the query,
+    # which long-lived sockets and background tasks need: no request cycle does it for them.
+    return Device.objects.filter(token_hash=hashed).values_list("id", "key").first()
 
 
 def device_identity_by_key(*, key: str) -> DeviceIdentity | None:

@@ -5,6 +5,8 @@ so every process writes its samples there and /metrics aggregates them (promethe
 mode); gauges then sum over live processes.
 """
 
+from functools import cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -24,6 +26,22 @@ WRITER_RETRIES = Counter("hub_writer_retries", "Flushes retried after a transien
 WRITER_QUEUE_ROWS = Gauge("hub_writer_queue_rows", "Readings waiting for the writer", multiprocess_mode="livesum")
 CONNECTED_DEVICES = Gauge("hub_connected_devices", "Open device WebSockets", ["transport"], multiprocess_mode="livesum")
 CONNECTED_DASHBOARDS = Gauge("hub_connected_dashboards", "Open dashboard streams", multiprocess_mode="livesum")
+
+
+# Labelled children, cached: `.labels()` validates and locks on every call, which the hot path should not pay.
+@cache
+def received(transport: str) -> Counter:
+    return READINGS_RECEIVED.labels(transport)
+
+
+@cache
+def stored(transport: str) -> Counter:
+    return READINGS_STORED.labels(transport)
+
+
+@cache
+def ack_latency(transport: str) -> Histogram:
+    return ACK_LATENCY.labels(transport)
 
 
 def metrics_exposition(multiproc_dir: str | None) -> tuple[bytes, str]:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -66,7 +66,7 @@ async def retention_loop() -> None:
     while True:
         await asyncio.sleep(settings.HUB_RETENTION_INTERVAL_SECONDS)
         try:
-            await sync_to_async(retention_apply_once_across_processes)()
+            await database_sync_to_async(retention_apply_once_across_processes)()
         except Exception:
             logger.exception("retention failed; retrying next interval")
 

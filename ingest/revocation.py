@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from devices.models import Device
@@ -31,7 +31,7 @@ def connection_closed(token_hash: str, close: Closer) -> None:
             del _open[token_hash]
 
 
-@sync_to_async
+@database_sync_to_async
 def _still_valid(hashes: list[str]) -> set[str]:
     return set(Device.objects.filter(token_hash__in=hashes).values_list("token_hash", flat=True))
 

@@ -65,5 +65,5 @@ async def ingest_message(
     except IngestError as error:
         metrics.MESSAGES_REJECTED.labels(transport, error.code).inc()
         raise
-    metrics.READINGS_RECEIVED.labels(transport).inc(len(readings))
+    metrics.received(transport).inc(len(readings))
     return await get_writer().submit(device, readings, transport=transport)

@@ -166,9 +166,9 @@ class Writer:
                 pending.future.set_result(None)
             by_device.setdefault(pending.device, []).extend(pending.readings)
             stored[pending.transport] = stored.get(pending.transport, 0) + len(pending.readings)
-            metrics.ACK_LATENCY.labels(pending.transport).observe(now - pending.queued_at)
+            metrics.ack_latency(pending.transport).observe(now - pending.queued_at)
         for transport, count in stored.items():
-            metrics.READINGS_STORED.labels(transport).inc(count)
+            metrics.stored(transport).inc(count)
         previous = self._fanout
         self._fanout = self.loop.create_task(self._fan_out(previous, by_device), name="hub-fanout")
 

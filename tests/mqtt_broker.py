@@ -1,6 +1,7 @@
 """A private Mosquitto on a free loopback port with the hub's broker settings, for tests that restart it,
 inspect its sessions, or must not share the machine's broker."""
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 from tests.conftest import free_port
 
 CONFIG = """
+# Run as the current user: as root Mosquitto would switch to `mosquitto`, who cannot use pytest's tmp dir.
+user {user}
 listener {port} 127.0.0.1
 allow_anonymous true
 set_tcp_nodelay true
@@ -25,7 +28,7 @@ class MosquittoBroker:
         self.port = free_port()
         self.workdir = workdir
         self.config = workdir / f"mosquitto-{self.port}.conf"
-        self.config.write_text(CONFIG.format(port=self.port, dir=workdir))
+        self.config.write_text(CONFIG.format(port=self.port, dir=workdir, user=getpass.getuser()))
         self.process: subprocess.Popen | None = None
 
     @property

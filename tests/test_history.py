@@ -96,8 +96,9 @@ async def test_aggregates_equal_python_on_every_source(api, dataset):
             for key in ("temp", "volt"):
                 want = expected(readings, key, start, end, interval, agg)
                 assert same_points(body["data"][key], want), (key, agg, interval, aggregate_source(interval))
-            hole = [p for p in body["data"]["temp"] if t0 + 2 * HOUR <= p["ts"] < t0 + 3 * HOUR]
-            assert hole == [], "empty buckets are absent"
+            if interval <= HOUR:  # a 2-hour bucket may straddle the empty hour
+                hole = [p for p in body["data"]["temp"] if t0 + 2 * HOUR <= p["ts"] < t0 + 3 * HOUR]
+                assert hole == [], "empty buckets are absent"
 
 
 async def test_a_late_reading_changes_the_rolled_up_bucket_and_a_resend_does_not(api, dataset):
@@ -205,8 +206,8 @@ def plan(sql: str, params: list) -> str:
 
 
 PLAN_FIXTURE = [
-    """INSERT INTO devices_device (key, name, created_at, token_hash)
-       SELECT 'p' || g, '', now(), md5(g::text) FROM generate_series(1, 50) g""",
+    """INSERT INTO devices_device (key, name, created_at, token_hash, broker_hash)
+       SELECT 'p' || g, '', now(), md5(g::text), '' FROM generate_series(1, 50) g""",
     """INSERT INTO ingest_reading (device_id, key, ts, value)
        SELECT d.id, 'k' || (g % 4), now() - g * interval '1 second', g
        FROM devices_device d, generate_series(1, 4000) g""",
