@@ -1,20 +1,38 @@
-"""Dashboard stream: a logged-in operator's WebSocket subscribed to one device's group."""
+"""Dashboard streams: a logged-in operator's WebSocket following one device live, gap-free.
+
+Protocol (docs/stream-protocol.md): the server subscribes to the device's group, then the client sends
+`{"since": <ts of the newest reading it has>}`; the server answers with the readings committed after it
+(`history`), then forwards live readings, dropping the ones the history already carried. Sends go through
+a bounded queue: a browser that stops reading is closed (4008) instead of growing the hub's memory.
+"""
+
+import asyncio
+import contextlib
+import time
 
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
+from dashboards.stream import Identity, readings_since, unseen
 from devices.models import Device
+from hub import metrics
 from ingest.fanout import ReadingsBatch, device_group
 
+WS_4400_BAD_REQUEST = 4400
 WS_4401_UNAUTHENTICATED = 4401
 WS_4404_UNKNOWN_DEVICE = 4404
+WS_4008_TOO_SLOW = 4008
+_DEDUPE_SECONDS = 30.0  # history identities are kept this long to drop live duplicates
 
 
 class DeviceStreamConsumer(AsyncWebsocketConsumer):
-    """`/ws/v1/devices/<KEY>/stream`: forwards the device's committed readings live."""
+    """`/ws/v1/devices/<KEY>/stream` (session auth; Origin checked by the router)."""
 
     group: str | None = None
+    device_id: int | None = None
+    sender: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         await self.accept()  # accept first so the browser sees the close code
@@ -23,17 +41,74 @@ class DeviceStreamConsumer(AsyncWebsocketConsumer):
             await self.close(code=WS_4401_UNAUTHENTICATED)
             return
         key = self.scope["url_route"]["kwargs"]["key"]
-        if not await database_sync_to_async(Device.objects.filter(key=key).exists)():
+        self.device_id = await _device_id(key)
+        if self.device_id is None:
             await self.close(code=WS_4404_UNKNOWN_DEVICE)
             return
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
+        self.caught_up = False
+        self.held: list[list] = []  # live readings that arrive before the catch-up is sent
+        self.seen: set[Identity] = set()
+        self.seen_until = 0.0
+        self.sender = asyncio.create_task(self._send_loop())
         self.group = device_group(key)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.send(text_data=orjson.dumps({"type": "subscribed", "device": key}).decode())
+        await self.channel_layer.group_add(self.group, self.channel_name)  # subscribe first, then query
+        metrics.CONNECTED_DASHBOARDS.inc()
+        self._post({"type": "subscribed", "device": key})
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            since = int(orjson.loads(text_data or "")["since"])
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            await self.close(code=WS_4400_BAD_REQUEST)
+            return
+        history = await database_sync_to_async(readings_since)(device_id=self.device_id, since=since)
+        self.seen = {(key, ts) for ts, key, _v in history}
+        self.seen_until = time.monotonic() + _DEDUPE_SECONDS
+        self._post({"type": "history", "since": since, "readings": history})
+        held, self.held, self.caught_up = self.held, [], True
+        self._forward(held)
+
+    async def readings_batch(self, message: ReadingsBatch) -> None:
+        if self.caught_up:
+            self._forward(message["readings"])
+        elif len(self.held) < settings.HUB_STREAM_CATCHUP_LIMIT:
+            self.held.extend(message["readings"])
+        else:
+            await self._too_slow()
+
+    def _forward(self, readings: list[list]) -> None:
+        if self.seen and time.monotonic() < self.seen_until:
+            readings = unseen(readings, self.seen)
+        else:
+            self.seen = set()
+        if readings:
+            self._post({"type": "readings", "readings": readings})
+
+    def _post(self, payload: dict) -> None:
+        try:
+            self.outbox.put_nowait(orjson.dumps(payload))
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().create_task(self._too_slow())
+
+    async def _too_slow(self) -> None:
+        await self.close(code=WS_4008_TOO_SLOW)
+
+    async def _send_loop(self) -> None:
+        while (data := await self.outbox.get()) is not None:
+            await self.send(text_data=data.decode())
 
     async def disconnect(self, code: int) -> None:
         if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            metrics.CONNECTED_DASHBOARDS.dec()
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
+        if self.sender is not None:
+            self.sender.cancel()
+            await asyncio.gather(self.sender, return_exceptions=True)
 
-    async def readings_batch(self, message: ReadingsBatch) -> None:
-        payload = {"type": "readings", "device": message["device"], "readings": message["readings"]}
-        await self.send(text_data=orjson.dumps(payload).decode())
+
+@database_sync_to_async
+def _device_id(key: str) -> int | None:
+    return Device.objects.filter(key=key).values_list("id", flat=True).first()

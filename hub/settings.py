@@ -159,6 +159,11 @@ HUB_ALERT_WEBHOOK_MAX_ATTEMPTS = env_int("HUB_ALERT_WEBHOOK_MAX_ATTEMPTS", 8, mi
 HUB_ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("HUB_ALERT_WEBHOOK_BACKOFF_SECONDS", 1.0, minimum=0.0)
 HUB_ALERT_WEBHOOK_POLL_SECONDS = env_float("HUB_ALERT_WEBHOOK_POLL_SECONDS", 0.5, minimum=0.05)
 
+# Dashboards (docs/dashboards.md, docs/stream-protocol.md).
+HUB_ONLINE_WINDOW_SECONDS = env_int("HUB_ONLINE_WINDOW_SECONDS", 120, minimum=1)
+HUB_STREAM_CATCHUP_LIMIT = env_int("HUB_STREAM_CATCHUP_LIMIT", 20_000, minimum=1)
+HUB_STREAM_QUEUE_MESSAGES = env_int("HUB_STREAM_QUEUE_MESSAGES", 1_000, minimum=1)
+
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # plotly.js comes from the installed plotly package, so dashboards work offline (no CDN).

@@ -4,13 +4,19 @@ offer compression and inspect the answer, send invalid UTF-8, never answer pings
 import asyncio
 import base64
 import os
+import socket
 import struct
 
 
 async def handshake(
-    host: str, port: int, path: str, extra_headers: dict[str, str] | None = None
+    host: str, port: int, path: str, extra_headers: dict[str, str] | None = None, *, rcvbuf: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
-    reader, writer = await asyncio.open_connection(host, port)
+    sock = socket.socket()
+    if rcvbuf:  # a tiny receive window makes a client that stops reading push back on the server at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
     key = base64.b64encode(os.urandom(16)).decode()
     headers = {
         "Host": f"{host}:{port}",

@@ -103,6 +103,8 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
                 f"ws://127.0.0.1:{port}/ws/v1/devices/kitchen/stream", additional_headers=headers
             ) as stream:
                 assert orjson.loads(await stream.recv())["type"] == "subscribed"
+                await stream.send(orjson.dumps({"since": time.time_ns() // 1_000_000 - 5_000}).decode())
+                assert orjson.loads(await stream.recv())["type"] == "history"
                 ts = time.time_ns() // 1_000_000
                 response = await client.post(f"/api/v1/{token}/telemetry", json={"ts": ts, "values": {"t": 1.5}})
                 assert response.status_code == 200

@@ -50,6 +50,8 @@ async def watch(hub, cookie: str, key: str, expected: int, seen: dict[str, set])
     headers = {"Cookie": cookie, "Origin": hub.http}
     async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
         assert orjson.loads(await ws.recv())["type"] == "subscribed"
+        await ws.send(orjson.dumps({"since": time.time_ns() // 1_000_000}).decode())
+        assert orjson.loads(await ws.recv())["type"] == "history"
         seen[key] = set()
         while len(seen[key]) < expected:
             message = orjson.loads(await ws.recv())

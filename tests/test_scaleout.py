@@ -4,6 +4,7 @@ Redis servers; a dashboard on either process sees, live, the readings of devices
 import asyncio
 import contextlib
 import os
+import time
 
 import httpx
 import orjson
@@ -34,6 +35,8 @@ async def watch(hub, cookie: str, key: str, seen: dict[str, set[int]]) -> None:
         async for raw in ws:
             message = orjson.loads(raw)
             if message.get("type") == "subscribed":  # sent after the group membership is in place
+                await ws.send(orjson.dumps({"since": time.time_ns() // 1_000_000}).decode())
+            elif message.get("type") == "history":
                 seen.setdefault(key, set())
             elif message.get("type") == "readings":
                 seen[key].update(r[0] for r in message["readings"])

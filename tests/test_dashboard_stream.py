@@ -1,0 +1,147 @@
+"""The dashboard stream: session and Origin checks, catch-up after `since`, gap-free stitching of history
+and live readings, and slow viewers closed without hurting the others."""
+
+import asyncio
+import time
+
+import orjson
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+
+from ingest.models import Reading
+from tests import rawws
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("postgres", "redis")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def stream_url(hub, key: str) -> str:
+    return f"{hub.ws}/ws/v1/devices/{key}/stream"
+
+
+async def send_frames(hub, token: str, frames: list[list[dict]]) -> None:
+    async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
+        for frame in frames:
+            await ws.send(orjson.dumps(frame).decode())
+        acked = 0
+        while acked < len(frames):
+            acked = orjson.loads(await ws.recv())["ack"]
+
+
+@sync_to_async
+def stored_after(device_id: int, since: int) -> list[tuple[str, int]]:
+    from datetime import UTC, datetime
+
+    rows = Reading.objects.filter(device_id=device_id, ts__gt=datetime.fromtimestamp(since / 1000, UTC))
+    return sorted((k, round(ts.timestamp() * 1000)) for k, ts in rows.values_list("key", "ts"))
+
+
+async def test_login_is_required_and_a_foreign_origin_is_refused(live_hub, make_device, operator_cookie):
+    device = await sync_to_async(make_device)()
+    async with websockets.connect(stream_url(live_hub, device.key), additional_headers={"Origin": live_hub.http}) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd.code == 4401
+    hijack = {"Cookie": operator_cookie, "Origin": "https://evil.example"}
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(stream_url(live_hub, device.key), additional_headers=hijack):
+            pass
+    assert refused.value.response.status_code == 403
+    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+    async with websockets.connect(stream_url(live_hub, "ghost"), additional_headers=headers) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd.code == 4404
+
+
+async def test_catch_up_returns_exactly_what_came_after_since(live_hub, make_device, operator_cookie):
+    device = await sync_to_async(make_device)()
+    t0 = now_ms() - 60_000
+    await send_frames(live_hub, device.token, [[{"ts": t0 + i, "values": {"a": i, "b": -i}} for i in range(50)]])
+    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+    async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+        await ws.send(orjson.dumps({"since": t0 + 39}).decode())
+        history = orjson.loads(await ws.recv())
+    assert history["type"] == "history"
+    assert [(r[1], r[0]) for r in history["readings"]] == [(k, t0 + i) for i in range(40, 50) for k in ("a", "b")]
+
+
+async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_device, operator_cookie):
+    """Viewers join while a device streams: history + live equals a fresh query, each reading once."""
+    device = await sync_to_async(make_device)()
+    t0 = now_ms() - 100_000
+    frames = [[{"ts": t0 + f * 10 + i, "values": {"v": f}} for i in range(10)] for f in range(300)]
+    since = t0 - 1  # viewers that have nothing yet: everything, from history or live, exactly once
+    views: list[list[tuple[str, int]]] = []
+
+    async def viewer(delay: float) -> None:
+        await asyncio.sleep(delay)
+        got: list[tuple[str, int]] = []
+        views.append(got)
+        headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+        async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "subscribed"
+            await ws.send(orjson.dumps({"since": since}).decode())
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):
+                    while True:
+                        message = orjson.loads(await ws.recv())
+                        got.extend((r[1], r[0]) for r in message["readings"])
+
+    sender = asyncio.create_task(send_frames_paced(live_hub, device.token, frames))
+    await asyncio.gather(sender, *(viewer(d) for d in (0.05, 0.2, 0.4, 0.8)))
+    expected = await stored_after(device.id, since)
+    assert len(expected) == 3000
+    for got in views:
+        assert len(got) == len(set(got)), "no duplicate"
+        assert sorted(got) == expected, "no gap"
+
+
+async def send_frames_paced(hub, token: str, frames: list[list[dict]]) -> None:
+    async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
+        for frame in frames:
+            await ws.send(orjson.dumps(frame).decode())
+            await asyncio.sleep(0.003)
+        acked = 0
+        while acked < len(frames):
+            acked = orjson.loads(await ws.recv())["ack"]
+
+
+async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
+    live_hub, make_device, operator_cookie, settings
+):
+    settings.HUB_STREAM_QUEUE_MESSAGES = 4
+    device = await sync_to_async(make_device)()
+    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+    host, port = live_hub.http.removeprefix("http://").split(":")
+    reader, writer, response = await rawws.handshake(
+        host, int(port), f"/ws/v1/devices/{device.key}/stream", headers, rcvbuf=4096
+    )
+    assert response.startswith("HTTP/1.1 101")
+    writer.write(rawws.frame(0x1, orjson.dumps({"since": now_ms()})))
+    received: list[int] = []
+
+    async def read_all(ws) -> None:
+        async for raw in ws:
+            received.extend(r[0] for r in orjson.loads(raw).get("readings", []))
+
+    t0 = now_ms() - 100_000
+    async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as good:
+        assert orjson.loads(await good.recv())["type"] == "subscribed"
+        await good.send(orjson.dumps({"since": now_ms()}).decode())
+        assert orjson.loads(await good.recv())["type"] == "history"
+        task = asyncio.create_task(read_all(good))
+        frames = [[{"ts": t0 + f * 1000 + i, "values": {"x": "y" * 60}} for i in range(600)] for f in range(200)]
+        for f in range(0, 200, 8):
+            await send_frames(live_hub, device.token, frames[f : f + 8])
+        await eventually(lambda: len(received) == 120_000, timeout=60, what="the reading viewer to get everything")
+        task.cancel()
+    # The silent viewer, once it reads again, finds its socket closed with 4008 (too slow).
+    assert await asyncio.wait_for(rawws.close_code(reader), 10) == 4008
+    writer.close()
