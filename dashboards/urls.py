@@ -1,9 +1,11 @@
 from django.urls import path
 
 from dashboards import views
+from dashboards.history_page import device_history
 
 app_name = "dashboards"
 urlpatterns = [
     path("", views.fleet, name="fleet"),
     path("devices/<slug:key>/", views.device_detail, name="device"),
+    path("devices/<slug:key>/history/", device_history, name="history"),
 ]

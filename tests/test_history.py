@@ -5,6 +5,7 @@ import io
 import random
 import statistics
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -199,6 +200,29 @@ async def test_csv_is_exactly_the_json_and_streams(api, dataset):
         assert rows[1][1].endswith("Z"), "UTC timestamps"
 
 
+async def test_buckets_and_csv_times_are_utc_whatever_the_time_zones(api, dataset, settings, monkeypatch):
+    """Everything in the API is UTC: with the hub and a database session at UTC+05:30, hour and day buckets
+    still start on UTC hours and midnights, and CSV times are UTC. Only the page shows local time."""
+    settings.TIME_ZONE = "Asia/Kolkata"  # a half-hour offset: local alignment would show as ts % HOUR != 0
+    monkeypatch.setenv("PGTZ", "Asia/Kolkata")  # the raw CSV export opens its own libpq connection
+    device, t0, readings = dataset
+    url = f"/api/v1/devices/{device.key}/telemetry"
+    for interval in (HOUR, 86_400_000):
+        params = {"keys": "temp", "start": t0, "end": t0 + 5 * HOUR, "interval": interval, "agg": "SUM"}
+        points = (await api.get(url, params=params)).json()["data"]["temp"]
+        assert points and all(p["ts"] % interval == 0 for p in points), "buckets aligned to UTC"
+        assert same_points(points, expected(readings, "temp", t0, t0 + 5 * HOUR, interval, "SUM"))
+    raw = {"keys": "temp", "start": t0, "end": t0 + 5 * HOUR, "limit": 50}
+    for query in (raw, {**raw, "agg": "MAX", "interval": HOUR}):
+        text = (await api.get(url + ".csv", params=query)).text
+        rows = list(csv.reader(io.StringIO(text)))[1:]
+        assert rows and all(time_ == utc_iso(int(ts)) for ts, time_, _key, _value in rows), rows[:3]
+
+
+def utc_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
 def plan(sql: str, params: list) -> str:
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + sql, params)
@@ -220,8 +244,6 @@ PLAN_FIXTURE = [
 @pytest.mark.django_db(transaction=True)
 def test_main_query_shapes_use_the_indexes(postgres):
     """EXPLAIN: raw ranges, raw aggregates and rollup aggregates scan the primary-key indexes."""
-    from datetime import UTC, datetime
-
     with connection.cursor() as cursor:
         for statement in PLAN_FIXTURE:
             cursor.execute(statement)

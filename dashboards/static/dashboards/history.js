@@ -1,0 +1,252 @@
+// History page: pick a range, keys and an aggregate; draw what the history API answers; zooming re-queries
+// the zoomed range at a finer interval; the CSV link always carries the parameters of the drawn answer.
+// Time zones: the API speaks UTC milliseconds only. The page shows and accepts local time: the range inputs
+// are read and written with local Date fields, and Plotly draws Date objects (and reports zoom ranges) in
+// the browser's local time, which fromPlotly() converts back.
+(function () {
+  "use strict";
+  const config = JSON.parse(document.getElementById("history-config").textContent);
+  const form = document.getElementById("history-form");
+  const chart = document.getElementById("history-chart");
+  const csvLink = document.getElementById("history-csv");
+  const status = document.getElementById("history-status");
+  const ZOOM_DEBOUNCE_MS = 400;
+  const BAND_FILL = "rgba(31, 119, 180, 0.2)";
+  const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+  const state = Object.assign({}, config.choices); // keys, range, start, end, agg, interval (null: auto)
+  let picked = {start: state.start, end: state.end, range: state.range}; // double-click returns to it
+  let inFlight = null; // AbortController of the current request
+  let zoomTimer = null;
+
+  const pad = (n, width) => String(n).padStart(width || 2, "0");
+
+  // "YYYY-MM-DDTHH:MM:SS" in local time, for <input type="datetime-local">.
+  function toLocalInput(ms) {
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}` +
+      `T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  // "YYYY-MM-DD[ T]HH:MM[:SS[.fff]]" read as local wall-clock time -> UTC ms (null if malformed).
+  // Plotly reports date-axis ranges in this form, in the same local time it draws Date objects in.
+  function fromLocal(text) {
+    const m = /^(\d{4})-(\d\d)-(\d\d)(?:[ T](\d\d)(?::(\d\d)(?::(\d\d)(?:\.(\d+))?)?)?)?$/.exec(String(text).trim());
+    if (!m) return null;
+    const ms = m[7] ? Math.round(Number(`0.${m[7]}`) * 1000) : 0;
+    const d = new Date(+m[1], +m[2] - 1, +m[3], +(m[4] || 0), +(m[5] || 0), +(m[6] || 0), ms);
+    return Number.isNaN(d.getTime()) ? null : d.getTime();
+  }
+
+  function fromPlotly(value) {
+    if (typeof value === "number") { // Plotly's internal ms: UTC fields hold the local wall clock
+      const d = new Date(value);
+      return new Date(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate(), d.getUTCHours(),
+        d.getUTCMinutes(), d.getUTCSeconds(), d.getUTCMilliseconds()).getTime();
+    }
+    return fromLocal(value);
+  }
+
+  function toPlotly(ms) {
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  }
+
+  function formatInterval(ms) {
+    for (const [unit, size] of [["d", 86400000], ["h", 3600000], ["min", 60000], ["s", 1000]]) {
+      if (ms % size === 0) return `${ms / size} ${unit}`;
+    }
+    return `${ms} ms`;
+  }
+
+  // The API parameters of the current choices (interval left out when "auto": the API picks and echoes it).
+  function apiParams() {
+    const params = new URLSearchParams({keys: state.keys.join(","), start: state.start, end: state.end, agg: state.agg});
+    if (state.agg === "NONE") {
+      params.set("limit", config.maxLimit);
+    } else {
+      if (state.interval) params.set("interval", state.interval);
+      if (state.agg === "AVG") params.set("band", "1");
+    }
+    return params;
+  }
+
+  function setStatus(text, isError) {
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function showRangeInputs() {
+    form.elements.start_local.value = toLocalInput(state.start);
+    form.elements.end_local.value = toLocalInput(state.end);
+    for (const radio of form.querySelectorAll("input[name=range]")) radio.checked = radio.value === state.range;
+  }
+
+  // The page URL keeps the choices (a preset stays relative to "now" on reload; custom keeps its instants).
+  function rememberInUrl() {
+    const page = new URLSearchParams({range: state.range, keys: state.keys.join(","), agg: state.agg});
+    if (state.interval) page.set("interval", state.interval);
+    if (state.range === "custom") { page.set("start", state.start); page.set("end", state.end); }
+    history.replaceState(null, "", `${location.pathname}?${page}`);
+  }
+
+  function readForm() {
+    state.keys = Array.from(form.querySelectorAll("input[name=keys]:checked"), (box) => box.value);
+    state.agg = form.elements.agg.value;
+    state.interval = form.elements.interval.value ? Number(form.elements.interval.value) : null;
+    state.range = form.querySelector("input[name=range]:checked").value;
+    if (state.range in config.presets) {
+      state.end = Date.now();
+      state.start = state.end - config.presets[state.range];
+    } else {
+      const start = fromLocal(form.elements.start_local.value);
+      const end = fromLocal(form.elements.end_local.value);
+      if (start === null || end === null || start >= end) {
+        setStatus("Choose a start before the end.", true);
+        return false;
+      }
+      state.start = start;
+      state.end = end;
+    }
+    picked = {start: state.start, end: state.end, range: state.range};
+    return true;
+  }
+
+  async function load() {
+    rememberInUrl();
+    if (!state.keys.length) {
+      Plotly.react(chart, [], {height: 320});
+      setStatus("Choose at least one key.", true);
+      return;
+    }
+    if (inFlight) inFlight.abort();
+    const controller = new AbortController();
+    inFlight = controller;
+    const params = apiParams();
+    setStatus("loading…");
+    let body;
+    try {
+      const response = await fetch(`${config.api}?${params}`, {signal: controller.signal, credentials: "same-origin"});
+      body = await response.json();
+      if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+    } catch (error) {
+      if (error.name !== "AbortError") setStatus(`Could not load: ${error.message}`, true);
+      return;
+    }
+    if (inFlight !== controller) return;
+    inFlight = null;
+    // Export exactly this answer: same keys, instants, aggregate and the interval the API used.
+    if (body.interval) params.set("interval", body.interval);
+    csvLink.href = `${config.csv}?${params}`;
+    draw(body);
+  }
+
+  // Absent buckets are gaps: break the line there instead of drawing across them.
+  function withGaps(points, interval, fields) {
+    const out = {x: []};
+    for (const f of fields) out[f] = [];
+    let previous = null;
+    for (const p of points) {
+      if (interval && previous !== null && p.ts - previous > interval) {
+        out.x.push(new Date(previous + interval));
+        for (const f of fields) out[f].push(null);
+      }
+      out.x.push(new Date(p.ts));
+      for (const f of fields) out[f].push(p[f]);
+      previous = p.ts;
+    }
+    return out;
+  }
+
+  function tracesFor(key, index, points, body) {
+    const axis = index === 0 ? "y" : `y${index + 1}`;
+    const color = COLORS[index % COLORS.length];
+    if (body.agg === "NONE") {
+      const s = withGaps(points, 0, ["value"]);
+      return [{x: s.x, y: s.value, yaxis: axis, name: key, mode: "lines", line: {color: color, width: 1}}];
+    }
+    if (body.agg === "AVG") {
+      const s = withGaps(points, body.interval, ["value", "min", "max"]);
+      const edge = {x: s.x, yaxis: axis, mode: "lines", line: {width: 0, color: color}, showlegend: false};
+      return [
+        Object.assign({}, edge, {y: s.max, name: `${key} max`}),
+        Object.assign({}, edge, {y: s.min, name: `${key} min`, fill: "tonexty", fillcolor: BAND_FILL}),
+        {x: s.x, y: s.value, yaxis: axis, name: `${key} avg`, mode: "lines", line: {color: color, width: 1.5}},
+      ];
+    }
+    const s = withGaps(points, body.interval, ["value"]);
+    return [{x: s.x, y: s.value, yaxis: axis, name: `${key} ${body.agg.toLowerCase()}`, mode: "lines",
+      line: {color: color, width: 1.5}}];
+  }
+
+  function draw(body) {
+    const keys = Object.keys(body.data);
+    const traces = [];
+    const layout = {
+      grid: {rows: keys.length, columns: 1, pattern: "coupled", roworder: "top to bottom"},
+      height: Math.max(320, 220 * keys.length),
+      margin: {t: 20, l: 60, r: 20, b: 40},
+      xaxis: {type: "date", range: [toPlotly(body.start), toPlotly(body.end)]},
+      showlegend: true,
+      legend: {orientation: "h"},
+      hovermode: "x unified",
+    };
+    let count = 0;
+    keys.forEach((key, index) => {
+      traces.push(...tracesFor(key, index, body.data[key], body));
+      layout[index === 0 ? "yaxis" : `yaxis${index + 1}`] = {title: {text: key}};
+      count += body.data[key].length;
+    });
+    Plotly.react(chart, traces, layout, {responsive: true, displaylogo: false});
+    const what = body.agg === "NONE" ? "raw points" : `${body.agg} every ${formatInterval(body.interval)}`;
+    const full = body.agg === "NONE" && keys.some((k) => body.data[k].length >= config.maxLimit);
+    setStatus(`${count.toLocaleString()} points, ${what}` +
+      (full ? ` (first ${config.maxLimit.toLocaleString()} per key: zoom in or aggregate for more)` : "") +
+      (count ? "" : " — no data in this range"));
+  }
+
+  // Zoom: Plotly reports the new x range in local time; re-query it (debounced) so the answer is finer.
+  function onRelayout(event) {
+    let start;
+    let end;
+    if (event["xaxis.autorange"]) {
+      start = picked.start;
+      end = picked.end;
+    } else if ("xaxis.range[0]" in event) {
+      start = fromPlotly(event["xaxis.range[0]"]);
+      end = fromPlotly(event["xaxis.range[1]"]);
+    } else if (Array.isArray(event["xaxis.range"])) {
+      start = fromPlotly(event["xaxis.range"][0]);
+      end = fromPlotly(event["xaxis.range"][1]);
+    } else {
+      return; // y-only zoom, legend clicks, resizes: nothing to re-query
+    }
+    if (start === null || end === null || start >= end) return;
+    state.start = Math.floor(start);
+    state.end = Math.ceil(end);
+    state.range = event["xaxis.autorange"] ? picked.range : "custom";
+    showRangeInputs();
+    clearTimeout(zoomTimer);
+    zoomTimer = setTimeout(load, ZOOM_DEBOUNCE_MS);
+  }
+
+  form.addEventListener("submit", (event) => event.preventDefault());
+  form.addEventListener("change", (event) => {
+    if (event.target.name === "start_local" || event.target.name === "end_local") {
+      form.querySelector("input[name=range][value=custom]").checked = true;
+    }
+    if (readForm()) {
+      showRangeInputs();
+      load();
+    }
+  });
+
+  document.getElementById("history-tz").textContent =
+    Intl.DateTimeFormat().resolvedOptions().timeZone || `UTC${-new Date().getTimezoneOffset() / 60}`;
+  showRangeInputs();
+  Plotly.newPlot(chart, [], {height: 320}, {responsive: true, displaylogo: false}).then(() => {
+    chart.on("plotly_relayout", onRelayout);
+    load();
+  });
+})();

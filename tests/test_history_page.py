@@ -1,0 +1,164 @@
+"""The history page against real PostgreSQL: login, 404, keys, escaping, and a CSV link of what is shown."""
+
+import csv
+import io
+import json
+import re
+import time
+from html import unescape
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.shortcuts import resolve_url
+from django.test import AsyncClient, Client
+from django.urls import reverse
+
+from dashboards.history import interval_auto
+from ingest.models import LatestValue
+from ingest.parsing import Reading as R
+from tests.test_history import HOUR, MINUTE, hour_floor, store
+
+pytestmark = pytest.mark.usefixtures("postgres")
+
+DAY = 24 * HOUR
+
+
+@pytest.fixture
+def operator(transactional_db):
+    return get_user_model().objects.create_user("viewer", password="pw")
+
+
+@pytest.fixture
+def browser(operator) -> Client:
+    client = Client()
+    client.force_login(operator)
+    return client
+
+
+def latest(device, key: str, value: float | None = 1.0, text: str | None = None) -> None:
+    LatestValue.objects.create(device_id=device.id, key=key, ts="2030-01-01T00:00:00Z", value=value, text=text)
+
+
+def csv_link(html: str) -> tuple[str, dict[str, str]]:
+    href = unescape(re.search(r'id="history-csv" href="([^"]*)"', html).group(1))
+    parts = urlsplit(href)
+    return parts.path, dict(parse_qsl(parts.query))
+
+
+def page_config(html: str) -> dict:
+    return json.loads(re.search(r'<script id="history-config" type="application/json">(.*?)</script>', html).group(1))
+
+
+def test_history_page_needs_a_login(make_device):
+    """An anonymous visitor is sent to the login page, and comes back after logging in."""
+    device = make_device()
+    url = reverse("dashboards:history", args=[device.key])
+    response = Client().get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith(resolve_url(settings.LOGIN_URL)) and "next=" in response["Location"]
+
+
+def test_unknown_device_is_404(browser):
+    assert browser.get(reverse("dashboards:history", args=["ghost"])).status_code == 404
+
+
+def test_page_lists_the_numeric_keys_and_escapes_the_device_name(browser, make_device):
+    """Checkboxes for each numeric key (text-only keys have no history); the device name is escaped."""
+    device = make_device()
+    from devices.models import Device
+
+    Device.objects.filter(id=device.id).update(name='<script>alert("x")</script>')
+    for key in ("volt", "temp"):
+        latest(device, key)
+    latest(device, "status", value=None, text="ok")
+    html = browser.get(reverse("dashboards:history", args=[device.key])).content.decode()
+    boxes = re.findall(r'<input type="checkbox" name="keys" value="([^"]*)"( checked)?>', html)
+    assert boxes == [("temp", " checked"), ("volt", " checked")], "every numeric key, all chosen by default"
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "plotly/plotly.min.js" in html and "cdn" not in html.lower(), "plotly.js from static files"
+
+
+def test_device_page_links_to_its_history(browser, make_device):
+    device = make_device()
+    html = browser.get(reverse("dashboards:device", args=[device.key])).content.decode()
+    assert f'href="{reverse("dashboards:history", args=[device.key])}"' in html
+
+
+def test_csv_link_carries_the_chosen_parameters(browser, make_device):
+    """Keys, UTC instants, aggregate and interval from the page's URL are exactly the CSV link's."""
+    device = make_device()
+    for key in ("temp", "volt", "rssi"):
+        latest(device, key)
+    url = reverse("dashboards:history", args=[device.key])
+    csv_path = reverse("telemetry-csv", args=[device.key])
+    start, end = 1_700_000_000_123, 1_700_000_000_123 + 6 * HOUR
+
+    chosen = {"range": "custom", "start": start, "end": end, "keys": "volt,temp", "agg": "max", "interval": MINUTE}
+    path, params = csv_link(browser.get(url, chosen).content.decode())
+    assert path == csv_path
+    want = {"keys": "temp,volt", "start": str(start), "end": str(end), "agg": "MAX", "interval": str(MINUTE)}
+    assert params == want, "keys in the device's order; instants passed through untouched (UTC ms)"
+
+    _, avg = csv_link(browser.get(url, {**chosen, "agg": "AVG", "interval": ""}).content.decode())
+    assert avg["interval"] == str(interval_auto(start, end)) and avg["band"] == "1", "auto interval, min/max band"
+
+    _, raw = csv_link(browser.get(url, {**chosen, "agg": "NONE"}).content.decode())
+    assert raw["limit"] == "10000" and "interval" not in raw, "raw: the points a page holds"
+
+    before = time.time_ns() // 1_000_000
+    html = browser.get(url, {"range": "7d", "keys": "rssi"}).content.decode()
+    _, week = csv_link(html)
+    assert int(week["end"]) - int(week["start"]) == 7 * DAY and before <= int(week["end"]) <= before + 60_000
+    assert week["keys"] == "rssi" and week["agg"] == "AVG" and week["interval"] == str(10 * MINUTE)
+    assert page_config(html)["choices"]["range"] == "7d"
+
+
+def test_bad_page_parameters_fall_back_to_defaults(browser, make_device):
+    device = make_device()
+    latest(device, "temp")
+    url = reverse("dashboards:history", args=[device.key])
+    bad = {"range": "custom", "start": 5, "end": 4, "keys": "nope", "agg": "MEDIAN", "interval": 1}
+    html = browser.get(url, bad).content.decode()
+    _, params = csv_link(html)
+    assert params["keys"] == "temp" and params["agg"] == "AVG"
+    assert int(params["end"]) - int(params["start"]) == DAY and params["interval"] == str(MINUTE)
+    assert page_config(html)["choices"]["range"] == "24h"
+
+
+def test_the_page_works_in_utc_whatever_the_server_time_zone(browser, make_device, settings):
+    """The page's URL, config and CSV link carry UTC milliseconds; only the browser shows local time."""
+    settings.TIME_ZONE = "Asia/Kolkata"  # UTC+05:30: any server-side conversion would shift by 19,800,000 ms
+    device = make_device()
+    latest(device, "temp")
+    start, end = 1_700_000_000_000, 1_700_003_600_000
+    url = reverse("dashboards:history", args=[device.key])
+    html = browser.get(url, {"range": "custom", "start": start, "end": end}).content.decode()
+    _, params = csv_link(html)
+    assert (int(params["start"]), int(params["end"])) == (start, end)
+    assert (page_config(html)["choices"]["start"], page_config(html)["choices"]["end"]) == (start, end)
+
+
+async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, operator):
+    """The CSV behind the page's link holds the same buckets, averages and min/max band as the JSON drawn."""
+    device = await sync_to_async(make_device)()
+    t0 = hour_floor(time.time_ns() // 1_000_000) - 3 * HOUR
+    await store(device, [R(t0 + i * 7_000, key, float(i % 37) + len(key)) for i in range(1500) for key in ("a", "b")])
+    client = AsyncClient()
+    await client.aforce_login(operator)
+    url = reverse("dashboards:history", args=[device.key])
+    html = (await client.get(url, {"range": "custom", "start": t0, "end": t0 + 3 * HOUR, "agg": "AVG"})).content
+    path, params = csv_link(html.decode())
+    config = page_config(html.decode())
+
+    drawn = (await client.get(config["api"], params)).json()  # what history.js fetches and draws
+    response = await client.get(path, params)
+    rows = list(csv.reader(io.StringIO(b"".join([c async for c in response.streaming_content]).decode())))
+    assert rows[0] == ["ts", "time", "key", "value", "min", "max"]
+    exported = [(key, int(ts), float(v), float(lo), float(hi)) for ts, _, key, v, lo, hi in rows[1:]]
+    shown = [(k, p["ts"], p["value"], p["min"], p["max"]) for k, points in drawn["data"].items() for p in points]
+    assert params["interval"] == "10000", "auto: the finest interval with at most 2,000 points"
+    assert exported == shown and len(shown) == 2 * 1050, "every 10-second bucket of both keys"
