@@ -23,6 +23,7 @@ from alerts.evaluation import FIRED, PENDING_CLEARED, PENDING_STARTED, RESOLVED,
 from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery
 from alerts.rules import rule_spec
 from devices.services import DeviceIdentity
+from ingest.fanout import device_group
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,10 @@ async def announce(events: list[dict]) -> None:
     if layer is None:
         return
     for event in events:
-        try:
-            await layer.group_send(ALERTS_GROUP, {"type": "alert.event", "event": event})
+        message = {"type": "alert.event", "event": event}
+        try:  # the fleet page follows every alert; a device page follows its device's group
+            await layer.group_send(ALERTS_GROUP, message)
+            await layer.group_send(device_group(event["device"]), message)
         except Exception:
             logger.warning("could not announce alert event on the channel layer", exc_info=True)
 

@@ -1,6 +1,6 @@
-"""Dashboard streams: a logged-in operator's WebSocket following one device live, gap-free.
+"""Dashboard streams: a logged-in operator's WebSocket following one device, or the whole fleet, live.
 
-Protocol (docs/stream-protocol.md): the server subscribes to the device's group, then the client sends
+Device protocol (docs/stream-protocol.md): the server subscribes to the device's group, then the client sends
 `{"since": <ts of the newest reading it has>}`; the server answers with the readings committed after it
 (`history`), then forwards live readings, dropping the ones the history already carried. Sends go through
 a bounded queue: a browser that stops reading is closed (4008) instead of growing the hub's memory.
@@ -15,10 +15,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from alerts.engine import ALERTS_GROUP
 from dashboards.stream import Identity, readings_since, unseen
 from devices.models import Device
 from hub import metrics
-from ingest.fanout import ReadingsBatch, device_group
+from ingest.fanout import FLEET_GROUP, FleetDigest, ReadingsBatch, device_group
 
 WS_4400_BAD_REQUEST = 4400
 WS_4401_UNAUTHENTICATED = 4401
@@ -27,34 +28,73 @@ WS_4008_TOO_SLOW = 4008
 _DEDUPE_SECONDS = 30.0  # history identities are kept this long to drop live duplicates
 
 
-class DeviceStreamConsumer(AsyncWebsocketConsumer):
-    """`/ws/v1/devices/<KEY>/stream` (session auth; Origin checked by the router)."""
+class BoundedStreamConsumer(AsyncWebsocketConsumer):
+    """Session-authenticated stream whose sends go through a bounded queue (a slow browser is closed)."""
 
-    group: str | None = None
-    device_id: int | None = None
+    groups_joined: tuple[str, ...] = ()
     sender: asyncio.Task[None] | None = None
 
-    async def connect(self) -> None:
+    async def authenticated(self) -> bool:
         await self.accept()  # accept first so the browser sees the close code
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=WS_4401_UNAUTHENTICATED)
+            return False
+        return True
+
+    async def subscribe(self, *groups: str) -> None:
+        """Start the sender, then join the groups (before any database query, so nothing slips between)."""
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
+        self.sender = asyncio.create_task(self._send_loop())
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined = groups
+        metrics.CONNECTED_DASHBOARDS.inc()
+
+    def post(self, payload: dict) -> None:
+        try:
+            self.outbox.put_nowait(orjson.dumps(payload))
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().create_task(self.too_slow())
+
+    async def too_slow(self) -> None:
+        await self.close(code=WS_4008_TOO_SLOW)
+
+    async def _send_loop(self) -> None:
+        while (data := await self.outbox.get()) is not None:
+            await self.send(text_data=data.decode())
+
+    async def disconnect(self, code: int) -> None:
+        if self.groups_joined:
+            metrics.CONNECTED_DASHBOARDS.dec()
+            for group in self.groups_joined:
+                with contextlib.suppress(Exception):
+                    await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined = ()
+        if self.sender is not None:
+            self.sender.cancel()
+            await asyncio.gather(self.sender, return_exceptions=True)
+
+
+class DeviceStreamConsumer(BoundedStreamConsumer):
+    """`/ws/v1/devices/<KEY>/stream` (session auth; Origin checked by the router)."""
+
+    device_id: int | None = None
+
+    async def connect(self) -> None:
+        if not await self.authenticated():
             return
         key = self.scope["url_route"]["kwargs"]["key"]
         self.device_id = await _device_id(key)
         if self.device_id is None:
             await self.close(code=WS_4404_UNKNOWN_DEVICE)
             return
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
         self.caught_up = False
         self.held: list[list] = []  # live readings that arrive before the catch-up is sent
         self.seen: set[Identity] = set()
         self.seen_until = 0.0
-        self.sender = asyncio.create_task(self._send_loop())
-        self.group = device_group(key)
-        await self.channel_layer.group_add(self.group, self.channel_name)  # subscribe first, then query
-        metrics.CONNECTED_DASHBOARDS.inc()
-        self._post({"type": "subscribed", "device": key})
+        await self.subscribe(device_group(key))  # subscribe first, then query
+        self.post({"type": "subscribed", "device": key})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -65,7 +105,7 @@ class DeviceStreamConsumer(AsyncWebsocketConsumer):
         history = await database_sync_to_async(readings_since)(device_id=self.device_id, since=since)
         self.seen = {(key, ts) for ts, key, _v in history}
         self.seen_until = time.monotonic() + _DEDUPE_SECONDS
-        self._post({"type": "history", "since": since, "readings": history})
+        self.post({"type": "history", "since": since, "readings": history})
         held, self.held, self.caught_up = self.held, [], True
         self._forward(held)
 
@@ -75,7 +115,10 @@ class DeviceStreamConsumer(AsyncWebsocketConsumer):
         elif len(self.held) < settings.HUB_STREAM_CATCHUP_LIMIT:
             self.held.extend(message["readings"])
         else:
-            await self._too_slow()
+            await self.too_slow()
+
+    async def alert_event(self, message: dict) -> None:
+        self.post({"type": "alert", "event": message["event"]})
 
     def _forward(self, readings: list[list]) -> None:
         if self.seen and time.monotonic() < self.seen_until:
@@ -83,30 +126,23 @@ class DeviceStreamConsumer(AsyncWebsocketConsumer):
         else:
             self.seen = set()
         if readings:
-            self._post({"type": "readings", "readings": readings})
+            self.post({"type": "readings", "readings": readings})
 
-    def _post(self, payload: dict) -> None:
-        try:
-            self.outbox.put_nowait(orjson.dumps(payload))
-        except asyncio.QueueFull:
-            asyncio.get_running_loop().create_task(self._too_slow())
 
-    async def _too_slow(self) -> None:
-        await self.close(code=WS_4008_TOO_SLOW)
+class FleetStreamConsumer(BoundedStreamConsumer):
+    """`/ws/v1/fleet/stream`: every hub process's fleet digests and every alert event, live."""
 
-    async def _send_loop(self) -> None:
-        while (data := await self.outbox.get()) is not None:
-            await self.send(text_data=data.decode())
+    async def connect(self) -> None:
+        if not await self.authenticated():
+            return
+        await self.subscribe(FLEET_GROUP, ALERTS_GROUP)
+        self.post({"type": "subscribed"})
 
-    async def disconnect(self, code: int) -> None:
-        if self.group is not None:
-            metrics.CONNECTED_DASHBOARDS.dec()
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(self.group, self.channel_name)
-            self.group = None
-        if self.sender is not None:
-            self.sender.cancel()
-            await asyncio.gather(self.sender, return_exceptions=True)
+    async def fleet_digest(self, message: FleetDigest) -> None:
+        self.post({"type": "fleet", "devices": message["devices"]})
+
+    async def alert_event(self, message: dict) -> None:
+        self.post({"type": "alert", "event": message["event"]})
 
 
 @database_sync_to_async

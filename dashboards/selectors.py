@@ -2,28 +2,59 @@
 
 from datetime import datetime, timedelta
 
+from django.conf import settings
+from django.db.models import Count, OuterRef, Subquery
 from django.utils import timezone
 
+from alerts.selectors import alerts_open_by_device
 from devices.models import Device
 from ingest.models import LatestValue, Reading
 
 
-def fleet_status(*, online_window: timedelta = timedelta(minutes=2)) -> list[dict]:
-    """Every device with its online flag and latest values."""
+def fleet_status() -> dict:
+    """Every device with its last-seen time, newest value per key, readings in the last minute and the worst
+    firing alert: the fleet page's snapshot. A fixed number of queries whatever the fleet's size."""
     now = timezone.now()
-    latest: dict[int, dict] = {}
-    for row in LatestValue.objects.values("device_id", "key", "ts", "value", "text"):
-        latest.setdefault(row["device_id"], {})[row["key"]] = row["text"] if row["value"] is None else row["value"]
-    return [
+    minute_ago = now - timedelta(minutes=1)
+    latest: dict[int, dict[str, list]] = {}
+    for device_id, key, ts, value, text in LatestValue.objects.values_list("device_id", "key", "ts", "value", "text"):
+        latest.setdefault(device_id, {})[key] = [_ms(ts), key, text if value is None else value]
+    alerts = alerts_open_by_device()
+    per_minute = readings_per_minute(since=minute_ago)
+    devices = [
         {
-            "key": d.key,
-            "name": d.name or d.key,
-            "last_seen": d.last_seen,
-            "online": d.last_seen is not None and now - d.last_seen <= online_window,
-            "latest": dict(sorted(latest.get(d.id, {}).items())),
+            "key": key,
+            "name": name or key,
+            "seen": _ms(last_seen) if last_seen else None,
+            "latest": dict(sorted(latest.get(device_id, {}).items())),
+            "per_minute": per_minute.get(device_id, 0),
+            "alert": alerts.get(device_id),
         }
-        for d in Device.objects.all()
+        for device_id, key, name, last_seen in Device.objects.order_by("key").values_list(
+            "id", "key", "name", "last_seen"
+        )
     ]
+    return {"now": _ms(now), "online_window": settings.HUB_ONLINE_WINDOW_SECONDS * 1000, "devices": devices}
+
+
+def readings_per_minute(*, since: datetime) -> dict[int, int]:
+    """device id -> numeric readings with ts >= since: one index range scan per (device, key) seen since then."""
+    recent = (
+        Reading.objects.filter(device_id=OuterRef("device_id"), key=OuterRef("key"), ts__gte=since)
+        .order_by()
+        .values("device_id")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    counts: dict[int, int] = {}
+    rows = LatestValue.objects.filter(ts__gte=since, value__isnull=False).annotate(n=Subquery(recent))
+    for device_id, n in rows.values_list("device_id", "n"):
+        counts[device_id] = counts.get(device_id, 0) + (n or 0)
+    return counts
+
+
+def _ms(value: datetime) -> int:
+    return round(value.timestamp() * 1000)
 
 
 def readings_recent(*, device: Device, since: datetime, limit: int = 20_000) -> list[list]:

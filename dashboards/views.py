@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
@@ -13,7 +13,13 @@ from devices.models import Device
 
 @login_required
 def fleet(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboards/fleet.html", {"devices": fleet_status()})
+    return render(request, "dashboards/fleet.html", {"fleet": fleet_status()})
+
+
+@login_required
+def fleet_json(request: HttpRequest) -> JsonResponse:
+    """The fleet page's periodic refresh (statuses, rates, alerts, new devices)."""
+    return JsonResponse(fleet_status())
 
 
 @login_required

@@ -5,7 +5,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path, re_path
 
-from dashboards.consumers import DeviceStreamConsumer
+from dashboards.consumers import DeviceStreamConsumer, FleetStreamConsumer
 from ingest.consumers import TelemetryConsumer
 
 
@@ -20,6 +20,10 @@ websocket_urlpatterns = [
     path(
         "ws/v1/devices/<slug:key>/stream",
         AllowedHostsOriginValidator(AuthMiddlewareStack(DeviceStreamConsumer.as_asgi())),
+    ),
+    path(
+        "ws/v1/fleet/stream",
+        AllowedHostsOriginValidator(AuthMiddlewareStack(FleetStreamConsumer.as_asgi())),
     ),
     path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi()),
     re_path(r"", NoRouteConsumer.as_asgi()),

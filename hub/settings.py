@@ -163,12 +163,16 @@ HUB_ALERT_WEBHOOK_POLL_SECONDS = env_float("HUB_ALERT_WEBHOOK_POLL_SECONDS", 0.5
 HUB_ONLINE_WINDOW_SECONDS = env_int("HUB_ONLINE_WINDOW_SECONDS", 120, minimum=1)
 HUB_STREAM_CATCHUP_LIMIT = env_int("HUB_STREAM_CATCHUP_LIMIT", 20_000, minimum=1)
 HUB_STREAM_QUEUE_MESSAGES = env_int("HUB_STREAM_QUEUE_MESSAGES", 1_000, minimum=1)
+# Fleet page: each hub process publishes at most one digest of its committed readings per interval.
+HUB_FLEET_DIGEST_SECONDS = env_float("HUB_FLEET_DIGEST_SECONDS", 1.0, minimum=0.05)
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # plotly.js comes from the installed plotly package, so dashboards work offline (no CDN).
 STATICFILES_DIRS = [("plotly", Path(plotly.__file__).parent / "package_data")]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboards:fleet"
+LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("HUB_TIME_ZONE", "UTC")

@@ -10,7 +10,7 @@ from alerts.engine import alerts_on_committed
 from devices.services import DeviceIdentity
 from hub import metrics
 from ingest.backends import backend_from_settings
-from ingest.fanout import fanout_publish
+from ingest.fanout import fanout_publish, fleet_digester_close
 from ingest.parsing import IngestError, Limits, parse_telemetry
 from ingest.ratelimit import rate_limiter
 from ingest.writer import Writer, WriterConfig
@@ -49,6 +49,7 @@ async def writer_shutdown() -> None:
     writer, _writer = _writer, None
     if writer is not None and writer.loop is asyncio.get_running_loop():
         await writer.drain()
+    await fleet_digester_close()
 
 
 async def ingest_message(

@@ -1,0 +1,134 @@
+"""The fleet page: login, a snapshot of every device in a fixed number of queries, live digests and alert
+events on the fleet stream, device-provided names escaped."""
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from alerts.models import AlertRule
+from dashboards.selectors import fleet_status
+from devices.models import Device
+from ingest.models import LatestValue, Reading
+
+pytestmark = pytest.mark.usefixtures("postgres")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fleet_of(count: int, *, prefix: str = "fleet") -> list[Device]:
+    devices = Device.objects.bulk_create(
+        Device(key=f"{prefix}-{i:04d}", name=f"Sensor {i}", token_hash=f"{prefix}{i:04d}".ljust(64, "0")) for i in range(count)
+    )
+    now = datetime.now(UTC)
+    LatestValue.objects.bulk_create(
+        LatestValue(device=d, key=k, ts=now, value=float(i)) for i, d in enumerate(devices) for k in ("t", "h")
+    )
+    return devices
+
+
+def test_pages_and_the_snapshot_need_a_login(client, transactional_db):
+    for url in ("/", "/fleet.json"):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/login/"), url
+    get_user_model().objects.create_user("op", password="secret-pw")
+    response = client.post("/login/", {"username": "op", "password": "secret-pw"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+    assert client.post("/logout/").status_code == 302
+    assert client.get("/fleet.json").status_code == 302
+
+
+def test_snapshot_costs_the_same_queries_for_ten_or_a_thousand_devices(transactional_db):
+    fleet_of(10, prefix="small")
+    with CaptureQueriesContext(connection) as small:
+        assert len(fleet_status()["devices"]) == 10
+    fleet_of(990, prefix="big")
+    with CaptureQueriesContext(connection) as big:
+        snapshot = fleet_status()
+    assert len(snapshot["devices"]) == 1000
+    assert len(big.captured_queries) == len(small.captured_queries) <= 5
+
+
+def test_snapshot_reports_last_seen_latest_values_rate_and_worst_alert(transactional_db):
+    quiet, busy = fleet_of(2)
+    now = datetime.now(UTC)
+    Device.objects.filter(pk=busy.pk).update(last_seen=now)
+    Reading.objects.bulk_create(
+        [Reading(device=busy, key="t", ts=now - timedelta(seconds=s), value=1.0) for s in range(1, 8)]
+        + [Reading(device=busy, key="h", ts=now - timedelta(seconds=s), value=1.0) for s in (5, 70, 80)]
+    )
+    LatestValue.objects.create(device=busy, key="state", ts=now, text="ok")
+    for severity in ("info", "critical"):
+        rule = AlertRule.objects.create(
+            name=severity, device=busy, key="t", condition="gt", threshold=0, severity=severity
+        )
+        rule.states.create(device=busy, state="firing", fired_at=now)
+    snapshot = {d["key"]: d for d in fleet_status()["devices"]}
+    assert snapshot[busy.key]["per_minute"] == 8, "7 readings of t and 1 of h in the last minute"
+    assert snapshot[quiet.key]["per_minute"] == 0
+    assert snapshot[busy.key]["alert"] == "critical" and snapshot[quiet.key]["alert"] is None
+    assert snapshot[busy.key]["seen"] == round(now.timestamp() * 1000) and snapshot[quiet.key]["seen"] is None
+    assert snapshot[busy.key]["latest"]["state"][2] == "ok"
+    assert snapshot[busy.key]["latest"]["t"][2] == 1.0
+
+
+def test_device_names_reach_the_page_escaped(client, transactional_db):
+    Device.objects.create(key="evil", name="<script>alert(1)</script>", token_hash="e" * 64)
+    client.force_login(get_user_model().objects.create_user("op"))
+    page = client.get("/").content.decode()
+    assert "<script>alert(1)" not in page
+    assert "\\u003Cscript\\u003Ealert(1)" in page, "the name travels inside json_script, escaped"
+
+
+async def test_fleet_stream_needs_a_session_and_our_origin(live_hub, operator_cookie):
+    url = f"{live_hub.ws}/ws/v1/fleet/stream"
+    async with websockets.connect(url, additional_headers={"Origin": live_hub.http}) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd.code == 4401
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(
+            url, additional_headers={"Cookie": operator_cookie, "Origin": "http://evil.test"}
+        ):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+@pytest.mark.usefixtures("redis")
+async def test_fleet_stream_carries_digests_and_alert_events(live_hub, make_device, operator_cookie, settings):
+    """A committed reading reaches the fleet stream as a digest (newest ts per key); a firing alert arrives too."""
+    settings.HUB_FLEET_DIGEST_SECONDS = 0.1
+    settings.HUB_ALERT_RULES_REFRESH_SECONDS = 0
+    device = await sync_to_async(make_device)()
+    await sync_to_async(AlertRule.objects.create)(
+        name="hot", device_id=device.id, key="t", condition="gt", threshold=30.0, severity="critical"
+    )
+    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+    async with websockets.connect(f"{live_hub.ws}/ws/v1/fleet/stream", additional_headers=headers) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+        ts = now_ms()
+        async with httpx.AsyncClient(base_url=live_hub.http) as client:
+            body = [{"ts": ts - 1, "values": {"t": 40.0}}, {"ts": ts, "values": {"t": 41.0, "state": "hot"}}]
+            assert (await client.post(f"/api/v1/{device.token}/telemetry", json=body)).status_code == 200
+        digest = alert = None
+        async with asyncio.timeout(10):
+            while digest is None or alert is None:
+                message = orjson.loads(await ws.recv())
+                if message["type"] == "fleet" and device.key in message["devices"]:
+                    digest = message["devices"][device.key]
+                elif message["type"] == "alert":
+                    alert = message["event"]
+    assert digest["latest"] == {"t": [ts, "t", 41.0], "state": [ts, "state", "hot"]}
+    assert abs(digest["seen"] - now_ms()) < 10_000
+    assert alert["type"] == "fired" and alert["device"] == device.key and alert["rule"]["severity"] == "critical"
