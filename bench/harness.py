@@ -1,0 +1,248 @@
+"""What every bench repeats: a scratch database with bench devices, hub subprocesses, figures, output.
+
+Loopback only: every address here is 127.0.0.1. Benches import it as `from harness import ...` (they run
+as scripts, `bench/` is on sys.path) and then put the project root on sys.path for the hub's own modules.
+"""
+
+import hashlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("HUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Wide when piped (to a file, `make bench | tee`): tables stay one line per row.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; exit the bench naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# The scratch database -----------------------------------------------------------------------------------
+
+
+def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def database_create(name: str, admin_url: str = ADMIN_URL) -> str:
+    """(Re)create an empty database and return its URL."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return database_url(name, admin_url)
+
+
+def database_drop(name: str, admin_url: str = ADMIN_URL) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def hub_env(database: str, *, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """A clean environment for hub processes: no HUB_*/DJANGO_* leaking in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
+    env.update(
+        HUB_DATABASE_URL=database,
+        HUB_REDIS_URL=redis_url,
+        HUB_CHANNEL_PREFIX=prefix,  # pub/sub channels ignore Redis db numbers: the prefix separates runs
+        HUB_SECRET_KEY="bench-" * 10,
+        HUB_VAR_DIR=tempfile.mkdtemp(prefix=f"hub-{prefix}-"),
+        HUB_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+
+@contextmanager
+def bench_database(name: str, *, redis_url: str, admin_url: str = ADMIN_URL, **extra: str) -> Iterator[dict[str, str]]:
+    """A migrated scratch database `hub_bench_<name>_<pid>` and the hub environment for it; dropped after."""
+    db = f"hub_bench_{name}_{os.getpid()}"
+    env = hub_env(database_create(db, admin_url), redis_url=redis_url, prefix=f"bench{name}{os.getpid()}", **extra)
+    try:
+        migrate(env)
+        yield env
+    finally:
+        database_drop(db, admin_url)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchDevice:
+    key: str
+    token: str
+
+
+def devices_copy(url: str, count: int, *, prefix: str) -> list[BenchDevice]:
+    """Register `count` devices `<prefix>0…` in one COPY into devices_device; their tokens, in order."""
+    devices = [BenchDevice(f"{prefix}{i}", secrets.token_urlsafe(24)) for i in range(count)]
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        # Other NOT NULL text columns of the registry (broker_hash today) get '': survives new fields.
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices_device'"
+            " AND is_nullable = 'NO' AND column_default IS NULL AND data_type LIKE 'char%%'"
+            " AND column_name NOT IN ('key', 'name', 'token_hash')"
+        )
+        extra = [row[0] for row in cur.fetchall()]
+        columns = ", ".join(["key", "name", "created_at", "token_hash", *extra])
+        with cur.copy(f"COPY devices_device ({columns}) FROM STDIN") as copy:
+            for d in devices:
+                copy.write_row((d.key, "", "now", hashlib.sha256(d.token.encode()).hexdigest(), *[""] * len(extra)))
+    return devices
+
+
+# Hub processes ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hub:
+    """One `manage.py serve` subprocess on a loopback port; its output goes to a log file."""
+
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.env["HUB_VAR_DIR"]) / f"hub-{self.port}.log"
+
+    def start(self, timeout: float = 60.0) -> "Hub":
+        command = [sys.executable, "manage.py", "serve", "--port", str(self.port)]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, timeout, f"the hub on port {self.port} (log: {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise SystemExit(f"the hub exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:  # noqa: S310
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        self.process = None
+
+    def complaints(self) -> list[str]:
+        """WARNING and worse lines of the hub's log (fan-out failures, retries): printed, not hidden."""
+        if not self.log.exists():
+            return []
+        return [line for line in self.log.read_text().splitlines() if " WARNING " in line or " ERROR " in line]
+
+
+@contextmanager
+def hubs_running(env: dict[str, str], count: int = 1, **extra: str) -> Iterator[list[Hub]]:
+    """`count` hub processes sharing the database and Redis of `env`, each on its own port."""
+    hubs = [Hub({**env, **extra}) for _ in range(count)]
+    try:
+        for hub in hubs:
+            hub.start()
+        yield hubs
+    finally:
+        for hub in hubs:
+            hub.stop()
+        for hub in hubs:
+            for line in hub.complaints()[-5:]:
+                console.print(f"[yellow]hub :{hub.port}[/] {line}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# Figures and output -------------------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an already sorted sequence; NaN when empty."""
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+def p50_p99(values: Sequence[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return percentile(ordered, 50), percentile(ordered, 99)
+
+
+def progress() -> Progress:
+    """A progress bar for phases of a bench (`transient`: the final table stays the only output)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    )
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """The final figures as a Markdown table (rich's MARKDOWN box), ready to paste into docs/benchmarks.md."""
+    result = Table(*columns, title=title, box=box.MARKDOWN, title_justify="left")
+    for row in rows:
+        result.add_row(*(str(cell) for cell in row))
+    console.print()
+    console.print(result)
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of processes so far (from /proc/<pid>/stat); a process gone counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def database_backend_pids(url: str) -> list[int]:
+    """Server processes of the other sessions on this database (the hubs' pools): their CPU is the DB's."""
+    with psycopg.connect(url) as conn:
+        query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        return [row[0] for row in conn.execute(query)]

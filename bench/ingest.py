@@ -1,0 +1,393 @@
+"""Ingest throughput: D devices stream frames of B readings over the WebSocket ingest into the hub
+(`manage.py serve`, PostgreSQL + Redis) and count what is stored, beside a raw COPY of the same rows.
+
+    .venv/bin/python bench/ingest.py                        # B=100 and B=1, 100 devices, 10 s each (make bench)
+    .venv/bin/python bench/ingest.py --layer both           # the same with the pubsub and the core layer
+    .venv/bin/python bench/ingest.py --processes 2          # 1 hub process, then 2 sharing PostgreSQL + Redis
+    .venv/bin/python bench/ingest.py --batches 100 --devices 200 --window 4 --seconds 20
+
+Every reading has its own ts, so nothing dedupes: at the end the readings stored must equal the readings
+sent (`lost` must be 0). Each connection keeps --window unacked frames in flight; the ack latency is from
+sending a frame to the cumulative `{"ack": N}` that covers it. A subscriber in this process joins every
+device's group on the channel layer (what a dashboard's consumer does) and counts the readings fanned out.
+The ceiling is psycopg COPYing the stored rows into an identical scratch table, in transactions of the
+writer's largest batch. Loopback only; a scratch database is created and dropped.
+"""
+
+import argparse
+import asyncio
+import itertools
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import orjson
+import psycopg
+import uvloop
+import websockets
+from harness import (
+    BenchDevice,
+    Hub,
+    bench_database,
+    console,
+    cpu_seconds,
+    database_backend_pids,
+    devices_copy,
+    hubs_running,
+    p50_p99,
+    progress,
+    table,
+)
+from layers import LAYERS, layer_for
+
+TARGETS = {100: ("readings/s", 150_000), 1: ("frames/s", 8_000)}
+WRITER_BATCH_ROWS = 20_000  # HUB_WRITER_BATCH_ROWS default: the ceiling's transaction size
+READINGS_TABLES = "ingest_reading, ingest_latestvalue, ingest_rollup_1m, ingest_rollup_1h"
+
+
+class BenchFailure(Exception):
+    """The hub answered something a correct run never sees (an error frame, a closed socket)."""
+
+
+@dataclass
+class Traffic:
+    """What the devices of one scenario sent and got acked."""
+
+    connected: int = 0
+    frames: int = 0
+    acked_frames: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first_send: float = 0.0
+    last_ack: float = 0.0
+
+
+def frame_of(ts: int, batch: int) -> str:
+    """B readings with consecutive, unique ts; a single object when B=1 (the common device message)."""
+    if batch == 1:
+        return '{"ts":%d,"values":{"t":%d.5}}' % (ts, ts % 1000)  # noqa: UP031 - the hot loop of the client
+    return "[" + ",".join(['{"ts":%d,"values":{"t":%d.5}}' % (t, t % 1000) for t in range(ts, ts + batch)]) + "]"  # noqa: UP031
+
+
+async def device(
+    url: str, batch: int, window: int, ts0: int, go: asyncio.Event, stop: asyncio.Event, traffic: Traffic
+) -> None:
+    """One device: connects, waits for `go`, keeps `window` frames unacked until `stop`, waits for every ack."""
+    async with websockets.connect(url, open_timeout=60, ping_interval=None, max_queue=None, compression=None) as ws:
+        traffic.connected += 1
+        await go.wait()
+        sent_at: deque[float] = deque()
+        space = asyncio.Semaphore(window)
+        all_acked = asyncio.Event()
+        sent = acked = 0
+
+        async def read_acks() -> None:
+            nonlocal acked
+            async for raw in ws:
+                upto = orjson.loads(raw).get("ack")
+                if upto is None:
+                    raise BenchFailure(f"the hub answered {raw!r}")
+                now = time.perf_counter()
+                for _ in range(upto - acked):
+                    traffic.latencies.append(now - sent_at.popleft())
+                    space.release()
+                traffic.acked_frames += upto - acked
+                traffic.last_ack = now
+                acked = upto
+                if stop.is_set() and acked == sent:
+                    all_acked.set()
+            raise BenchFailure(f"the hub closed the socket: {ws.close_code} {ws.close_reason}")
+
+        reader = asyncio.create_task(read_acks())
+        try:
+            ts = ts0
+            while True:
+                await space.acquire()
+                if stop.is_set():
+                    break
+                frame = frame_of(ts, batch)
+                ts += batch
+                sent_at.append(time.perf_counter())
+                await ws.send(frame)
+                sent += 1
+                traffic.frames += 1
+            if acked < sent:
+                waiting = asyncio.create_task(all_acked.wait())
+                await asyncio.wait([reader, waiting], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+            if reader.done():
+                reader.result()
+            if acked < sent:
+                raise BenchFailure(f"{sent - acked} frames unacked 60 s after the end")
+        finally:
+            reader.cancel()
+
+
+class FanoutCounter:
+    """Joins every device's group on the channel layer, as a dashboard consumer does, and counts readings."""
+
+    def __init__(self, kind: str, redis_url: str, prefix: str) -> None:
+        self.layer = layer_for(kind, redis_url, prefix)
+        self.readings = 0
+        self.last = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, keys: list[str]) -> None:
+        for key in keys:
+            channel = await self.layer.new_channel()
+            await self.layer.group_add(f"device.{key}", channel)  # ingest.fanout.device_group
+            self._tasks.append(asyncio.create_task(self._receive(channel)))
+
+    async def _receive(self, channel: str) -> None:
+        while True:
+            message = await self.layer.receive(channel)
+            self.readings += len(message["readings"])
+            self.last = time.perf_counter()
+
+    async def settle(self, expected: int, timeout: float = 10.0) -> None:
+        """Wait (bounded) for the fan-out of the last flushes."""
+        deadline = time.monotonic() + timeout
+        while self.readings < expected and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.layer.flush()
+
+
+@dataclass
+class Scenario:
+    """One measured run and its figures."""
+
+    batch: int
+    devices: int
+    processes: int
+    layer: str
+    window: int
+    traffic: Traffic
+    stored: int = 0
+    fanned_out: int | None = None
+    fanout_lag: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the hubs, DB backends, this client
+
+    @property
+    def seconds(self) -> float:
+        return max(self.traffic.last_ack - self.traffic.first_send, 1e-9)
+
+    @property
+    def sent(self) -> int:
+        return self.traffic.frames * self.batch
+
+    @property
+    def readings_rate(self) -> float:
+        return self.stored / self.seconds
+
+    @property
+    def frames_rate(self) -> float:
+        return self.traffic.acked_frames / self.seconds
+
+    def cpu_share(self) -> str:
+        """Cores busy during the run: hub processes / their database backends / this bench process."""
+        return " / ".join(f"{self.cpu[name] / self.seconds:.2f}" for name in ("hub", "db", "client"))
+
+    def target(self) -> str:
+        if self.batch not in TARGETS:
+            return ""
+        unit, goal = TARGETS[self.batch]
+        value = self.readings_rate if unit == "readings/s" else self.frames_rate
+        return f"{'met' if value >= goal else 'MISSED'} (≥ {goal:,} {unit})"
+
+
+async def scenario_run(
+    hubs: list[Hub], devices: list[BenchDevice], args: argparse.Namespace, batch: int, layer: str, ts0: int
+) -> Scenario:
+    traffic = Traffic()
+    result = Scenario(batch, len(devices), len(hubs), layer, args.window, traffic)
+    fanout = None
+    if not args.no_fanout:
+        fanout = FanoutCounter(layer, args.redis_url, hubs[0].env["HUB_CHANNEL_PREFIX"])
+        await fanout.start([d.key for d in devices])
+    go, stop = asyncio.Event(), asyncio.Event()
+    urls = [f"{hubs[i % len(hubs)].ws}/ws/v1/{d.token}/telemetry" for i, d in enumerate(devices)]
+    tasks = [asyncio.create_task(device(url, batch, args.window, ts0, go, stop, traffic)) for url in urls]
+    while traffic.connected < len(devices):  # every socket is open before the clock starts
+        await asyncio.sleep(0.05)
+        if failed := [t for t in tasks if t.done()]:
+            raise failed[0].exception() or BenchFailure("a device ended before sending")
+    pids = {
+        "hub": [hub.process.pid for hub in hubs],
+        "db": database_backend_pids(hubs[0].env["HUB_DATABASE_URL"]),
+        "client": [os.getpid()],
+    }
+    cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
+    traffic.first_send = time.perf_counter()
+    go.set()
+    label = f"B={batch}, {len(hubs)} process{'es' if len(hubs) > 1 else ''}, {layer}"
+    with progress() as bar:
+        task = bar.add_task(label, total=int(args.seconds), status="")
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < args.seconds:
+            await asyncio.sleep(0.25)
+            rate = traffic.acked_frames * batch / max(time.perf_counter() - traffic.first_send, 1e-9)
+            bar.update(task, completed=int(elapsed), status=f"{rate:,.0f} readings/s acked")
+            if failed := [t for t in tasks if t.done() and t.exception()]:
+                stop.set()
+                raise failed[0].exception()
+        stop.set()
+        await asyncio.gather(*tasks)
+    result.cpu = {name: cpu_seconds(group) - cpu_before[name] for name, group in pids.items()}
+    result.stored = stored_count(hubs[0].env["HUB_DATABASE_URL"])
+    if fanout is not None:
+        await fanout.settle(result.sent)
+        result.fanned_out = fanout.readings
+        result.fanout_lag = max(fanout.last - traffic.last_ack, 0.0)
+        await fanout.stop()
+    return result
+
+
+def stored_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM ingest_reading").fetchone()[0]
+
+
+def readings_clear(url: str) -> None:
+    """Every scenario starts from empty readings tables (the same index sizes for every comparison)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(f"TRUNCATE {READINGS_TABLES}")
+
+
+def copy_ceiling(url: str, chunk_rows: int) -> tuple[int, float]:
+    """COPY the stored rows into an identical scratch table (same columns, key and indexes): (rows, seconds).
+
+    The rows are read out first; only the COPYs and their commits are timed, one transaction per chunk.
+    """
+    with psycopg.connect(url) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy_ceiling")
+        conn.execute("CREATE TABLE bench_copy_ceiling (LIKE ingest_reading INCLUDING ALL)")
+        conn.commit()
+        text = bytearray()
+        with conn.cursor().copy("COPY ingest_reading (device_id, key, ts, value) TO STDOUT") as copy:
+            for data in copy:
+                text += data
+        lines = bytes(text).splitlines(keepends=True)
+        chunks = [b"".join(lines[i : i + chunk_rows]) for i in range(0, len(lines), chunk_rows)]
+        started = time.perf_counter()
+        for chunk in chunks:
+            with conn.cursor().copy("COPY bench_copy_ceiling (device_id, key, ts, value) FROM STDIN") as copy:
+                copy.write(chunk)
+            conn.commit()
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_copy_ceiling")
+        conn.commit()
+    return len(lines), seconds
+
+
+async def connect_check(hubs: list[Hub], devices: list[BenchDevice]) -> None:
+    """One message through each hub before anything is timed: its writer pool and code paths are warm."""
+    for hub in hubs:
+        for d in devices[:1]:
+            async with websockets.connect(f"{hub.ws}/ws/v1/{d.token}/telemetry", open_timeout=30) as ws:
+                await ws.send('{"warm": 1}')
+                await ws.recv()
+
+
+async def run(args: argparse.Namespace) -> int:
+    configurations = list(itertools.product(args.layers, args.process_counts))
+    results: list[Scenario] = []
+    ceiling: tuple[int, float] | None = None
+    with bench_database("ingest", redis_url=args.redis_url) as env:
+        url = env["HUB_DATABASE_URL"]
+        devices = devices_copy(url, args.devices, prefix="i")
+        console.print(
+            f"ingest bench: {args.devices} devices, window {args.window} frames, {args.seconds:.0f} s per scenario, "
+            f"batches {args.batches}, layers {args.layers}, processes {args.process_counts}"
+        )
+        ts0 = time.time_ns() // 1_000_000 - 30 * 86_400_000  # a month ago, one ms per reading onwards
+        for layer, processes in configurations:
+            with hubs_running(env, processes, HUB_CHANNEL_LAYER=layer) as hubs:
+                await connect_check(hubs, devices)
+                for batch in args.batches:
+                    readings_clear(url)
+                    result = await scenario_run(hubs, devices, args, batch, layer, ts0)
+                    results.append(result)
+                    console.print(summary(result))
+                    if ceiling is None and batch == max(args.batches) and not args.no_ceiling:
+                        ceiling = copy_ceiling(url, WRITER_BATCH_ROWS)
+                        console.print(f"  COPY ceiling: {ceiling[0]:,} rows in {ceiling[1]:.2f} s")
+                    ts0 += 10 * 86_400_000 // len(configurations) // len(args.batches)
+    report(results, ceiling)
+    return 0 if all(r.stored == r.sent for r in results) else 1
+
+
+def summary(r: Scenario) -> str:
+    fanout = "" if r.fanned_out is None else f", fanned out {r.fanned_out:,}"
+    return (
+        f"  B={r.batch} {r.processes}p {r.layer}: sent {r.sent:,}, stored {r.stored:,}{fanout} in {r.seconds:.1f} s; "
+        f"CPU (cores) {r.cpu_share()}"
+    )
+
+
+def report(results: list[Scenario], ceiling: tuple[int, float] | None) -> None:
+    ceiling_rate = ceiling[0] / ceiling[1] if ceiling else None
+    rows = []
+    for r in results:
+        p50, p99 = p50_p99(r.traffic.latencies)
+        fanout = "off" if r.fanned_out is None else f"{r.fanned_out:,} (+{r.fanout_lag * 1000:.0f} ms)"
+        rows.append(
+            [
+                f"B={r.batch}, {r.processes} proc, {r.layer}",
+                f"{r.frames_rate:,.0f}",
+                f"{r.readings_rate:,.0f}",
+                f"{p50 * 1000:.0f} / {p99 * 1000:.0f}",
+                f"{r.sent:,} / {r.stored:,} / {r.sent - r.stored:,}",
+                fanout,
+                r.cpu_share(),
+                f"{r.readings_rate / ceiling_rate:.2f}" if ceiling_rate else "-",
+                r.target(),
+            ]
+        )
+    columns = [
+        "scenario",
+        "frames/s",
+        "readings/s stored",
+        "ack p50 / p99 ms",
+        "sent / stored / lost",
+        "fanned out (lag)",
+        "CPU hub/db/client",
+        "÷ COPY",
+        "target",
+    ]
+    table("Ingest over WebSocket", columns, rows)
+    if ceiling_rate:
+        console.print(
+            f"COPY ceiling: {ceiling[0]:,} rows in {ceiling[1]:.2f} s = {ceiling_rate:,.0f} rows/s "
+            f"(psycopg COPY into a copy of ingest_reading, {WRITER_BATCH_ROWS:,} rows per transaction)"
+        )
+    if lost := [r for r in results if r.stored != r.sent]:
+        console.print(f"[red]readings lost in {len(lost)} scenario(s)[/]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--batches", default="100,1", help="readings per frame, one scenario each (default 100,1)")
+    parser.add_argument("--window", type=int, default=8, help="unacked frames per connection")
+    parser.add_argument("--seconds", type=float, default=10.0, help="sending time of each scenario")
+    parser.add_argument("--layer", choices=[*LAYERS, "both"], default="pubsub", help="HUB_CHANNEL_LAYER")
+    parser.add_argument("--processes", type=int, default=1, help="N > 1: measure 1, then N hub processes")
+    parser.add_argument("--no-fanout", action="store_true", help="no channel-layer subscriber")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the COPY ceiling")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.layers = list(LAYERS) if args.layer == "both" else [args.layer]
+    args.process_counts = [1, args.processes] if args.processes > 1 else [1]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
