@@ -6,51 +6,14 @@ measured in the same run against the same hub process (PostgreSQL + Redis, loopb
 
 import argparse
 import asyncio
-import hashlib
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import orjson
 import psycopg
 import websockets
+from harness import bench_database, console, devices_copy, hubs_running, progress, table
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DB = "hub_bench_alerts"
 WINDOW = 8  # unacked frames per connection
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def prepare(url: str, env: dict[str, str], devices: int) -> list[str]:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {DB}")
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    tokens = [secrets.token_urlsafe(24) for _ in range(devices)]
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices_device'"
-            " AND is_nullable = 'NO' AND column_default IS NULL AND data_type LIKE 'char%%'"
-            " AND column_name NOT IN ('key', 'name', 'token_hash')"
-        )
-        extra = [row[0] for row in cur.fetchall()]
-        columns = ", ".join(["key", "name", "created_at", "token_hash", *extra])
-        with cur.copy(f"COPY devices_device ({columns}) FROM STDIN") as copy:
-            for i, token in enumerate(tokens):
-                copy.write_row((f"a{i}", "", "now", hashlib.sha256(token.encode()).hexdigest(), *[""] * len(extra)))
-    return tokens
 
 
 def add_rules(url: str) -> int:
@@ -91,53 +54,42 @@ async def stream(url: str, batch: int, stop: asyncio.Event, counts: list[int], t
         reader.cancel()
 
 
-async def measure(base: str, tokens: list[str], batch: int, seconds: float, ts0: int) -> float:
+async def measure(label: str, base: str, tokens: list[str], batch: int, seconds: float, ts0: int) -> float:
     stop = asyncio.Event()
     counts = [0]
     tasks = [asyncio.create_task(stream(f"{base}/{t}/telemetry", batch, stop, counts, ts0)) for t in tokens]
-    await asyncio.sleep(3)  # connect and warm up
-    start_count, start = counts[0], time.monotonic()
-    await asyncio.sleep(seconds)
-    rate = (counts[0] - start_count) / (time.monotonic() - start)
+    with progress() as bar:
+        task = bar.add_task(label, total=int(seconds), status="warming up")
+        await asyncio.sleep(3)  # connect and warm up
+        start_count, start = counts[0], time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            await asyncio.sleep(0.25)
+            rate = (counts[0] - start_count) / max(elapsed, 1e-9)
+            bar.update(task, completed=int(elapsed), status=f"{rate:,.0f} readings/s acked")
+        rate = (counts[0] - start_count) / (time.monotonic() - start)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return rate
 
 
 async def run(args: argparse.Namespace) -> None:
-    url = f"postgresql://postgres@127.0.0.1:5432/{DB}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    env.update(
-        HUB_DATABASE_URL=url,
-        HUB_REDIS_URL="redis://127.0.0.1:6379/12",
-        HUB_SECRET_KEY="bench-" + "x" * 50,
-        HUB_VAR_DIR=tempfile.mkdtemp(prefix="hub-bench-alerts-"),
-        HUB_LOG_LEVEL="WARNING",
-        HUB_ALERT_RULES_REFRESH_SECONDS="1",
-    )
-    tokens = prepare(url, env, args.devices)
-    port = free_port()
-    hub = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env)  # noqa: ASYNC220
-    try:
-        await asyncio.sleep(3)
-        base = f"ws://127.0.0.1:{port}/ws/v1"
-        ts0 = time.time_ns() // 1_000_000 - 86_400_000
-        without = await measure(base, tokens, args.batch, args.seconds, ts0)
-        print(f"no rules: {without:,.0f} readings/s acked")
-        rules = add_rules(url)
-        await asyncio.sleep(2)  # the engine refreshes its rule snapshot
-        with_rules = await measure(base, tokens, args.batch, args.seconds, ts0 + 10_000_000)
-        print(f"{rules} rules: {with_rules:,.0f} readings/s acked")
-        print()
-        print("| scenario | readings/s | ratio |")
-        print("| --- | --- | --- |")
-        print(f"| {args.devices} devices, no rules | {without:,.0f} | 1.00 |")
-        print(f"| {args.devices} devices, {rules} rules | {with_rules:,.0f} | {with_rules / without:.2f} |")
-    finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(timeout=60)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with bench_database("alerts", redis_url="redis://127.0.0.1:6379/12", HUB_ALERT_RULES_REFRESH_SECONDS="1") as env:
+        url = env["HUB_DATABASE_URL"]
+        tokens = [d.token for d in devices_copy(url, args.devices, prefix="a")]
+        with hubs_running(env) as (hub,):
+            base = f"{hub.ws}/ws/v1"
+            ts0 = time.time_ns() // 1_000_000 - 86_400_000
+            without = await measure("no rules", base, tokens, args.batch, args.seconds, ts0)
+            console.print(f"no rules: {without:,.0f} readings/s acked")
+            rules = add_rules(url)
+            await asyncio.sleep(2)  # the engine refreshes its rule snapshot
+            with_rules = await measure(f"{rules} rules", base, tokens, args.batch, args.seconds, ts0 + 10_000_000)
+            console.print(f"{rules} rules: {with_rules:,.0f} readings/s acked")
+            rows = [
+                (f"{args.devices} devices, no rules", f"{without:,.0f}", "1.00"),
+                (f"{args.devices} devices, {rules} rules", f"{with_rules:,.0f}", f"{with_rules / without:.2f}"),
+            ]
+            table("Alert evaluation cost", ["scenario", "readings/s", "ratio"], rows)
 
 
 def main() -> None:

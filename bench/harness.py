@@ -7,6 +7,7 @@ as scripts, `bench/` is on sys.path) and then put the project root on sys.path f
 import hashlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,10 +75,10 @@ def hub_env(database: str, *, redis_url: str, prefix: str, **extra: str) -> dict
         HUB_REDIS_URL=redis_url,
         HUB_CHANNEL_PREFIX=prefix,  # pub/sub channels ignore Redis db numbers: the prefix separates runs
         HUB_SECRET_KEY="bench-" * 10,
-        HUB_VAR_DIR=tempfile.mkdtemp(prefix=f"hub-{prefix}-"),
         HUB_LOG_LEVEL="WARNING",
     )
     env.update(extra)
+    env.setdefault("HUB_VAR_DIR", tempfile.mkdtemp(prefix=f"hub-{prefix}-"))
     return env
 
 
@@ -95,6 +96,7 @@ def bench_database(name: str, *, redis_url: str, admin_url: str = ADMIN_URL, **e
         yield env
     finally:
         database_drop(db, admin_url)
+        shutil.rmtree(env["HUB_VAR_DIR"], ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,7 @@ def hubs_running(env: dict[str, str], count: int = 1, **extra: str) -> Iterator[
             hub.stop()
         for hub in hubs:
             for line in hub.complaints()[-5:]:
-                console.print(f"[yellow]hub :{hub.port}[/] {line}")
+                console.print(f"hub :{hub.port} {line}", style="yellow", markup=False)
 
 
 def rss_kib(pid: int) -> int:

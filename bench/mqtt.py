@@ -25,7 +25,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import (
+    ROOT,
+    console,
+    database_create,
+    database_drop,
+    devices_copy,
+    free_port,
+    hub_env,
+    migrate,
+    p50_p99,
+    table,
+    wait_for,
+)
+
 sys.path.insert(0, str(ROOT))
 
 
@@ -42,19 +55,22 @@ class Phase:
         return self.messages / max(self.last_received - self.first_sent, 1e-9)
 
     def line(self, readings: int) -> str:
-        lat = sorted(self.latencies_ms) or [float("nan")]
-        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        p50, p99 = p50_p99(self.latencies_ms)
         per_s = f"{self.rate:,.0f} msg/s" + (f" ({self.rate * readings:,.0f} readings/s)" if readings > 1 else "")
         return (
             f"  {self.name:<38} {self.messages:,} messages in {self.last_received - self.first_sent:.2f} s"
             f" = {per_s}; publish→{'received' if 'sub' in self.name else 'stored'} p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def row(self, readings: int) -> list[str]:
+        p50, p99 = p50_p99(self.latencies_ms)
+        return [
+            self.name,
+            f"{self.messages:,}",
+            f"{self.rate:,.0f}",
+            f"{self.rate * readings:,.0f}",
+            f"{p50:.1f} / {p99:.1f}",
+        ]
 
 
 # Publishers ---------------------------------------------------------------------------------------------
@@ -129,14 +145,6 @@ def _listening(port: int) -> bool:
         return False
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def ceiling_phase(port: int, keys: list[str], args: argparse.Namespace, t0: int) -> Phase:
     """The same publishers into mosquitto_sub (QoS 1, MQTT 5): what the broker alone delivers."""
     import orjson
@@ -189,7 +197,7 @@ async def bridge_phase(port: int, keys: list[str], args: argparse.Namespace, t0:
     try:
         await asyncio.wait_for(collecting, timeout=args.timeout)
     except TimeoutError:
-        print(f"  (timed out: {len(latencies)} of {expected} readings fanned out)")
+        console.print(f"  (timed out: {len(latencies)} of {expected} readings fanned out)")
     stored_messages = len(latencies) // args.readings
     return Phase(f"mosquitto → {args.workers} bridge → PostgreSQL", stored_messages, start, last[0], latencies)
 
@@ -234,22 +242,6 @@ def warm_up(port: int, keys: list[str], ts: int) -> None:
 # Setup and the report -----------------------------------------------------------------------------------
 
 
-def database_create(admin_url: str, name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return re.sub(r"/[^/]*$", f"/{name}", admin_url)
-
-
-def database_drop(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def stored_counts(keys: list[str], reading_key: str) -> tuple[int, int]:
     """(readings stored, distinct (device, ts)) of one reading key of the bench devices."""
     from django.db import connection
@@ -281,12 +273,10 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="hub-bench-mqtt-"))
     db_name = f"hub_bench_mqtt_{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
-    env.update(
-        HUB_DATABASE_URL=database_create(args.admin_url, db_name),
-        HUB_REDIS_URL=args.redis_url,
-        HUB_CHANNEL_PREFIX=f"benchmqtt{os.getpid()}",
-        HUB_SECRET_KEY="bench-" * 10,
+    env = hub_env(
+        database_create(db_name, args.admin_url),
+        redis_url=args.redis_url,
+        prefix=f"benchmqtt{os.getpid()}",
         HUB_VAR_DIR=str(workdir),
         HUB_LOG_LEVEL="INFO",
         DJANGO_SETTINGS_MODULE="hub.settings",
@@ -294,36 +284,40 @@ def main() -> None:
     os.environ.update(env)
     broker, bridges = None, []
     try:
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        migrate(env)
         import django
 
         django.setup()
-        from devices.services import device_create
-
-        keys = [device_create(key=f"bench-{n}")[0].key for n in range(args.devices)]
+        keys = [d.key for d in devices_copy(env["HUB_DATABASE_URL"], args.devices, prefix="bench-")]
         broker, port = broker_start(workdir)
         t0 = time.time_ns() // 1_000_000 - 7_200_000  # the ceiling's ts; the bridge's start an hour later
-        print(
+        console.print(
             f"MQTT bench: {args.devices} devices x {args.messages} QoS 1 messages x {args.readings} readings, "
             f"{'max rate' if not args.rate else f'{args.rate:,.0f} msg/s offered'}, {os.cpu_count()} CPUs"
         )
         ceiling = ceiling_phase(port, keys, args, t0)
-        print(ceiling.line(args.readings))
+        console.print(ceiling.line(args.readings))
 
         bridges = bridges_start(port, args, env, workdir)
         warm_up(port, keys, t0 - 3_600_000)
         stored = asyncio.run(bridge_phase(port, keys, args, t0 + 3_600_000, env))
-        print(stored.line(args.readings))
+        console.print(stored.line(args.readings))
         rows, distinct = stored_counts(keys, "sent")
         expected = args.devices * args.messages * args.readings
-        print(
+        console.print(
             f"  ratio bridge/ceiling {stored.rate / ceiling.rate:.2f}; stored {rows:,} of {expected:,} readings,"
             f" {rows - distinct} twice; broker dropped messages: {'dropped' in (workdir / 'mosquitto.log').read_text()}"
         )
         bridges_stop(bridges)
         for n in range(args.workers):
             status = [line for line in (workdir / f"bridge-{n}.log").read_text().splitlines() if "bridge: in" in line]
-            print(f"  worker {n}: {status[-1].split('] ', 1)[-1] if status else '(no status line)'}")
+            worker = status[-1].split("] ", 1)[-1] if status else "(no status line)"
+            console.print(f"  worker {n}: {worker}", markup=False)
+        columns = ["phase", "messages", "msg/s", "readings/s", "publish→received/stored p50 / p99 ms"]
+        table("MQTT ingest", columns, [ceiling.row(args.readings), stored.row(args.readings)])
+        console.print(
+            f"ratio bridge/ceiling {stored.rate / ceiling.rate:.2f}; stored {rows:,} of {expected:,} readings"
+        )
     finally:
         bridges_stop(bridges)
         if broker is not None:
@@ -332,7 +326,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        database_drop(args.admin_url, db_name)
+        database_drop(db_name, args.admin_url)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -8,59 +8,12 @@ hub's RSS per connection, ack latency p50/p99 in the steady window, and readings
 
 import argparse
 import asyncio
-import hashlib
 import os
 import random
-import secrets
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import psycopg
 import websockets
-
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DB = "hub_bench_scale"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def prepare(env: dict[str, str], devices: int) -> list[str]:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {DB}")
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    tokens = [secrets.token_urlsafe(24) for _ in range(devices)]
-    with psycopg.connect(env["HUB_DATABASE_URL"]) as conn, conn.cursor() as cur:
-        # Other NOT NULL text columns of the registry (none today) get '' so the bench survives new fields.
-        cur.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices_device'"
-            " AND is_nullable = 'NO' AND column_default IS NULL AND data_type LIKE 'char%%'"
-            " AND column_name NOT IN ('key', 'name', 'token_hash')"
-        )
-        extra = [row[0] for row in cur.fetchall()]
-        columns = ", ".join(["key", "name", "created_at", "token_hash", *extra])
-        with cur.copy(f"COPY devices_device ({columns}) FROM STDIN") as copy:
-            for i, token in enumerate(tokens):
-                copy.write_row((f"s{i}", "", "now", hashlib.sha256(token.encode()).hexdigest(), *[""] * len(extra)))
-    return tokens
+from harness import bench_database, console, devices_copy, hubs_running, p50_p99, progress, rss_kib, table
 
 
 async def device(url: str, interval: float, latencies: list[float], connected: list[int], stop: asyncio.Event) -> None:
@@ -69,82 +22,76 @@ async def device(url: str, interval: float, latencies: list[float], connected: l
             ws = await websockets.connect(url, open_timeout=30, ping_interval=None, max_queue=4)
             break
         except (OSError, TimeoutError, websockets.WebSocketException):
-            await asyncio.sleep(random.uniform(1, 3))  # noqa: S311
+            await asyncio.sleep(random.uniform(1, 3))
     async with ws:
         connected[0] += 1
         frame = 0
-        await asyncio.sleep(random.uniform(0, interval))  # noqa: S311 - spread the load
+        await asyncio.sleep(random.uniform(0, interval))  # spread the load
         while not stop.is_set():
             frame += 1
             sent = time.perf_counter()
             await ws.send('{"t": %d}' % frame)  # noqa: UP031
             await ws.recv()
             latencies.append(time.perf_counter() - sent)
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
 
-async def run(args: argparse.Namespace) -> None:
-    workdir = tempfile.mkdtemp(prefix="hub-bench-scale-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    env.update(
-        HUB_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{DB}",
-        HUB_REDIS_URL="redis://127.0.0.1:6379/13",
-        HUB_SECRET_KEY="bench-" + "x" * 50,
-        HUB_VAR_DIR=workdir,
-        HUB_LOG_LEVEL="WARNING",
-    )
-    tokens = prepare(env, args.devices)
-    port = free_port()
-    hub = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env)  # noqa: ASYNC220
-    try:
-        await asyncio.sleep(3)
-        base = f"ws://127.0.0.1:{port}/ws/v1"
-        stop = asyncio.Event()
-        latencies: list[float] = []
-        connected = [0]
-        warm = asyncio.create_task(device(f"{base}/{tokens[0]}/telemetry", 1.0, [], [0], stop))
-        await asyncio.sleep(2)
-        baseline = rss_kib(hub.pid)
-        tasks = [warm]
-        started = time.monotonic()
-        for i in range(1, args.devices):
+async def connect_all(
+    base: str, tokens: list[str], args: argparse.Namespace, latencies: list[float], stop: asyncio.Event
+) -> tuple[list[asyncio.Task[None]], int]:
+    """Open the idle devices' sockets, 100 every 0.2 s, with a progress bar: their tasks, how many connected."""
+    connected = [0]
+    tasks = []
+    started = time.monotonic()
+    with progress() as bar:
+        task = bar.add_task("connecting", total=len(tokens), status="")
+        for i, token in enumerate(tokens, 1):
             tasks.append(
-                asyncio.create_task(device(f"{base}/{tokens[i]}/telemetry", args.interval, latencies, connected, stop))
+                asyncio.create_task(device(f"{base}/{token}/telemetry", args.interval, latencies, connected, stop))
             )
             if i % 100 == 0:
                 await asyncio.sleep(0.2)
-                print(f"\rconnecting: {connected[0]}/{args.devices - 1}", end="", flush=True)
-        while connected[0] < args.devices - 1 and time.monotonic() - started < 300:
+                bar.update(task, completed=connected[0])
+        while connected[0] < len(tokens) and time.monotonic() - started < 300:
             await asyncio.sleep(0.5)
-            print(f"\rconnecting: {connected[0]}/{args.devices - 1}", end="", flush=True)
-        print(f"\nconnected {connected[0]} in {time.monotonic() - started:.1f}s; steady window {args.seconds}s")
-        await asyncio.sleep(args.interval * 1.5)  # every device has sent at least once
-        latencies.clear()
-        window_start = time.monotonic()
-        await asyncio.sleep(args.seconds)
-        window = time.monotonic() - window_start
-        sample = sorted(latencies)
-        rss = rss_kib(hub.pid)
-        stop.set()
-        per_connection = (rss - baseline) / max(connected[0], 1)
-        q = statistics.quantiles(sample, n=100) if len(sample) > 100 else [0] * 99
-        print()
-        print("| figure | value |")
-        print("| --- | --- |")
-        print(f"| idle device WebSockets held | {connected[0]} |")
-        print(f"| hub RSS before / after | {baseline / 1024:.1f} MiB / {rss / 1024:.1f} MiB |")
-        print(f"| RSS per connection | {per_connection:.1f} KiB |")
-        print(f"| readings acked in window | {len(sample)} ({len(sample) / window:.0f}/s) |")
-        print(f"| ack latency p50 / p99 | {q[49] * 1000:.1f} ms / {q[98] * 1000:.1f} ms |")
-        print(f"| ulimit -n (this process) | {os.sysconf('SC_OPEN_MAX')} |")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(timeout=60)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            bar.update(task, completed=connected[0])
+    console.print(f"connected {connected[0]} in {time.monotonic() - started:.1f}s; steady window {args.seconds}s")
+    return tasks, connected[0]
+
+
+async def run(args: argparse.Namespace) -> None:
+    with bench_database("scale", redis_url="redis://127.0.0.1:6379/13") as env:
+        tokens = [d.token for d in devices_copy(env["HUB_DATABASE_URL"], args.devices, prefix="s")]
+        with hubs_running(env) as (hub,):
+            base = f"{hub.ws}/ws/v1"
+            stop = asyncio.Event()
+            latencies: list[float] = []
+            warm = asyncio.create_task(device(f"{base}/{tokens[0]}/telemetry", 1.0, [], [0], stop))
+            await asyncio.sleep(2)
+            baseline = rss_kib(hub.process.pid)
+            idle, connected = await connect_all(base, tokens[1:], args, latencies, stop)
+            tasks = [warm, *idle]
+            await asyncio.sleep(args.interval * 1.5)  # every device has sent at least once
+            latencies.clear()
+            window_start = time.monotonic()
+            await asyncio.sleep(args.seconds)
+            window = time.monotonic() - window_start
+            sample = list(latencies)
+            rss = rss_kib(hub.process.pid)
+            stop.set()
+            p50, p99 = p50_p99(sample)
+            rows = [
+                ("idle device WebSockets held", connected),
+                ("hub RSS before / after", f"{baseline / 1024:.1f} MiB / {rss / 1024:.1f} MiB"),
+                ("RSS per connection", f"{(rss - baseline) / max(connected, 1):.1f} KiB"),
+                ("readings acked in window", f"{len(sample)} ({len(sample) / window:.0f}/s)"),
+                ("ack latency p50 / p99", f"{p50 * 1000:.1f} ms / {p99 * 1000:.1f} ms"),
+                ("ulimit -n (this process)", os.sysconf("SC_OPEN_MAX")),
+            ]
+            table("Connection scale, one hub process", ["figure", "value"], rows)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def main() -> None:
