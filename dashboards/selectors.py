@@ -1,5 +1,6 @@
 """Read-side queries for the dashboards."""
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -57,7 +58,12 @@ def _ms(value: datetime) -> int:
     return round(value.timestamp() * 1000)
 
 
-def readings_recent(*, device: Device, since: datetime, limit: int = 20_000) -> list[list]:
-    """Numeric readings of a device since `since`, oldest first, as [ts_ms, key, value]."""
-    rows = Reading.objects.filter(device=device, ts__gte=since).order_by("ts").values_list("ts", "key", "value")[:limit]
-    return [[int(ts.timestamp() * 1000), key, value] for ts, key, value in rows]
+def readings_recent(*, device: Device, since: datetime, keys: Sequence[str] = (), limit: int = 20_000) -> list[list]:
+    """The newest `limit` numeric readings of a device (of `keys`, if given) since `since`, oldest first, as
+    [ts_ms, key, value]. Newest, not oldest: the page's history must end where the stream's catch-up starts."""
+    rows = Reading.objects.filter(device=device, ts__gte=since)
+    if keys:
+        rows = rows.filter(key__in=keys)
+    newest = list(rows.order_by("-ts", "-key").values_list("ts", "key", "value")[:limit])
+    # round, as the stream does (dashboards/stream.py): int() can land 1 ms early and draw a reading twice
+    return [[round(ts.timestamp() * 1000), key, value] for ts, key, value in reversed(newest)]

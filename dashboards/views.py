@@ -1,12 +1,15 @@
 """Operator pages (login required)."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, render, resolve_url
+from django.urls import reverse
 from django.utils import timezone
 
+from dashboards.history import keys_of_device, readings_latest
 from dashboards.selectors import fleet_status, readings_recent
 from devices.models import Device
 
@@ -22,8 +25,38 @@ def fleet_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse(fleet_status())
 
 
+# The device page's history windows (`?window=`): a fixed few, so no page loads an unbounded history.
+HISTORY_WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "6h": timedelta(hours=6)}
+POINTS_PER_CHART = 5_000  # newest points a chart keeps, from the history and live alike
+MAX_CHARTS = 24  # keys drawn when none are picked and the device has more
+
+
 @login_required
 def device_detail(request: HttpRequest, key: str) -> HttpResponse:
+    """Live charts of the picked numeric keys (`?key=`, repeatable; all by default) over `?window=`, and the
+    latest text values; dashboards/static/dashboards/device.js follows the stream from there."""
     device = get_object_or_404(Device, key=key)
-    history = readings_recent(device=device, since=timezone.now() - timedelta(minutes=15))
-    return render(request, "dashboards/device.html", {"device": device, "history": history})
+    window = request.GET.get("window", "15m")
+    if window not in HISTORY_WINDOWS:
+        window = "15m"
+    known = keys_of_device(device.id)
+    asked = set(request.GET.getlist("key"))
+    picked = [k for k in known if k in asked] or (known[:MAX_CHARTS] if len(known) > MAX_CHARTS else [])
+    start = timezone.now() - HISTORY_WINDOWS[window]
+    page = {
+        "device": device.key,
+        "keys": picked,  # empty: every numeric key, including keys first seen live
+        "start": round(start.timestamp() * 1000),
+        "points": POINTS_PER_CHART,
+        "catchup": settings.HUB_STREAM_CATCHUP_LIMIT,
+        "latest": reverse("telemetry-latest", args=[device.key]),
+        "login": resolve_url(settings.LOGIN_URL),
+        "history": readings_recent(device=device, since=start, keys=picked),
+    }
+    texts = [
+        {"key": k, "ts": v["ts"], "value": v["value"], "at": datetime.fromtimestamp(v["ts"] / 1000, tz=UTC)}
+        for k, v in readings_latest(device.id).items()
+        if isinstance(v["value"], str)
+    ]
+    context = {"device": device, "page": page, "keys": known, "picked": picked, "texts": texts}
+    return render(request, "dashboards/device.html", {**context, "window": window, "windows": HISTORY_WINDOWS})

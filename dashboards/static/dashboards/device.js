@@ -1,66 +1,205 @@
-// Live device page: draw history, then append live readings; one redraw per animation frame.
+// Live device page (docs/dashboards.md, "Device page"): draw the server-rendered history, then follow the
+// device's stream (docs/stream-protocol.md): wait for `subscribed`, send `since` (the newest reading drawn),
+// apply the `history` that answers it, then the live `readings`. Each reading is drawn once: a point whose ts
+// is not newer than what its chart already has is dropped. Device-provided text only ever goes through
+// textContent.
 (function () {
   "use strict";
-  const MAX_POINTS = 5000;
-  const key = JSON.parse(document.getElementById("device-key").textContent);
-  const history = JSON.parse(document.getElementById("history").textContent);
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 30000;
+  const FINAL = {4400: "bad request", 4401: "not logged in", 4404: "unknown device"};
+  const REASONS = {1001: "server going away", 1006: "connection lost", 1011: "server error",
+                   1012: "server restarting", 4008: "too slow"};
+  const page = JSON.parse(document.getElementById("device-page").textContent);
+  const picked = new Set(page.keys); // empty: every numeric key
   const charts = document.getElementById("charts");
-  const state = document.getElementById("state");
-  const series = new Map(); // key -> {div, pending: {x: [], y: []}}
-  let lastTs = 0;
-  let scheduled = false;
+  const status = document.getElementById("connection");
+  const texts = new Map(); // key -> {row, ts}
+  const series = new Map(); // key -> {div, last, plotted, pending: {x, y}}
+  let newest = 0; // newest ts taken (any key): the `since` of the next connection
+  let resume = null; // the `since` that continues a capped catch-up, when there is one
+  let frame = 0;
+  let socket = null;
+  let attempt = 0; // failed connections in a row: the backoff exponent
+  let retry = 0; // pending reconnect timer
 
-  function chartFor(name) {
-    let s = series.get(name);
+  function setState(state, text) {
+    status.dataset.state = state;
+    status.textContent = text;
+  }
+
+  // ---- charts: one per numeric key, at most one redraw per animation frame, at most page.points points
+
+  function take(readings) {
+    for (const [ts, key, value] of readings) {
+      if (typeof value === "string") { showText(key, ts, value); continue; }
+      if (typeof value !== "number" || (picked.size && !picked.has(key))) continue;
+      const s = seriesFor(key);
+      if (ts <= s.last) continue; // already drawn (history and stream overlap): once only
+      s.last = ts;
+      if (ts > newest) newest = ts;
+      s.pending.x.push(new Date(ts));
+      s.pending.y.push(value);
+      // A hidden tab gets no animation frames: keep only what the chart could show anyway.
+      if (s.pending.x.length >= 2 * page.points) {
+        s.pending.x.splice(0, s.pending.x.length - page.points);
+        s.pending.y.splice(0, s.pending.y.length - page.points);
+      }
+    }
+    if (!frame) frame = requestAnimationFrame(draw);
+  }
+
+  function draw() {
+    frame = 0;
+    for (const [key, s] of series) {
+      const {x, y} = s.pending;
+      if (!x.length) continue;
+      s.pending = {x: [], y: []};
+      if (s.plotted) {
+        Plotly.extendTraces(s.div, {x: [x], y: [y]}, [0], page.points);
+      } else {
+        s.plotted = true;
+        const trace = {x: x.slice(-page.points), y: y.slice(-page.points), mode: "lines", name: key};
+        Plotly.newPlot(s.div, [trace],
+          {title: {text: key}, margin: {t: 30, l: 50, r: 10, b: 30}, xaxis: {type: "date"}, uirevision: key},
+          {responsive: true, displaylogo: false});
+      }
+    }
+  }
+
+  function seriesFor(key) {
+    let s = series.get(key);
     if (s) return s;
     const div = document.createElement("div");
     div.className = "chart";
-    charts.appendChild(div);
-    Plotly.newPlot(div, [{x: [], y: [], mode: "lines", name: name}],
-      {title: {text: name}, margin: {t: 30, l: 40, r: 10, b: 30}, xaxis: {type: "date"}},
-      {responsive: true, displaylogo: false});
-    s = {div: div, pending: {x: [], y: []}};
-    series.set(name, s);
+    div.dataset.key = key;
+    const next = Array.from(charts.children).find((el) => el.dataset.key > key);
+    charts.insertBefore(div, next || null); // charts in key order
+    s = {div: div, last: -Infinity, plotted: false, pending: {x: [], y: []}};
+    series.set(key, s);
     return s;
   }
 
-  function add(rows) {
-    for (const [ts, name, value] of rows) {
-      if (typeof value !== "number") continue;
-      const s = chartFor(name);
-      s.pending.x.push(new Date(ts));
-      s.pending.y.push(value);
-      if (ts > lastTs) lastTs = ts;
-    }
-    if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+  // ---- text values: server-rendered rows, updated by newer ones (live, or fetched on each connection)
+
+  function showText(key, ts, value) {
+    let t = texts.get(key);
+    if (t && ts <= t.ts) return;
+    if (!t) t = textRow(key);
+    t.ts = ts;
+    t.row.dataset.ts = String(ts);
+    t.row.cells[1].textContent = value;
+    t.row.cells[2].textContent = new Date(ts).toLocaleString();
+    document.getElementById("text-values").hidden = false;
   }
 
-  function flush() {
-    scheduled = false;
-    for (const s of series.values()) {
-      if (!s.pending.x.length) continue;
-      Plotly.extendTraces(s.div, {x: [s.pending.x], y: [s.pending.y]}, [0], MAX_POINTS);
-      s.pending = {x: [], y: []};
-    }
+  function textRow(key) {
+    const row = document.createElement("tr");
+    row.dataset.key = key;
+    const th = document.createElement("th");
+    th.textContent = key;
+    row.append(th, document.createElement("td"), document.createElement("td"));
+    const body = document.querySelector("#texts tbody");
+    const next = Array.from(body.rows).find((r) => r.dataset.key > key);
+    body.insertBefore(row, next || null);
+    const t = {row: row, ts: -Infinity};
+    texts.set(key, t);
+    return t;
   }
 
-  let delay = 500;
-  function connect() {
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/ws/v1/devices/${encodeURIComponent(key)}/stream`);
-    state.textContent = "connecting…";
-    ws.onopen = () => { state.textContent = "live"; delay = 500; };
+  function refreshTexts() {
+    fetch(page.latest, {credentials: "same-origin", headers: {Accept: "application/json"}})
+      .then((response) => (response.ok ? response.json() : {latest: {}}))
+      .then((body) => {
+        for (const [key, v] of Object.entries(body.latest)) {
+          if (typeof v.value === "string") showText(key, v.ts, v.value);
+        }
+      })
+      .catch(() => {}); // best effort: the next connection fetches again
+  }
+
+  // ---- the stream
+
+  function connect(label) {
+    retry = 0;
+    setState("connecting", label || (attempt ? "reconnecting…" : "connecting…"));
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws/v1/devices/${encodeURIComponent(page.device)}/stream`);
+    socket = ws;
     ws.onmessage = (event) => {
-      const msg = JSON.parse(event.data);
-      if (msg.type === "readings") add(msg.readings.filter((r) => r[0] > lastTs));
+      if (ws !== socket) return;
+      const message = JSON.parse(event.data);
+      if (message.type === "subscribed") {
+        ws.send(JSON.stringify({since: resume === null ? Math.max(newest, page.start) : resume}));
+      } else if (message.type === "history") {
+        caughtUp(ws, message.readings);
+      } else if (message.type === "readings") {
+        take(message.readings);
+      }
     };
-    ws.onclose = () => {
-      state.textContent = "disconnected; retrying";
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 10000);
+    ws.onclose = (event) => {
+      if (ws === socket) closed(event.code);
     };
   }
 
-  add(history);
+  function caughtUp(ws, readings) {
+    take(readings);
+    resume = null;
+    if (readings.length >= page.catchup) {
+      // The catch-up is capped (oldest first): ask again for the rest. The cap may fall between readings of
+      // one ts, so resume just before the last ts (the ones drawn already are dropped), unless the whole
+      // page is that one ts.
+      const first = readings[0][0];
+      const last = readings[readings.length - 1][0];
+      resume = first < last ? last - 1 : last;
+      socket = null;
+      ws.close();
+      connect("catching up…");
+      return;
+    }
+    attempt = 0;
+    setState("live", "live");
+    refreshTexts();
+  }
+
+  function closed(code) {
+    socket = null;
+    if (code in FINAL) {
+      setState("closed", `closed: ${FINAL[code]}`);
+      if (code === 4401) status.append(" — ", loginLink());
+      return;
+    }
+    // Exponential backoff with jitter: a restarted hub is not met by every page at the same instant.
+    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
+    const at = Date.now() + cap / 2 + Math.random() * (cap / 2);
+    const reason = REASONS[code] || `closed (${code})`;
+    const tick = () => {
+      const left = at - Date.now();
+      if (left <= 0) { connect(); return; }
+      setState("reconnecting", `reconnecting in ${Math.ceil(left / 1000)} s (${reason})`);
+      retry = setTimeout(tick, Math.min(left, 250));
+    };
+    tick();
+  }
+
+  function loginLink() {
+    const link = document.createElement("a");
+    link.href = `${page.login}?next=${encodeURIComponent(location.pathname + location.search)}`;
+    link.textContent = "log in";
+    return link;
+  }
+
+  window.addEventListener("online", () => {
+    if (retry) { clearTimeout(retry); connect(); } // the network is back: do not wait out the backoff
+  });
+
+  const form = document.getElementById("picker");
+  form.addEventListener("change", () => form.requestSubmit()); // the choice lives in the URL's query
+  for (const row of document.querySelectorAll("#texts tr[data-key]")) {
+    const ts = Number(row.dataset.ts);
+    texts.set(row.dataset.key, {row: row, ts: ts});
+    row.cells[2].textContent = new Date(ts).toLocaleString();
+  }
+  take(page.history);
   connect();
 })();

@@ -1,0 +1,257 @@
+"""The device page in a real browser (headless Chromium): its chart follows the device live, survives a cut
+connection with no gap and no duplicate, says how the connection is, keeps the picked keys and the history
+window in the URL, and shows device-provided text as text, never as HTML."""
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
+
+from devices.services import device_create
+from ingest.models import Reading
+from tests.browser_chromium import chromium_page, need_chromium
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.usefixtures("postgres", "redis")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "test-artifacts"
+OPERATOR, PASSWORD = "operator", "operator-password"
+
+# Test-side only: records each change of the page's connection state, from before the page's scripts run.
+RECORD_STATES = """
+window.hubStates = [];
+new MutationObserver(() => {
+  const el = document.getElementById("connection");
+  const state = el && `${el.dataset.state}: ${el.textContent}`;
+  if (state && window.hubStates[window.hubStates.length - 1] !== state) window.hubStates.push(state);
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
+"""
+
+
+@pytest.fixture
+async def page():
+    """A headless Chromium page; the test fails if the page raised a JavaScript error."""
+    need_chromium()
+    async with chromium_page() as (page, errors):
+        await page.add_init_script(RECORD_STATES)
+        yield page
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def operator(transactional_db) -> str:
+    get_user_model().objects.create_user(OPERATOR, password=PASSWORD)  # an operator, not staff
+    return OPERATOR
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def numbers(t0: int, indices: range) -> list[dict]:
+    """Readings of `t` and `h`, 100 ms apart from t0."""
+    return [{"ts": t0 + i * 100, "values": {"t": i, "h": i / 2}} for i in indices]
+
+
+async def send(hub, token: str, batch: list[dict]) -> None:
+    """A real device: one telemetry frame over WebSocket, returning once the hub acknowledged (committed) it."""
+    async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
+        await ws.send(orjson.dumps(batch).decode())
+        reply = orjson.loads(await ws.recv())
+        assert reply == {"ack": 1}, reply
+
+
+@sync_to_async
+def stored(device_id: int, key: str) -> list[int]:
+    rows = Reading.objects.filter(device_id=device_id, key=key).order_by("ts").values_list("ts", flat=True)
+    return [round(ts.timestamp() * 1000) for ts in rows]
+
+
+async def log_in(page, url: str) -> None:
+    """Open `url`, get sent to the login page, log in there and land back on `url`."""
+    await page.goto(url)
+    assert "login" in page.url, page.url
+    await page.fill("input[name=username]", OPERATOR)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("[type=submit]")
+    await page.wait_for_url(url)
+
+
+async def plotted(page, key: str) -> list[int]:
+    """The timestamps the chart of `key` draws, read from the plot itself."""
+    return await page.evaluate(
+        """key => {
+            const chart = document.querySelector(`.chart[data-key="${key}"]`);
+            return chart && chart.data ? chart.data[0].x.map((x) => new Date(x).getTime()) : [];
+        }""",
+        key,
+    )
+
+
+async def until_plotted(page, key: str, count: int) -> None:
+    await page.wait_for_function(
+        """([key, count]) => {
+            const chart = document.querySelector(`.chart[data-key="${key}"]`);
+            return chart && chart.data && chart.data[0].x.length >= count;
+        }""",
+        arg=[key, count],
+    )
+
+
+async def until_state(page, state: str) -> None:
+    await page.wait_for_function("s => document.getElementById('connection').dataset.state === s", arg=state)
+
+
+async def chart_keys(page) -> list[str]:
+    return await page.evaluate("Array.from(document.querySelectorAll('.chart'), (c) => c.dataset.key)")
+
+
+async def text_value(page, key: str) -> str | None:
+    return await page.evaluate(
+        """key => {
+            const row = document.querySelector(`#texts tr[data-key="${key}"]`);
+            return row && row.cells[1].textContent;
+        }""",
+        key,
+    )
+
+
+async def until_text(page, key: str, value: str) -> None:
+    await page.wait_for_function(
+        """([key, value]) => {
+            const row = document.querySelector(`#texts tr[data-key="${key}"]`);
+            return row && row.cells[1].textContent === value;
+        }""",
+        arg=[key, value],
+    )
+
+
+def hub_port(hub) -> int:
+    return int(hub.http.rsplit(":", 1)[1])
+
+
+async def test_the_chart_follows_the_device_and_a_cut_connection_leaves_no_gap_and_no_duplicate(
+    page, live_hub, make_device, operator, settings
+):
+    """History, then live readings, then a cut connection while the device goes on sending: once reconnected
+    (its catch-up in several capped pages) each chart holds every stored reading exactly once, in order, and
+    the page showed connecting, live, reconnecting in N s, live."""
+    settings.HUB_STREAM_CATCHUP_LIMIT = 7  # the catch-up after the cut comes in pages
+    device = await sync_to_async(make_device)()
+    t0 = now_ms() - 120_000
+    await send(live_hub, device.token, [*numbers(t0, range(20)), {"ts": t0, "values": {"mode": "warming up"}}])
+    proxy = await TcpProxy("127.0.0.1", hub_port(live_hub)).start()  # the browser's way in, to cut
+    try:
+        await log_in(page, f"http://127.0.0.1:{proxy.port}/devices/{device.key}/")
+        await until_state(page, "live")
+        await until_plotted(page, "t", 20)
+        assert await plotted(page, "t") == await stored(device.id, "t"), "the server-rendered history"
+        assert await text_value(page, "mode") == "warming up"
+
+        await send(live_hub, device.token, numbers(t0, range(20, 30)))
+        await until_plotted(page, "t", 30)
+
+        await proxy.cut()
+        await until_state(page, "reconnecting")
+        missed = [*numbers(t0, range(30, 55)), {"ts": t0 + 5_500, "values": {"mode": "running"}}]
+        await send(live_hub, device.token, missed)
+        await proxy.restore()
+        await until_state(page, "live")
+        await send(live_hub, device.token, numbers(t0, range(55, 60)))
+        await until_plotted(page, "t", 60)
+        await until_plotted(page, "h", 60)
+        for key in ("t", "h"):
+            expected = await stored(device.id, key)
+            assert len(expected) == 60
+            assert await plotted(page, key) == expected, f"{key}: every reading once, in order"
+        # text values are not in the catch-up: the page fetches them again on each connection
+        await until_text(page, "mode", "running")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        screenshot = ARTIFACTS / "device-page.png"
+        await page.screenshot(path=screenshot, full_page=True)
+        print(f"device page screenshot: {screenshot}")
+    finally:
+        await proxy.close()
+
+    shown = await page.evaluate("window.hubStates")
+    print("connection states shown:", shown)
+    states = [s.split(":")[0] for s in shown]
+    assert states[0] == "connecting", shown
+    assert states[states.index("live") :].count("live") == 2, shown
+    assert any(s.startswith("reconnecting: reconnecting in ") and "s (connection lost)" in s for s in shown), shown
+    assert "connecting: catching up…" in shown, shown
+
+
+async def test_a_page_whose_session_ended_says_so_and_stops_reconnecting(page, live_hub, make_device, operator):
+    """Logged out while disconnected: the reconnection is refused (4401) and the page says why, for good."""
+    device = await sync_to_async(make_device)()
+    proxy = await TcpProxy("127.0.0.1", hub_port(live_hub)).start()
+    try:
+        await log_in(page, f"http://127.0.0.1:{proxy.port}/devices/{device.key}/")
+        await until_state(page, "live")
+        await proxy.cut()
+        await until_state(page, "reconnecting")
+        await sync_to_async(Session.objects.all().delete)()
+        await proxy.restore()
+        await until_state(page, "closed")
+        assert await page.text_content("#connection") == "closed: not logged in — log in"
+        await page.click("#connection a")
+        await page.wait_for_url(f"http://127.0.0.1:{proxy.port}/login/?next=%2Fdevices%2F{device.key}%2F")
+    finally:
+        await proxy.close()
+
+
+async def test_the_picked_keys_and_the_history_window_live_in_the_url(page, live_hub, make_device, operator):
+    """`?key=` picks the charts, `?window=` the history; changing either reloads with them in the URL."""
+    device = await sync_to_async(make_device)()
+    now = now_ms()
+    old, recent = now - 30 * 60_000, now - 60_000
+    await send(live_hub, device.token, [{"ts": ts, "values": {"a": 1, "b": 2, "c": 3}} for ts in (old, recent)])
+    url = f"{live_hub.http}/devices/{device.key}/"
+    await log_in(page, f"{url}?key=a")
+    await until_state(page, "live")
+    await until_plotted(page, "a", 1)
+    assert await chart_keys(page) == ["a"]
+    assert await plotted(page, "a") == [recent], "the default window is 15 minutes"
+
+    await page.select_option("select[name=window]", "1h")
+    await page.wait_for_url(f"{url}?window=1h&key=a")
+    await until_plotted(page, "a", 2)
+    assert await plotted(page, "a") == [old, recent]
+
+    await page.check("input[name=key][value=c]")
+    await page.wait_for_url(f"{url}?window=1h&key=a&key=c")
+    await until_state(page, "live")
+    await until_plotted(page, "c", 2)
+    await send(live_hub, device.token, [{"ts": now, "values": {"a": 4, "b": 5}}])
+    await until_plotted(page, "a", 3)
+    assert await chart_keys(page) == ["a", "c"], "an unpicked key stays off the page, live too"
+    assert await page.input_value("select[name=window]") == "1h"
+
+    await page.goto(f"{url}?window=1y")
+    assert await page.input_value("select[name=window]") == "15m", "an unknown window falls back to the default"
+    await until_plotted(page, "b", 2)
+    assert await chart_keys(page) == ["a", "b", "c"], "no key picked: every key"
+
+
+async def test_device_provided_text_is_shown_as_text_never_as_html(page, live_hub, operator):
+    """A device name, text values (server-rendered and live) full of markup appear literally and run nothing."""
+    name = '<img src=x onerror="window.pwned = 1">'
+    device, token = await sync_to_async(device_create)(key="marked-up", name=name)
+    rendered = '<img src=x onerror="window.pwned = 2"><b>bold</b>'
+    live = "<script>window.pwned = 3</script>"
+    await send(live_hub, token, [{"ts": now_ms() - 1_000, "values": {"note": rendered, "v": 1}}])
+    await log_in(page, f"{live_hub.http}/devices/{device.key}/")
+    await until_state(page, "live")
+    assert await text_value(page, "note") == rendered
+    await send(live_hub, token, [{"ts": now_ms(), "values": {"note": live, "other": live}}])
+    await until_text(page, "note", live)
+    await until_text(page, "other", live)
+    assert (await page.text_content("h1")).startswith(name)
+    assert await page.locator("main img, main b, main script:not([src]):not([type])").count() == 0
+    assert await page.evaluate("window.pwned") is None
