@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test browser lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(VENV)/.installed
 ## test: the whole suite (set HUB_REQUIRE_SERVICES=1 to fail instead of skip without PostgreSQL/Redis/Mosquitto)
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+## browser: Debian's chromium for tests/test_browser.py, if missing (Playwright drives it; no browser download)
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
