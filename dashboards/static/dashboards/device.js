@@ -1,5 +1,5 @@
 // Live device page (docs/dashboards.md, "Device page"): draw the server-rendered history, then follow the
-// device's stream (docs/stream-protocol.md): wait for `subscribed`, send `since` (the newest reading drawn),
+// device's stream (docs/stream-protocol.md): wait for `subscribed`, send `since` (the newest reading received),
 // apply the `history` that answers it, then the live `readings`. Each reading is drawn once: a point whose ts
 // is not newer than what its chart already has is dropped. Device-provided text only ever goes through
 // textContent.
@@ -16,7 +16,7 @@
   const status = document.getElementById("connection");
   const texts = new Map(); // key -> {row, ts}
   const series = new Map(); // key -> {div, last, plotted, pending: {x, y}}
-  let newest = 0; // newest ts taken (any key): the `since` of the next connection
+  let newest = 0; // newest numeric ts received (any key): the `since` of the next connection
   let resume = null; // the `since` that continues a capped catch-up, when there is one
   let frame = 0;
   let socket = null;
@@ -33,11 +33,12 @@
   function take(readings) {
     for (const [ts, key, value] of readings) {
       if (typeof value === "string") { showText(key, ts, value); continue; }
-      if (typeof value !== "number" || (picked.size && !picked.has(key))) continue;
+      if (typeof value !== "number") continue;
+      if (ts > newest) newest = ts; // unpicked keys too: the stream had them, no need to catch up on them
+      if (picked.size && !picked.has(key)) continue;
       const s = seriesFor(key);
       if (ts <= s.last) continue; // already drawn (history and stream overlap): once only
       s.last = ts;
-      if (ts > newest) newest = ts;
       s.pending.x.push(new Date(ts));
       s.pending.y.push(value);
       // A hidden tab gets no animation frames: keep only what the chart could show anyway.
