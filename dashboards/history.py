@@ -64,16 +64,8 @@ def _ms(value: datetime) -> int:
 
 def readings_raw(query: HistoryQuery) -> dict[str, list[dict]]:
     """Up to `limit` raw points per key in [start, end), oldest or newest first."""
-    order = "-ts" if query.newest_first else "ts"
-    result: dict[str, list[dict]] = {}
-    for key in query.keys:
-        rows = (
-            Reading.objects.filter(device_id=query.device_id, key=key, ts__gte=_dt(query.start), ts__lt=_dt(query.end))
-            .order_by(order)
-            .values_list("ts", "value")[: query.limit]
-        )
-        result[key] = [{"ts": _ms(ts), "value": value} for ts, value in rows]
-    return result
+    dialect = _dialect()
+    return {key: [{"ts": ts, "value": value} for ts, value in dialect.raw_rows(query, key)] for key in query.keys}
 
 
 def readings_aggregate(query: HistoryQuery, *, band: bool = False) -> dict[str, list[dict]]:
@@ -103,6 +95,19 @@ def aggregate_source(interval: int) -> str:
 
 
 class _Postgres:
+    # Epoch milliseconds computed by the server: decoding 10,000 timestamptz values into datetimes (Django's
+    # loader takes psycopg's pure-Python path) cost ~40 ms of a ~50 ms raw page (bench/history.py).
+    _RAW = """
+        SELECT (extract(epoch FROM ts) * 1000)::bigint, value FROM ingest_reading
+        WHERE device_id = %s AND key = %s AND ts >= %s AND ts < %s ORDER BY ts {order} LIMIT %s
+    """
+
+    def raw_rows(self, query: HistoryQuery, key: str) -> list[tuple[int, float]]:
+        sql = self._RAW.format(order="DESC" if query.newest_first else "ASC")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [query.device_id, key, _dt(query.start), _dt(query.end), query.limit])
+            return cursor.fetchall()
+
     def aggregate_sql(self, query: HistoryQuery, start: int, end: int) -> tuple[str, list]:
         source = aggregate_source(query.interval)
         bucket = "date_bin(%s * interval '1 millisecond', {col}, timestamptz 'epoch')"
@@ -126,6 +131,14 @@ class _Postgres:
 class _Sqlite:
     # Django stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC): seconds plus milliseconds.
     _MS = "(CAST(strftime('%%s', ts) AS INTEGER) * 1000 + COALESCE(CAST(substr(ts, 21, 3) AS INTEGER), 0))"
+
+    def raw_rows(self, query: HistoryQuery, key: str) -> list[tuple[int, float]]:
+        rows = (
+            Reading.objects.filter(device_id=query.device_id, key=key, ts__gte=_dt(query.start), ts__lt=_dt(query.end))
+            .order_by("-ts" if query.newest_first else "ts")
+            .values_list("ts", "value")[: query.limit]
+        )
+        return [(_ms(ts), value) for ts, value in rows]
 
     def aggregate_sql(self, query: HistoryQuery, start: int, end: int) -> tuple[str, list]:
         marks = ", ".join("%s" for _ in query.keys)
@@ -221,13 +234,25 @@ _PG_CSV = """
 """
 
 
+_CSV_FLUSH_BYTES = 64 * 1024
+
+
 async def _csv_raw_postgres(query: HistoryQuery) -> AsyncIterator[bytes]:
-    # COPY … TO STDOUT streams rows as the server produces them, formatted by PostgreSQL itself.
+    # COPY … TO STDOUT streams rows as the server produces them, formatted by PostgreSQL itself. libpq hands
+    # them over one row at a time; sending each as its own ASGI message capped the export near 100,000
+    # rows/s (bench/history.py), so rows are gathered into chunks of about 64 KiB.
     statement = _PG_CSV.format(order="DESC" if query.newest_first else "ASC")
     conninfo = postgres_conninfo(connection.settings_dict)
     async with await psycopg.AsyncConnection.connect(conninfo) as conn, conn.cursor() as cursor:
+        pending, size = [], 0
         for key in query.keys:
             params = (query.device_id, key, _dt(query.start), _dt(query.end), query.limit)
             async with cursor.copy(statement, params) as copy:
                 async for data in copy:
-                    yield bytes(data)
+                    pending.append(data)
+                    size += len(data)
+                    if size >= _CSV_FLUSH_BYTES:
+                        yield b"".join(pending)
+                        pending, size = [], 0
+        if pending:
+            yield b"".join(pending)

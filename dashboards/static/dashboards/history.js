@@ -11,7 +11,8 @@
   const csvLink = document.getElementById("history-csv");
   const status = document.getElementById("history-status");
   const ZOOM_DEBOUNCE_MS = 400;
-  const BAND_FILL = "rgba(31, 119, 180, 0.2)";
+  const GAP_FACTOR = 3; // a silence this many times the usual spacing breaks the line
+  const MARKERS_UP_TO = 150; // sparse series also show their points
   const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
   const state = Object.assign({}, config.choices); // keys, range, start, end, agg, interval (null: auto)
@@ -142,42 +143,75 @@
     draw(body);
   }
 
-  // Absent buckets are gaps: break the line there instead of drawing across them.
-  function withGaps(points, interval, fields) {
-    const out = {x: []};
-    for (const f of fields) out[f] = [];
-    let previous = null;
+  // The usual distance between points: buckets finer than a device's cadence are mostly empty, and that is
+  // not a gap; a silence several times longer than usual is.
+  function gapAfter(points, interval) {
+    const steps = [];
+    for (let i = 1; i < points.length; i++) steps.push(points[i].ts - points[i - 1].ts);
+    steps.sort((a, b) => a - b);
+    const usual = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
+    return GAP_FACTOR * Math.max(interval || 0, usual);
+  }
+
+  // Runs of points without a gap between them.
+  function segments(points, interval) {
+    const gap = gapAfter(points, interval);
+    const runs = [];
+    let run = [];
     for (const p of points) {
-      if (interval && previous !== null && p.ts - previous > interval) {
-        out.x.push(new Date(previous + interval));
-        for (const f of fields) out[f].push(null);
-      }
-      out.x.push(new Date(p.ts));
-      for (const f of fields) out[f].push(p[f]);
-      previous = p.ts;
+      if (run.length && p.ts - run[run.length - 1].ts > gap) { runs.push(run); run = []; }
+      run.push(p);
     }
-    return out;
+    if (run.length) runs.push(run);
+    return runs;
+  }
+
+  // A line that breaks across gaps (a null between runs) instead of drawing through them.
+  function line(runs, withBand) {
+    const x = [];
+    const y = [];
+    const customdata = [];
+    for (const run of runs) {
+      if (x.length) { x.push(null); y.push(null); customdata.push(null); }
+      for (const p of run) {
+        x.push(new Date(p.ts));
+        y.push(p.value);
+        customdata.push(withBand ? [p.min, p.max] : null);
+      }
+    }
+    return withBand ? {x: x, y: y, customdata: customdata} : {x: x, y: y};
+  }
+
+  function fade(hex) { // "#rrggbb" -> a light translucent fill of the same colour
+    const n = parseInt(hex.slice(1), 16);
+    return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, 0.2)`;
+  }
+
+  // The min/max band: one closed shape per run (max forward, min backward), so gaps stay empty.
+  function band(runs) {
+    const x = [];
+    const y = [];
+    for (const run of runs) {
+      if (x.length) { x.push(null); y.push(null); }
+      for (const p of run) { x.push(new Date(p.ts)); y.push(p.max); }
+      for (let i = run.length - 1; i >= 0; i--) { x.push(new Date(run[i].ts)); y.push(run[i].min); }
+    }
+    return {x: x, y: y};
   }
 
   function tracesFor(key, index, points, body) {
     const axis = index === 0 ? "y" : `y${index + 1}`;
     const color = COLORS[index % COLORS.length];
-    if (body.agg === "NONE") {
-      const s = withGaps(points, 0, ["value"]);
-      return [{x: s.x, y: s.value, yaxis: axis, name: key, mode: "lines", line: {color: color, width: 1}}];
-    }
-    if (body.agg === "AVG") {
-      const s = withGaps(points, body.interval, ["value", "min", "max"]);
-      const edge = {x: s.x, yaxis: axis, mode: "lines", line: {width: 0, color: color}, showlegend: false};
-      return [
-        Object.assign({}, edge, {y: s.max, name: `${key} max`}),
-        Object.assign({}, edge, {y: s.min, name: `${key} min`, fill: "tonexty", fillcolor: BAND_FILL}),
-        {x: s.x, y: s.value, yaxis: axis, name: `${key} avg`, mode: "lines", line: {color: color, width: 1.5}},
-      ];
-    }
-    const s = withGaps(points, body.interval, ["value"]);
-    return [{x: s.x, y: s.value, yaxis: axis, name: `${key} ${body.agg.toLowerCase()}`, mode: "lines",
-      line: {color: color, width: 1.5}}];
+    const runs = segments(points, body.interval);
+    const style = {yaxis: axis, mode: points.length <= MARKERS_UP_TO ? "lines+markers" : "lines",
+      marker: {size: 4, color: color}, line: {color: color, width: body.agg === "NONE" ? 1 : 1.5}};
+    const name = body.agg === "NONE" ? key : `${key} ${body.agg.toLowerCase()}`;
+    const main = Object.assign({name: name}, style, line(runs, body.agg === "AVG"));
+    if (body.agg !== "AVG") return [main];
+    main.hovertemplate = "%{y:.4~g} (min %{customdata[0]:.4~g}, max %{customdata[1]:.4~g})";
+    const shape = band(runs);
+    return [{x: shape.x, y: shape.y, yaxis: axis, name: `${key} min–max`, mode: "lines", fill: "toself",
+      fillcolor: fade(color), line: {width: 0}, hoverinfo: "skip", showlegend: false}, main];
   }
 
   function draw(body) {
