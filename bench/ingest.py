@@ -36,6 +36,7 @@ from harness import (
     database_backend_pids,
     devices_copy,
     hubs_running,
+    machine_busy_seconds,
     p50_p99,
     progress,
     table,
@@ -172,6 +173,7 @@ class Scenario:
     fanned_out: int | None = None
     fanout_lag: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the hubs, DB backends, this client
+    writer: list[float] = field(default_factory=list)  # flushes, rows flushed, seconds in flushes (all hubs)
 
     @property
     def seconds(self) -> float:
@@ -190,8 +192,8 @@ class Scenario:
         return self.traffic.acked_frames / self.seconds
 
     def cpu_share(self) -> str:
-        """Cores busy during the run: hub processes / their database backends / this bench process."""
-        return " / ".join(f"{self.cpu[name] / self.seconds:.2f}" for name in ("hub", "db", "client"))
+        """Cores busy during the run: hubs / their database backends / this bench process / the whole machine."""
+        return " / ".join(f"{self.cpu[name] / self.seconds:.2f}" for name in ("hub", "db", "client", "machine"))
 
     def target(self) -> str:
         if self.batch not in TARGETS:
@@ -223,6 +225,8 @@ async def scenario_run(
         "client": [os.getpid()],
     }
     cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
+    cpu_before["machine"] = machine_busy_seconds()
+    writer_before = writer_totals(hubs)
     traffic.first_send = time.perf_counter()
     go.set()
     label = f"B={batch}, {len(hubs)} process{'es' if len(hubs) > 1 else ''}, {layer}"
@@ -239,6 +243,8 @@ async def scenario_run(
         stop.set()
         await asyncio.gather(*tasks)
     result.cpu = {name: cpu_seconds(group) - cpu_before[name] for name, group in pids.items()}
+    result.cpu["machine"] = machine_busy_seconds() - cpu_before["machine"]
+    result.writer = [after - before for after, before in zip(writer_totals(hubs), writer_before, strict=True)]
     result.stored = stored_count(hubs[0].env["HUB_DATABASE_URL"])
     if fanout is not None:
         await fanout.settle(result.sent)
@@ -246,6 +252,13 @@ async def scenario_run(
         result.fanout_lag = max(fanout.last - traffic.last_ack, 0.0)
         await fanout.stop()
     return result
+
+
+def writer_totals(hubs: list[Hub]) -> list[float]:
+    """Flushes, readings flushed and seconds spent in committed flushes, summed over the hubs' /metrics."""
+    names = ("hub_writer_flush_seconds_count", "hub_writer_batch_rows_sum", "hub_writer_flush_seconds_sum")
+    samples = [hub.metrics() for hub in hubs]
+    return [sum(sample.get(name, 0.0) for sample in samples) for name in names]
 
 
 def stored_count(url: str) -> int:
@@ -323,10 +336,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def summary(r: Scenario) -> str:
+    """Two lines per scenario: the counts, then where the time went (CPU, the writer's flushes)."""
     fanout = "" if r.fanned_out is None else f", fanned out {r.fanned_out:,}"
+    flushes, rows, flushing = r.writer
     return (
-        f"  B={r.batch} {r.processes}p {r.layer}: sent {r.sent:,}, stored {r.stored:,}{fanout} in {r.seconds:.1f} s; "
-        f"CPU (cores) {r.cpu_share()}"
+        f"  B={r.batch} {r.processes}p {r.layer}: sent {r.sent:,}, stored {r.stored:,}{fanout} in {r.seconds:.1f} s\n"
+        f"    cores busy hub/db/client/machine {r.cpu_share()}; writer: {flushes:,.0f} flushes of"
+        f" {rows / max(flushes, 1):,.0f} readings, {flushing / max(flushes, 1) * 1000:.0f} ms each,"
+        f" busy {flushing / r.seconds / r.processes:.0%} of the time"
     )
 
 
@@ -338,7 +355,7 @@ def report(results: list[Scenario], ceiling: tuple[int, float] | None) -> None:
         fanout = "off" if r.fanned_out is None else f"{r.fanned_out:,} (+{r.fanout_lag * 1000:.0f} ms)"
         rows.append(
             [
-                f"B={r.batch}, {r.processes} proc, {r.layer}",
+                f"B={r.batch} {r.processes}p {r.layer}",
                 f"{r.frames_rate:,.0f}",
                 f"{r.readings_rate:,.0f}",
                 f"{p50 * 1000:.0f} / {p99 * 1000:.0f}",
@@ -356,7 +373,7 @@ def report(results: list[Scenario], ceiling: tuple[int, float] | None) -> None:
         "ack p50 / p99 ms",
         "sent / stored / lost",
         "fanned out (lag)",
-        "CPU hub/db/client",
+        "cores hub/db/client/all",
         "÷ COPY",
         "target",
     ]
