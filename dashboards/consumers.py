@@ -8,6 +8,7 @@ a bounded queue: a browser that stops reading is closed (4008) instead of growin
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import orjson
@@ -17,9 +18,12 @@ from django.conf import settings
 
 from alerts.engine import ALERTS_GROUP
 from dashboards.stream import Identity, readings_since, unseen
+from dashboards.watchdog import WS_4011_STREAM_INTERRUPTED, stream_closed, stream_opened
 from devices.models import Device
 from hub import metrics
 from ingest.fanout import FLEET_GROUP, FleetDigest, ReadingsBatch, device_group
+
+logger = logging.getLogger(__name__)
 
 WS_4400_BAD_REQUEST = 4400
 WS_4401_UNAUTHENTICATED = 4401
@@ -42,14 +46,22 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             return False
         return True
 
-    async def subscribe(self, *groups: str) -> None:
-        """Start the sender, then join the groups (before any database query, so nothing slips between)."""
+    async def subscribe(self, *groups: str) -> bool:
+        """Start the sender, then join the groups (before any database query, so nothing slips between).
+        False (and the socket closed with 4011, so the browser retries) when the channel layer is down."""
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
         self.sender = asyncio.create_task(self._send_loop())
-        for group in groups:
-            await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = groups
         metrics.CONNECTED_DASHBOARDS.inc()
+        try:
+            for group in groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as exc:
+            logger.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
+            await self.close(code=WS_4011_STREAM_INTERRUPTED)
+            return False
+        stream_opened(self)
+        return True
 
     def post(self, payload: dict) -> None:
         try:
@@ -65,6 +77,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=data.decode())
 
     async def disconnect(self, code: int) -> None:
+        stream_closed(self)
         if self.groups_joined:
             metrics.CONNECTED_DASHBOARDS.dec()
             for group in self.groups_joined:
@@ -93,8 +106,8 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         self.held: list[list] = []  # live readings that arrive before the catch-up is sent
         self.seen: set[Identity] = set()
         self.seen_until = 0.0
-        await self.subscribe(device_group(key))  # subscribe first, then query
-        self.post({"type": "subscribed", "device": key})
+        if await self.subscribe(device_group(key)):  # subscribe first, then query
+            self.post({"type": "subscribed", "device": key})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -135,8 +148,8 @@ class FleetStreamConsumer(BoundedStreamConsumer):
     async def connect(self) -> None:
         if not await self.authenticated():
             return
-        await self.subscribe(FLEET_GROUP, ALERTS_GROUP)
-        self.post({"type": "subscribed"})
+        if await self.subscribe(FLEET_GROUP, ALERTS_GROUP):
+            self.post({"type": "subscribed"})
 
     async def fleet_digest(self, message: FleetDigest) -> None:
         self.post({"type": "fleet", "devices": message["devices"]})

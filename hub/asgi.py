@@ -15,6 +15,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from alerts.silence import silence_loop  # noqa: E402
 from alerts.webhooks import webhook_loop  # noqa: E402
+from dashboards.watchdog import layer_watchdog  # noqa: E402
 from hub.routing import websocket_urlpatterns  # noqa: E402
 from ingest.retention import retention_configured, retention_loop  # noqa: E402
 from ingest.revocation import revocation_loop  # noqa: E402
@@ -71,6 +72,7 @@ async def lifespan(receive, send) -> None:
             tasks.append(asyncio.create_task(revocation_loop(), name="hub-token-recheck"))
             tasks.append(asyncio.create_task(silence_loop(), name="hub-alert-silence"))
             tasks.append(asyncio.create_task(webhook_loop(), name="hub-alert-webhooks"))
+            tasks.append(asyncio.create_task(layer_watchdog(), name="hub-layer-watchdog"))
             if retention_configured():
                 tasks.append(asyncio.create_task(retention_loop(), name="hub-retention"))
             await send({"type": "lifespan.startup.complete"})

@@ -35,3 +35,18 @@ def check_secret_key(app_configs, **kwargs) -> list:
             )
         ]
     return []
+
+
+@register()
+def check_stream_rejoin(app_configs, **kwargs) -> list:
+    expiry = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("group_expiry")
+    if expiry is not None and expiry <= settings.HUB_STREAM_REJOIN_SECONDS:
+        return [
+            Error(
+                f"HUB_STREAM_REJOIN_SECONDS ({settings.HUB_STREAM_REJOIN_SECONDS:g}) is not below HUB_GROUP_EXPIRY "
+                f"({expiry}): open dashboard streams would drop out of their groups and go deaf.",
+                hint="Set HUB_STREAM_REJOIN_SECONDS to at most half of HUB_GROUP_EXPIRY.",
+                id="hub.E002",
+            )
+        ]
+    return []

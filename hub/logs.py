@@ -2,6 +2,7 @@
 
 import logging
 import re
+import time
 import uuid
 from contextvars import ContextVar
 
@@ -51,3 +52,23 @@ def request_id_from(header: str | None) -> str:
     if header and _VALID_REQUEST_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
+
+
+class ThrottledLog:
+    """Logs a recurring problem at most once per `interval` seconds, with how often it recurred meanwhile
+    (a Redis outage fails every flush: 50 identical warnings a second help nobody)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        suffix = f" (and {self._suppressed} more like it in the last {self._interval:g} s)" if self._suppressed else ""
+        self._logger.warning(message + suffix, *args, exc_info=exc_info)
+        self._next, self._suppressed = now + self._interval, 0

@@ -100,7 +100,10 @@ if REDIS_URLS:
     }[CHANNEL_LAYER_KIND]
     # HUB_CHANNEL_PREFIX separates hubs (or test runs) sharing one Redis.
     _prefix = env_str("HUB_CHANNEL_PREFIX", "asgi")
-    CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": REDIS_URLS, "prefix": _prefix}}}
+    # redis-py 8 reads with a 5 s socket timeout by default, which races the core layer's 5 s BZPOPMIN and
+    # tears idle consumers down (django/channels_redis#422); 10 s keeps reads bounded and blocking pops whole.
+    _hosts = [{"address": url, "socket_timeout": 10} for url in REDIS_URLS]
+    CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": _hosts, "prefix": _prefix}}}
     if CHANNEL_LAYER_KIND == "core":
         CHANNEL_LAYERS["default"]["CONFIG"].update(
             capacity=env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1),
@@ -163,6 +166,10 @@ HUB_ALERT_WEBHOOK_POLL_SECONDS = env_float("HUB_ALERT_WEBHOOK_POLL_SECONDS", 0.5
 HUB_ONLINE_WINDOW_SECONDS = env_int("HUB_ONLINE_WINDOW_SECONDS", 120, minimum=1)
 HUB_STREAM_CATCHUP_LIMIT = env_int("HUB_STREAM_CATCHUP_LIMIT", 20_000, minimum=1)
 HUB_STREAM_QUEUE_MESSAGES = env_int("HUB_STREAM_QUEUE_MESSAGES", 1_000, minimum=1)
+# Dashboard streams survive channel-layer trouble (dashboards/watchdog.py): probe every N s; re-add open
+# streams to their groups every M s (must stay below the core layer's HUB_GROUP_EXPIRY).
+HUB_STREAM_WATCHDOG_SECONDS = env_float("HUB_STREAM_WATCHDOG_SECONDS", 1.0, minimum=0.05)
+HUB_STREAM_REJOIN_SECONDS = env_float("HUB_STREAM_REJOIN_SECONDS", 60.0, minimum=0.1)
 # Fleet page: each hub process publishes at most one digest of its committed readings per interval.
 HUB_FLEET_DIGEST_SECONDS = env_float("HUB_FLEET_DIGEST_SECONDS", 1.0, minimum=0.05)
 

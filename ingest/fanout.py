@@ -9,9 +9,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from devices.services import DeviceIdentity
+from hub.logs import ThrottledLog
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
+_failures = ThrottledLog(logger)
 
 # [ts_ms, key, value]: value is a number, or a string for text readings.
 WireReading = list[int | str | float]
@@ -68,9 +70,9 @@ async def fanout_publish(by_device: dict[DeviceIdentity, list[Reading]]) -> None
         ),
         return_exceptions=True,
     )
-    failed = [key for key, result in zip(keys, results, strict=True) if isinstance(result, BaseException)]
-    if failed:
-        logger.warning("fan-out failed for %d of %d devices: %r", len(failed), len(keys), results[0])
+    errors = [result for result in results if isinstance(result, BaseException)]
+    if errors:
+        _failures.warning("fan-out failed for %d of %d devices: %r", len(errors), len(keys), errors[0])
 
 
 class FleetDigester:
@@ -125,7 +127,7 @@ async def _publish_digest(devices: dict[str, DeviceDigest]) -> None:
     try:
         await layer.group_send(FLEET_GROUP, FleetDigest(type="fleet.digest", devices=devices))
     except Exception:
-        logger.warning("fleet digest of %d devices not published", len(devices), exc_info=True)
+        _failures.warning("fleet digest of %d devices not published", len(devices), exc_info=True)
 
 
 _digester: FleetDigester | None = None

@@ -1,11 +1,13 @@
 """Operations: liveness, readiness with reasons, Prometheus metrics, request ids and JSON logs."""
 
 import json
+import logging
 from pathlib import Path
 
 import httpx
 from asgiref.sync import sync_to_async
 
+from hub.logs import ThrottledLog
 from tests.conftest import free_port
 from tests.waiting import eventually
 
@@ -112,3 +114,13 @@ async def test_readyz_flips_when_postgres_or_redis_goes_and_comes_back(make_devi
 
 async def _is(probe, status: int) -> bool:
     return (await probe())[0] == status
+
+
+def test_a_recurring_warning_is_logged_once_per_interval_with_a_count(caplog):
+    throttled = ThrottledLog(logging.getLogger("hub.test.throttle"), interval=60)
+    for attempt in range(5):
+        throttled.warning("redis down (%d)", attempt)
+    assert [r.getMessage() for r in caplog.records] == ["redis down (0)"]
+    throttled._next = 0.0  # the interval has passed
+    throttled.warning("redis down (%d)", 5)
+    assert caplog.records[-1].getMessage() == "redis down (5) (and 4 more like it in the last 60 s)"

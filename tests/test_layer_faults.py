@@ -1,0 +1,183 @@
+"""The channel layer fails under open dashboards: Redis restarted without persistence, and the core layer's
+group expiry. Ingest keeps storing; no dashboard stream stays open and deaf; viewers that reconnect with
+`since` end with every stored reading exactly once."""
+
+import asyncio
+import contextlib
+import time
+
+import orjson
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from tests.conftest import database_url_for_tests
+from tests.ledger import Ledger, ws_device
+from tests.redis_server import RedisServer
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("postgres", "redis")
+
+
+class Viewer:
+    """A dashboard client as the device page behaves: reconnects on close and asks for what it missed."""
+
+    def __init__(self, hub, key: str, cookie: str) -> None:
+        self.url = f"{hub.ws}/ws/v1/devices/{key}/stream"
+        self.headers = {"Cookie": cookie, "Origin": hub.http}
+        self.received: list[int] = []  # every ts delivered, duplicates included
+        self.closes: list[int | None] = []
+        self.live_after_connect = 0  # live readings since the latest (re)connection
+        self.caught_up = 0  # history answers received (one per connection)
+
+    @property
+    def newest(self) -> int:
+        return max(self.received, default=0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with websockets.connect(self.url, additional_headers=self.headers, open_timeout=5) as ws:
+                    self.live_after_connect = 0
+                    await self._follow(ws, stop)
+            except websockets.ConnectionClosed as closed:
+                self.closes.append(closed.rcvd.code if closed.rcvd else None)
+            except (OSError, TimeoutError, websockets.InvalidStatus):
+                self.closes.append(None)
+            await asyncio.sleep(0.2)
+
+    async def _follow(self, ws, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                message = orjson.loads(await asyncio.wait_for(ws.recv(), 0.2))
+            except TimeoutError:
+                continue
+            if message["type"] == "subscribed":
+                await ws.send(orjson.dumps({"since": self.newest}).decode())
+            elif message["type"] in ("history", "readings"):
+                self.received.extend(r[0] for r in message["readings"])
+                self.caught_up += message["type"] == "history"
+                if message["type"] == "readings":
+                    self.live_after_connect += len(message["readings"])
+
+
+async def paced_device(hub, key: str, token: str, ledger: Ledger, stop: asyncio.Event) -> None:
+    """One frame of 5 readings every ~20 ms until `stop`; then waits for every ack. Like a real device it
+    reconnects and resends what was not acked."""
+    next_ts = time.time_ns() // 1_000_000 - 3_600_000
+    unacked: list[list[int]] = []
+
+    def body(batch: list[int]) -> str:
+        return orjson.dumps([{"ts": t, "values": {"v": 1}} for t in batch]).decode()
+
+    while not stop.is_set() or unacked:
+        try:
+            async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
+                frames: dict[int, list[int]] = {}
+                for batch in unacked:  # resend after a reconnect
+                    frames[len(frames) + 1] = batch
+                    await ws.send(body(batch))
+                sent = len(frames)
+                while not stop.is_set() or frames:
+                    if not stop.is_set():
+                        batch = [next_ts + i for i in range(5)]
+                        next_ts += 5
+                        ledger.record_sent(key, batch)
+                        unacked.append(batch)
+                        sent += 1
+                        frames[sent] = batch
+                        await ws.send(body(batch))
+                    try:
+                        acked = orjson.loads(await asyncio.wait_for(ws.recv(), 0.02))["ack"]
+                    except TimeoutError:
+                        continue
+                    for number in sorted(n for n in frames if n <= acked):
+                        batch = frames.pop(number)
+                        unacked.remove(batch)
+                        ledger.record_acked(key, batch)
+        except (OSError, websockets.WebSocketException):
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+async def test_redis_restart_under_open_dashboards(layer, make_device, hub_process, operator_cookie, tmp_path):
+    redis_server = RedisServer(tmp_path).start()
+    device = await sync_to_async(make_device)()
+    hub = hub_process(
+        HUB_DATABASE_URL=database_url_for_tests(),
+        HUB_SECRET_KEY=settings.SECRET_KEY,  # the operator's session must be valid in the hub process
+        HUB_REDIS_URL=redis_server.url,
+        HUB_CHANNEL_LAYER=layer,
+        HUB_STREAM_WATCHDOG_SECONDS="0.2",
+    )
+    await hub.start().ready()
+    ledger, stop_device, stop_viewers = Ledger(), asyncio.Event(), asyncio.Event()
+    viewers = [Viewer(hub, device.key, operator_cookie) for _ in range(3)]
+    watching = [asyncio.create_task(v.run(stop_viewers)) for v in viewers]
+    try:
+        await eventually(lambda: all(v.caught_up for v in viewers), what="viewers caught up")
+        sending = asyncio.create_task(paced_device(hub, device.key, device.token, ledger, stop_device))
+        await eventually(lambda: all(v.live_after_connect > 0 for v in viewers), what="live readings before")
+        redis_server.stop()
+        down_at = time.monotonic()
+        await eventually(lambda: len([t for t in ledger.ack_times if t > down_at]) > 10, what="acks while down")
+        redis_server.start()  # same port, empty: no groups, no subscriptions, a new run id
+        restarted = len(ledger.acked.get(device.key, ()))
+        await eventually(
+            lambda: (
+                all(v.live_after_connect > 0 and v.newest > 0 for v in viewers)
+                and len(ledger.acked.get(device.key, ())) > restarted + 50
+            ),
+            timeout=30,
+            what="live delivery again after the restart",
+        )
+        stop_device.set()
+        await asyncio.wait_for(sending, 60)
+        report = await ledger.reconcile()
+        stored = ledger.acked[device.key]
+
+        def complete() -> bool:
+            return all(set(v.received) >= stored for v in viewers)
+
+        await eventually(complete, timeout=30, what="every viewer to hold every stored reading")
+    finally:
+        stop_device.set()
+        stop_viewers.set()
+        await asyncio.gather(*watching, return_exceptions=True)
+        redis_server.stop()
+    assert report["lost"] == report["unexpected"] == report["duplicates"] == 0
+    for v in viewers:
+        print(f"viewer: {len(v.received)} readings received, closes {v.closes}")
+        assert len(v.received) == len(set(v.received)), "no reading drawn twice"
+        assert 4011 in v.closes or None in v.closes, "the interrupted stream was closed, not left deaf"
+
+
+async def test_streams_stay_in_their_groups_past_the_core_layers_group_expiry(
+    make_device, hub_process, operator_cookie, tmp_path
+):
+    redis_server = RedisServer(tmp_path).start()
+    device = await sync_to_async(make_device)()
+    hub = hub_process(
+        HUB_DATABASE_URL=database_url_for_tests(),
+        HUB_SECRET_KEY=settings.SECRET_KEY,  # the operator's session must be valid in the hub process
+        HUB_REDIS_URL=redis_server.url,
+        HUB_CHANNEL_LAYER="core",
+        HUB_GROUP_EXPIRY="2",
+        HUB_STREAM_REJOIN_SECONDS="0.5",
+    )
+    await hub.start().ready()
+    viewer, stop = Viewer(hub, device.key, operator_cookie), asyncio.Event()
+    watching = asyncio.create_task(viewer.run(stop))
+    ledger, done = Ledger(), asyncio.Event()
+    try:
+        await eventually(lambda: viewer.caught_up > 0, what="the viewer caught up")
+        await asyncio.sleep(4)  # twice the group expiry, with no traffic at all
+        await ws_device(lambda: hub.ws, device.key, device.token, ledger, frames=20, per_frame=5, stop=done)
+        await eventually(lambda: viewer.live_after_connect == 100, what="live readings after the expiry")
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await watching
+        redis_server.stop()
+    assert viewer.closes == [], "delivered on the original connection"
