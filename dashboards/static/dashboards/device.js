@@ -9,7 +9,7 @@
   const BACKOFF_MAX_MS = 30000;
   const FINAL = {4400: "bad request", 4401: "not logged in", 4404: "unknown device"};
   const REASONS = {1001: "server going away", 1006: "connection lost", 1011: "server error",
-                   1012: "server restarting", 4008: "too slow"};
+                   1012: "server restarting", 4008: "too slow", 4011: "stream interrupted"};
   const page = JSON.parse(document.getElementById("device-page").textContent);
   const picked = new Set(page.keys); // empty: every numeric key
   const charts = document.getElementById("charts");
