@@ -16,8 +16,10 @@ writer's largest batch. Loopback only; a scratch database is created and dropped
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
+import statistics
 import sys
 import time
 from collections import deque
@@ -174,6 +176,8 @@ class Scenario:
     fanout_lag: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the hubs, DB backends, this client
     writer: list[float] = field(default_factory=list)  # flushes, rows flushed, seconds in flushes (all hubs)
+    round: int = 0
+    ceiling: float | None = None  # rows/s of the COPY ceiling measured in the same round
 
     @property
     def seconds(self) -> float:
@@ -310,28 +314,37 @@ async def connect_check(hubs: list[Hub], devices: list[BenchDevice]) -> None:
 async def run(args: argparse.Namespace) -> int:
     configurations = list(itertools.product(args.layers, args.process_counts))
     results: list[Scenario] = []
-    ceiling: tuple[int, float] | None = None
-    with bench_database("ingest", redis_url=args.redis_url) as env:
+    with bench_database("ingest", redis_url=args.redis_url) as env, contextlib.ExitStack() as stack:
         url = env["HUB_DATABASE_URL"]
         devices = devices_copy(url, args.devices, prefix="i")
         console.print(
             f"ingest bench: {args.devices} devices, window {args.window} frames, {args.seconds:.0f} s per scenario, "
-            f"batches {args.batches}, layers {args.layers}, processes {args.process_counts}"
+            f"batches {args.batches}, layers {args.layers}, processes {args.process_counts}, {args.rounds} round(s)"
         )
-        ts0 = time.time_ns() // 1_000_000 - 30 * 86_400_000  # a month ago, one ms per reading onwards
+        # Every configuration's hubs run for the whole bench (idle while another is measured), so rounds can
+        # alternate configurations: a burst of load from elsewhere on the machine then hits all of them.
+        hub_sets = {}
         for layer, processes in configurations:
-            with hubs_running(env, processes, HUB_CHANNEL_LAYER=layer) as hubs:
-                await connect_check(hubs, devices)
-                for batch in args.batches:
-                    readings_clear(url)
-                    result = await scenario_run(hubs, devices, args, batch, layer, ts0)
-                    results.append(result)
-                    console.print(summary(result))
-                    if ceiling is None and batch == max(args.batches) and not args.no_ceiling:
-                        ceiling = copy_ceiling(url, WRITER_BATCH_ROWS)
-                        console.print(f"  COPY ceiling: {ceiling[0]:,} rows in {ceiling[1]:.2f} s")
-                    ts0 += 10 * 86_400_000 // len(configurations) // len(args.batches)
-    report(results, ceiling)
+            prefix = f"{env['HUB_CHANNEL_PREFIX']}{layer}{processes}"
+            hubs = stack.enter_context(hubs_running(env, processes, HUB_CHANNEL_LAYER=layer, HUB_CHANNEL_PREFIX=prefix))
+            await connect_check(hubs, devices)
+            hub_sets[layer, processes] = hubs
+        ts0 = time.time_ns() // 1_000_000 - 30 * 86_400_000  # a month ago, one ms per reading onwards
+        for round_ in range(args.rounds):
+            ceiling = None
+            for (layer, processes), batch in itertools.product(configurations, args.batches):
+                readings_clear(url)
+                result = await scenario_run(hub_sets[layer, processes], devices, args, batch, layer, ts0)
+                result.round = round_
+                results.append(result)
+                console.print(summary(result))
+                if ceiling is None and batch == max(args.batches) and not args.no_ceiling:
+                    rows, seconds = copy_ceiling(url, WRITER_BATCH_ROWS)
+                    ceiling = rows / seconds
+                    console.print(f"  COPY ceiling: {rows:,} rows in {seconds:.2f} s = {ceiling:,.0f} rows/s")
+            for result in results[-len(configurations) * len(args.batches) :]:
+                result.ceiling = ceiling
+    report(results, args.rounds)
     return 0 if all(r.stored == r.sent for r in results) else 1
 
 
@@ -347,22 +360,21 @@ def summary(r: Scenario) -> str:
     )
 
 
-def report(results: list[Scenario], ceiling: tuple[int, float] | None) -> None:
-    ceiling_rate = ceiling[0] / ceiling[1] if ceiling else None
+def report(results: list[Scenario], rounds: int) -> None:
     rows = []
     for r in results:
         p50, p99 = p50_p99(r.traffic.latencies)
         fanout = "off" if r.fanned_out is None else f"{r.fanned_out:,} (+{r.fanout_lag * 1000:.0f} ms)"
         rows.append(
             [
-                f"B={r.batch} {r.processes}p {r.layer}",
+                f"B={r.batch} {r.processes}p {r.layer}" + (f" #{r.round + 1}" if rounds > 1 else ""),
                 f"{r.frames_rate:,.0f}",
                 f"{r.readings_rate:,.0f}",
                 f"{p50 * 1000:.0f} / {p99 * 1000:.0f}",
                 f"{r.sent:,} / {r.stored:,} / {r.sent - r.stored:,}",
                 fanout,
                 r.cpu_share(),
-                f"{r.readings_rate / ceiling_rate:.2f}" if ceiling_rate else "-",
+                f"{r.readings_rate / r.ceiling:.2f}" if r.ceiling else "-",
                 r.target(),
             ]
         )
@@ -378,13 +390,39 @@ def report(results: list[Scenario], ceiling: tuple[int, float] | None) -> None:
         "target",
     ]
     table("Ingest over WebSocket", columns, rows)
-    if ceiling_rate:
+    ceilings = sorted({r.ceiling for r in results if r.ceiling})
+    if ceilings:
         console.print(
-            f"COPY ceiling: {ceiling[0]:,} rows in {ceiling[1]:.2f} s = {ceiling_rate:,.0f} rows/s "
-            f"(psycopg COPY into a copy of ingest_reading, {WRITER_BATCH_ROWS:,} rows per transaction)"
+            f"COPY ceiling: {', '.join(f'{c:,.0f}' for c in ceilings)} rows/s (psycopg COPY of each round's B="
+            f"{max(r.batch for r in results)} rows into a copy of ingest_reading, {WRITER_BATCH_ROWS:,} rows per"
+            " transaction); ÷ COPY is each scenario's readings/s over its round's ceiling"
         )
+    if rounds > 1:
+        medians(results)
     if lost := [r for r in results if r.stored != r.sent]:
         console.print(f"[red]readings lost in {len(lost)} scenario(s)[/]")
+
+
+def medians(results: list[Scenario]) -> None:
+    """Per scenario, the median over the rounds of each figure."""
+    rows = []
+    for key in dict.fromkeys((r.batch, r.processes, r.layer) for r in results):
+        runs = [r for r in results if (r.batch, r.processes, r.layer) == key]
+        latencies = [p50_p99(r.traffic.latencies) for r in runs]
+        ratios = [r.readings_rate / r.ceiling for r in runs if r.ceiling]
+        rows.append(
+            [
+                f"B={key[0]} {key[1]}p {key[2]}",
+                f"{statistics.median(r.frames_rate for r in runs):,.0f}",
+                f"{statistics.median(r.readings_rate for r in runs):,.0f}",
+                f"{statistics.median(p[0] for p in latencies) * 1000:.0f}"
+                f" / {statistics.median(p[1] for p in latencies) * 1000:.0f}",
+                f"{sum(r.sent - r.stored for r in runs):,}",
+                f"{statistics.median(ratios):.2f}" if ratios else "-",
+            ]
+        )
+    columns = ["scenario", "frames/s", "readings/s stored", "ack p50 / p99 ms", "lost", "÷ COPY"]
+    table(f"Medians over {len(runs)} rounds", columns, rows)
 
 
 def main() -> None:
@@ -395,6 +433,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="sending time of each scenario")
     parser.add_argument("--layer", choices=[*LAYERS, "both"], default="pubsub", help="HUB_CHANNEL_LAYER")
     parser.add_argument("--processes", type=int, default=1, help="N > 1: measure 1, then N hub processes")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every scenario, alternating; medians")
     parser.add_argument("--no-fanout", action="store_true", help="no channel-layer subscriber")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the COPY ceiling")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
