@@ -19,6 +19,7 @@ from django.urls import reverse
 from dashboards.history import interval_auto
 from ingest.models import LatestValue
 from ingest.parsing import Reading as R
+from tests.browser_chromium import CHROMIUM, CHROMIUM_ARGS, need_chromium
 from tests.test_history import HOUR, MINUTE, hour_floor, store
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -162,3 +163,52 @@ async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, op
     shown = [(k, p["ts"], p["value"], p["min"], p["max"]) for k, points in drawn["data"].items() for p in points]
     assert params["interval"] == "10000", "auto: the finest interval with at most 2,000 points"
     assert exported == shown and len(shown) == 2 * 1050, "every 10-second bucket of both keys"
+
+
+async def test_in_a_browser_the_page_shows_local_time_and_queries_utc(live_hub, make_device, operator_cookie):
+    """Headless Chromium at UTC+05:30: the range shows local wall-clock time, a zoom to local 07:00–08:00
+    re-queries 01:30–02:30 UTC at a finer interval, and the CSV link then exports exactly the drawn points."""
+    need_chromium()
+    from playwright.async_api import async_playwright
+
+    device = await sync_to_async(make_device)()
+    t0 = 1_736_899_200_000  # 2025-01-15T00:00:00Z
+    await store(device, [R(t0 + i * 30_000, "t", float(i % 120)) for i in range(6 * 120)])
+    url = reverse("dashboards:history", args=[device.key])
+    query = f"?range=custom&start={t0}&end={t0 + 6 * HOUR}&keys=t&agg=AVG"
+    name, value = operator_cookie.split("=", 1)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(timezone_id="Asia/Kolkata")
+            await context.add_cookies([{"name": name, "value": value, "url": live_hub.http}])
+            page = await context.new_page()
+            page.set_default_timeout(15_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(live_hub.http + url + query)
+            await page.wait_for_function("document.getElementById('history-status').textContent.includes('points')")
+            assert (await page.input_value("input[name=start_local]")).startswith("2025-01-15T05:30")
+            axis = await page.evaluate("document.getElementById('history-chart').layout.xaxis.range")
+            assert axis[0].startswith("2025-01-15 05:30") and axis[1].startswith("2025-01-15 11:30"), axis
+
+            await page.evaluate(
+                """Plotly.relayout(document.getElementById('history-chart'),
+                    {'xaxis.range[0]': '2025-01-15 07:00:00', 'xaxis.range[1]': '2025-01-15 08:00:00'})"""
+            )
+            zoomed = f"start={t0 + 90 * MINUTE}&end={t0 + 150 * MINUTE}"
+            await page.wait_for_function(f"document.getElementById('history-csv').href.includes('{zoomed}')")
+            await page.wait_for_function("document.getElementById('history-status').textContent.includes('every')")
+            href = await page.get_attribute("#history-csv", "href")
+            drawn = await page.evaluate(
+                """() => { const avg = document.getElementById('history-chart').data.find((t) => t.name === 't avg');
+                           return avg.x.map((x, i) => [x.getTime(), avg.y[i]]); }"""
+            )
+            exported = await (await page.request.get(live_hub.http + href)).text()
+        finally:
+            await browser.close()
+    _, params = csv_link(f'id="history-csv" href="{href}"')
+    assert params["interval"] == "2000" and params["band"] == "1", "auto: finer buckets for the zoomed hour"
+    rows = [line.split(",") for line in exported.splitlines()[1:]]
+    assert [[int(r[0]), float(r[3])] for r in rows] == drawn and len(drawn) == 120
+    assert not errors, errors
