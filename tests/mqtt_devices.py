@@ -11,7 +11,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 class Publisher:
     """One device's MQTT connection; `acked` holds the ts of messages the broker PUBACKed."""
 
-    def __init__(self, host: str, port: int, key: str, *, client_id: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, key: str, *, client_id: str | None = None, persistent: bool = False
+    ) -> None:
         self.key = key
         self.acked: set[int] = set()
         self._pending: dict[int, int] = {}
@@ -21,8 +23,9 @@ class Publisher:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"pub-{key}",
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            clean_session=not persistent,  # persistent: the broker keeps the session, paho resends in flight
         )
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=1)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
         self.client.on_publish = self._on_publish

@@ -28,7 +28,8 @@ def now_ms() -> int:
 
 def fleet_of(count: int, *, prefix: str = "fleet") -> list[Device]:
     devices = Device.objects.bulk_create(
-        Device(key=f"{prefix}-{i:04d}", name=f"Sensor {i}", token_hash=f"{prefix}{i:04d}".ljust(64, "0")) for i in range(count)
+        Device(key=f"{prefix}-{i:04d}", name=f"Sensor {i}", token_hash=f"{prefix}{i:04d}".ljust(64, "0"))
+        for i in range(count)
     )
     now = datetime.now(UTC)
     LatestValue.objects.bulk_create(
