@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerts.evaluation import FIRED, PENDING_CLEARED, PENDING_STARTED, RESOLVED, RuleSpec, Tracked, threshold_step
-from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery
+from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery, alert_event_payload
 from alerts.rules import rule_spec
 from devices.services import DeviceIdentity
 from ingest.fanout import device_group
@@ -171,14 +171,9 @@ def _event(t: Transition, kind: str, at: datetime) -> dict:
     event = AlertEvent.objects.create(
         rule_id=t.rule.id, device_id=t.device.id, type=kind, at=at, value=t.value, severity=t.rule.severity
     )
-    payload = {
-        "id": event.id,
-        "type": kind,
-        "rule": {"id": t.rule.id, "name": t.rule.name, "key": t.rule.key, "severity": t.rule.severity},
-        "device": t.device.key,
-        "at": _ms(at),
-        "value": t.value,
-    }
+    payload = alert_event_payload(
+        event_id=event.id, kind=kind, rule=t.rule, device_key=t.device.key, at_ms=_ms(at), value=t.value
+    )
     url = t.rule.webhook_url or settings.HUB_ALERT_WEBHOOK_URL
     if url:
         WebhookDelivery.objects.create(event=event, url=url, payload=payload, next_attempt_at=timezone.now())

@@ -2,7 +2,7 @@
 
 from django.db.models import QuerySet
 
-from alerts.models import AlertEvent, AlertRule, AlertState, State
+from alerts.models import AlertEvent, AlertRule, AlertState, State, alert_event_payload
 
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
@@ -34,5 +34,27 @@ def alert_thresholds_for_device(*, device_id: int, device_key: str) -> list[dict
     return lines
 
 
-def alert_history(*, device_id: int, limit: int = 50) -> QuerySet[AlertEvent]:
-    return AlertEvent.objects.filter(device_id=device_id).select_related("rule", "by")[:limit]
+def alert_events_recent(*, device_id: int, limit: int = 50) -> list[dict]:
+    """A device's newest alert events, newest first, in the shape they travel live."""
+    events = AlertEvent.objects.filter(device_id=device_id).select_related("rule", "device")[:limit]
+    return [
+        alert_event_payload(
+            event_id=e.id,
+            kind=e.type,
+            rule=e.rule,
+            device_key=e.device.key,
+            at_ms=round(e.at.timestamp() * 1000),
+            value=e.value,
+        )
+        for e in events
+    ]
+
+
+def firing_on_device(*, device_id: int) -> list[dict]:
+    """The rules firing on a device now: id, name, key, severity (the device page's banner)."""
+    return [
+        {"id": rule_id, "name": name, "key": key, "severity": severity}
+        for rule_id, name, key, severity in alerts_open()
+        .filter(device_id=device_id)
+        .values_list("rule_id", "rule__name", "rule__key", "rule__severity")
+    ]

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, render, resolve_url
 from django.urls import reverse
 from django.utils import timezone
 
+from alerts.selectors import alert_events_recent, alert_thresholds_for_device, firing_on_device
 from dashboards.history import keys_of_device, readings_latest
 from dashboards.selectors import fleet_status, readings_recent
 from devices.models import Device
@@ -52,6 +53,9 @@ def device_detail(request: HttpRequest, key: str) -> HttpResponse:
         "latest": reverse("telemetry-latest", args=[device.key]),
         "login": resolve_url(settings.LOGIN_URL),
         "history": readings_recent(device=device, since=start, keys=picked),
+        "thresholds": alert_thresholds_for_device(device_id=device.id, device_key=device.key),
+        "alerts": alert_events_recent(device_id=device.id, limit=20),
+        "firing": firing_on_device(device_id=device.id),
     }
     texts = [
         {"key": k, "ts": v["ts"], "value": v["value"], "at": datetime.fromtimestamp(v["ts"] / 1000, tz=UTC)}

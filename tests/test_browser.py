@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 
+from alerts.models import AlertRule
 from devices.services import device_create
 from ingest.models import Reading
 from tests.browser_chromium import chromium_page, need_chromium
@@ -255,3 +256,36 @@ async def test_device_provided_text_is_shown_as_text_never_as_html(page, live_hu
     assert (await page.text_content("h1")).startswith(name)
     assert await page.locator("main img, main b, main script:not([src]):not([type])").count() == 0
     assert await page.evaluate("window.pwned") is None
+
+
+async def test_alerts_show_on_the_device_page_live_with_thresholds_on_the_chart(
+    page, live_hub, make_device, operator, settings
+):
+    """A threshold rule draws its line on the key's chart; when readings break it, the firing banner and the
+    event list update live, without a reload; recovery resolves it the same way. Rule names stay text."""
+    settings.HUB_ALERT_RULES_REFRESH_SECONDS = 0
+    device = await sync_to_async(make_device)()
+    await sync_to_async(AlertRule.objects.create)(
+        name="<b>hot</b>", device_id=device.id, key="t", condition="gt", threshold=30.0, severity="critical"
+    )
+    await send(live_hub, device.token, [{"ts": now_ms() - 5_000, "values": {"t": 20.0}}])
+    await log_in(page, f"{live_hub.http}/devices/{device.key}/")
+    await until_state(page, "live")
+    await until_plotted(page, "t", 1)
+    shapes = await page.evaluate("document.querySelector('.chart[data-key=\"t\"]').layout.shapes")
+    assert [(s["y0"], s["line"]["color"]) for s in shapes] == [(30.0, "#dc2626")]
+    assert await page.is_hidden("#firing")
+
+    await send(live_hub, device.token, [{"ts": now_ms(), "values": {"t": 35.0}}])
+    await page.wait_for_function("() => !document.getElementById('firing').hidden")
+    assert await page.text_content("#firing") == "Firing: <b>hot</b> (critical)"
+    assert await page.get_attribute("#firing", "class") == "sev-critical"
+    first = await page.evaluate(
+        "Array.from(document.querySelector('#alert-events tbody').rows[0].cells, c => c.textContent)"
+    )
+    assert first[1:] == ["fired", "<b>hot</b>", "critical", "35"]
+
+    await send(live_hub, device.token, [{"ts": now_ms() + 1, "values": {"t": 25.0}}])
+    await page.wait_for_function("() => document.getElementById('firing').hidden")
+    assert await page.evaluate("document.querySelector('#alert-events tbody').rows.length") == 2
+    assert await page.locator("main b").count() == 0

@@ -61,9 +61,9 @@
       } else {
         s.plotted = true;
         const trace = {x: x.slice(-page.points), y: y.slice(-page.points), mode: "lines", name: key};
-        Plotly.newPlot(s.div, [trace],
-          {title: {text: key}, margin: {t: 30, l: 50, r: 10, b: 30}, xaxis: {type: "date"}, uirevision: key},
-          {responsive: true, displaylogo: false});
+        const layout = {title: {text: key}, margin: {t: 30, l: 50, r: 10, b: 30}, xaxis: {type: "date"},
+                        uirevision: key, shapes: thresholdLines(key), showlegend: false};
+        Plotly.newPlot(s.div, [trace], layout, {responsive: true, displaylogo: false});
       }
     }
   }
@@ -79,6 +79,45 @@
     s = {div: div, last: -Infinity, plotted: false, pending: {x: [], y: []}};
     series.set(key, s);
     return s;
+  }
+
+  // ---- alerts: threshold lines on the charts, the firing banner, the event list (live from the stream)
+
+  const SEVERITY_COLOURS = {critical: "#dc2626", warning: "#d97706", info: "#0284c7"};
+  const firing = new Map(page.firing.map((rule) => [rule.id, rule])); // rule id -> rule
+
+  function thresholdLines(key) {
+    return page.thresholds.filter((t) => t.key === key).map((t) => ({
+      type: "line", xref: "paper", x0: 0, x1: 1, y0: t.value, y1: t.value,
+      line: {color: SEVERITY_COLOURS[t.severity] || "#6b7280", width: 1, dash: "dash"},
+    }));
+  }
+
+  function showFiring() {
+    const banner = document.getElementById("firing");
+    const rules = Array.from(firing.values());
+    banner.hidden = rules.length === 0;
+    const worst = ["critical", "warning", "info"].find((sev) => rules.some((r) => r.severity === sev));
+    banner.className = worst ? `sev-${worst}` : "";
+    banner.textContent = rules.length ? `Firing: ${rules.map((r) => `${r.name} (${r.severity})`).join(", ")}` : "";
+  }
+
+  function addAlertEvent(event, live) {
+    const body = document.querySelector("#alert-events tbody");
+    const row = document.createElement("tr");
+    row.className = `sev-${event.rule.severity}`;
+    const cells = [new Date(event.at).toLocaleString(), event.type, event.rule.name, event.rule.severity,
+                   event.value === null ? "" : String(event.value)];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      row.appendChild(td);
+    }
+    if (live) body.insertBefore(row, body.firstChild); else body.appendChild(row);
+    document.getElementById("no-alerts").hidden = true;
+    if (live && event.type === "fired") firing.set(event.rule.id, event.rule);
+    if (live && event.type === "resolved") firing.delete(event.rule.id);
+    showFiring();
   }
 
   // ---- text values: server-rendered rows, updated by newer ones (live, or fetched on each connection)
@@ -136,6 +175,8 @@
         caughtUp(ws, message.readings);
       } else if (message.type === "readings") {
         take(message.readings);
+      } else if (message.type === "alert") {
+        addAlertEvent(message.event, true);
       }
     };
     ws.onclose = (event) => {
@@ -201,6 +242,8 @@
     texts.set(row.dataset.key, {row: row, ts: ts});
     row.cells[2].textContent = new Date(ts).toLocaleString();
   }
+  for (const event of page.alerts) addAlertEvent(event, false);
+  showFiring();
   take(page.history);
   connect();
 })();
