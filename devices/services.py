@@ -38,6 +38,14 @@ def device_token_rotate(*, key: str) -> str:
     return token
 
 
+def device_issue_token(*, key: str, name: str = "") -> str:
+    """A fresh token for `key`, creating the device if needed (demo and simulated devices: tokens are stored
+    hashed, so a simulator that starts again needs new ones)."""
+    if Device.objects.filter(key=key).exists():
+        return device_token_rotate(key=key)
+    return device_create(key=key, name=name)[1]
+
+
 async def device_authenticate(*, token: str) -> DeviceIdentity | None:
     """The device owning this token, or None."""
     if not token or len(token) > 256:

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -88,20 +89,31 @@ async def _receive_acks(ws, unacked: dict[int, bytes], stats: SimStats) -> None:
             unacked.pop(message["error"]["frame"], None)
 
 
+def status_line(stats: SimStats, devices: int) -> str:
+    elapsed = max(time.monotonic() - stats.started, 1e-9)
+    return (
+        f"simulate: {devices} devices, sent {stats.sent} ({stats.sent / elapsed:.1f}/s), "
+        f"acked {stats.acked} ({stats.acked / elapsed:.1f}/s), errors {stats.errors}, reconnects {stats.reconnects}"
+    )
+
+
 async def run_simulation(
-    base_url: str, tokens: list[str], *, rate: float, stop: asyncio.Event, report_every: float = 5.0
+    base_url: str,
+    tokens: list[str],
+    *,
+    rate: float,
+    stop: asyncio.Event,
+    report_every: float = 5.0,
+    report: Callable[[SimStats], None] | None = None,
 ) -> SimStats:
-    """Run one simulated device per token until `stop`, printing a status line every `report_every` s."""
+    """Run one simulated device per token until `stop`; every `report_every` s call `report` (default: print
+    a status line)."""
     stats = SimStats()
+    report = report or (lambda s: print(status_line(s, len(tokens)), flush=True))
     tasks = [asyncio.create_task(simulate_device(base_url, t, rate=rate, stats=stats, stop=stop)) for t in tokens]
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), report_every)
-        elapsed = time.monotonic() - stats.started
-        print(
-            f"simulate: {len(tokens)} devices, sent {stats.sent} ({stats.sent / elapsed:.1f}/s), "
-            f"acked {stats.acked}, errors {stats.errors}, reconnects {stats.reconnects}",
-            flush=True,
-        )
+        report(stats)
     await asyncio.gather(*tasks, return_exceptions=True)
     return stats

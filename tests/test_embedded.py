@@ -6,6 +6,7 @@ HUB_REDIS_URL), so it also checks that tokens never reach the logs.
 
 import asyncio
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -131,3 +132,35 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
     assert "writer drained" in logs, "SIGTERM drains the writer before exit"
     assert "POST /api/v1/***/telemetry" in logs
     assert token not in logs, "device tokens never appear in logs"
+
+
+async def test_simulate_streams_local_devices_into_a_running_hub_and_ends_with_a_table(embedded_env, tmp_path):
+    """`simulate --devices N` creates sim-1..N, streams to the hub at --url, and prints its final figures."""
+    manage(embedded_env, "migrate", "--noinput")
+    port = free_port()
+    with (tmp_path / "hub.log").open("w") as log:
+        hub = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=embedded_env, stdout=log
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, timeout=30, what="the hub to listen")
+        args = ["simulate", "--devices", "2", "--rate", "20", "--seconds", "2", "--url", f"ws://127.0.0.1:{port}"]
+        output = await asyncio.to_thread(manage, embedded_env, *args)
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)
+    assert "simulate: 2 devices" in output and "(done)" in output
+    acked = int(re.search(r"acked (\d+)", output).group(1))
+    query = "SELECT d.key, count(*) FROM ingest_reading r JOIN devices_device d ON d.id = r.device_id GROUP BY d.key"
+    with sqlite3.connect(tmp_path / "hub.sqlite3") as db:
+        per_device = dict(db.execute(query))
+    assert set(per_device) == {"sim-1", "sim-2"}
+    assert acked > 40 and sum(per_device.values()) >= 3 * acked, "3 numeric keys per acked message, all stored"

@@ -6,8 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from devices.models import Device
-from devices.services import device_create, device_token_rotate
+from devices.services import device_issue_token
 from hub.server import server_started, uvicorn_options
 from ingest.simulator import run_simulation
 
@@ -29,19 +28,13 @@ class Command(BaseCommand):
         user_model = get_user_model()
         if not user_model.objects.filter(username=DEMO_USER).exists():
             user_model.objects.create_superuser(DEMO_USER, password=DEMO_USER)  # noqa: S106 - local demo only
-        tokens = [self._demo_token(f"demo-{i}") for i in range(1, devices + 1)]
+        tokens = [device_issue_token(key=f"demo-{i}", name=f"Demo sensor {i}") for i in range(1, devices + 1)]
         self.stdout.write(
             f"Hub at http://{host}:{port}/  (log in as {DEMO_USER} / {DEMO_USER}); "
             f"{devices} simulated devices at {rate}/s. Ctrl-C stops."
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(self._run(host, port, tokens, rate))
-
-    def _demo_token(self, key: str) -> str:
-        # Tokens are stored hashed, so demo devices get a fresh one at each start.
-        if Device.objects.filter(key=key).exists():
-            return device_token_rotate(key=key)
-        return device_create(key=key, name=f"Demo sensor {key[5:]}")[1]
 
     async def _run(self, host: str, port: int, tokens: list[str], rate: float) -> None:
         server = uvicorn.Server(uvicorn.Config("hub.asgi:application", host=host, port=port, **uvicorn_options()))
