@@ -31,6 +31,7 @@ class DeviceDigest(TypedDict):
     """What the fleet page needs of one device: when it was last seen and its newest value per key."""
 
     seen: int  # ms, commit time of its latest flush
+    n: int  # numeric readings committed since the previous digest (the fleet page's readings/min)
     latest: dict[str, WireReading]  # key -> [ts_ms, key, value], newest ts wins
 
 
@@ -93,10 +94,11 @@ class FleetDigester:
     def add(self, by_device: dict[DeviceIdentity, list[Reading]]) -> None:
         seen = time.time_ns() // 1_000_000
         for device, readings in by_device.items():
-            digest = self._pending.setdefault(device.key, DeviceDigest(seen=seen, latest={}))
+            digest = self._pending.setdefault(device.key, DeviceDigest(seen=seen, n=0, latest={}))
             digest["seen"] = seen
             latest = digest["latest"]
             for r in readings:
+                digest["n"] += r.value is not None
                 current = latest.get(r.key)
                 if current is None or r.ts > current[0]:
                     latest[r.key] = [r.ts, r.key, r.text if r.value is None else r.value]

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 
 from alerts.models import AlertRule
+from devices.models import Device
 from devices.services import device_create
 from ingest.models import Reading
 from tests.browser_chromium import chromium_page, need_chromium
@@ -289,3 +290,45 @@ async def test_alerts_show_on_the_device_page_live_with_thresholds_on_the_chart(
     await page.wait_for_function("() => document.getElementById('firing').hidden")
     assert await page.evaluate("document.querySelector('#alert-events tbody').rows.length") == 2
     assert await page.locator("main b").count() == 0
+
+
+async def test_the_fleet_page_lists_a_thousand_devices_filters_them_and_updates_live(
+    page, live_hub, operator, settings
+):
+    """1,000 devices render as 1,000 rows; the filter narrows them; a device that reports changes its row
+    (value, online, last seen) live, without a reload; an unknown device appears after a refresh."""
+    settings.HUB_FLEET_DIGEST_SECONDS = 0.1
+
+    @sync_to_async
+    def fleet() -> str:
+        Device.objects.bulk_create(
+            Device(key=f"unit-{i:04d}", name=f"Unit {i}", token_hash=f"unit{i:04d}".ljust(64, "0")) for i in range(999)
+        )
+        return device_create(key="boiler", name="Boiler <b>room</b>")[1]
+
+    token = await fleet()
+    await log_in(page, f"{live_hub.http}/")
+    await page.wait_for_function("() => document.querySelectorAll('#fleet tbody tr').length === 1000")
+    assert await page.text_content("#summary") == "1000 devices, 0 online, 0 alerting"
+    await page.wait_for_function("() => document.getElementById('state').textContent === 'live'")
+
+    await page.fill("#filter", "boiler")
+    assert await page.locator("#fleet tbody tr:visible").count() == 1
+    row = page.locator("#fleet tbody tr:visible")
+    assert (await row.locator("td").nth(0).text_content()).startswith("Boiler <b>room</b>")
+    assert await row.locator("td").nth(1).text_content() == "offline"
+
+    await send(live_hub, token, [{"ts": now_ms(), "values": {"temperature": 21.25, "state": "ok"}}])
+    await page.wait_for_function(
+        "() => document.querySelector('#fleet tbody tr:not([hidden]) td:nth-child(5)').textContent.includes('21.25')"
+    )
+    assert await row.locator("td").nth(1).text_content() == "online"
+    assert (await row.locator("td").nth(2).text_content()).endswith("s ago")
+    assert "state=ok" in await row.locator("td").nth(4).text_content()
+    assert await row.locator("td").nth(3).text_content() == "1", "readings in the last minute, live"
+    await page.fill("#filter", "unit-09")
+    assert await page.locator("#fleet tbody tr:visible").count() == 99  # unit-0900 … unit-0998
+    assert await page.locator("main b:not(#fleet td:nth-child(5) b)").count() == 0, "names are text, not markup"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.fill("#filter", "")
+    await page.screenshot(path=ARTIFACTS / "fleet-page.png")

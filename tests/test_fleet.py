@@ -131,5 +131,6 @@ async def test_fleet_stream_carries_digests_and_alert_events(live_hub, make_devi
                 elif message["type"] == "alert":
                     alert = message["event"]
     assert digest["latest"] == {"t": [ts, "t", 41.0], "state": [ts, "state", "hot"]}
+    assert digest["n"] == 2, "numeric readings only"
     assert abs(digest["seen"] - now_ms()) < 10_000
     assert alert["type"] == "fired" and alert["device"] == device.key and alert["rule"]["severity"] == "critical"

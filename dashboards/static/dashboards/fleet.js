@@ -151,6 +151,7 @@
       if (!row) { unknown = true; continue; }
       const d = row.device;
       d.seen = Math.max(d.seen || 0, digest.seen);
+      d.per_minute += digest.n; // until the next snapshot recounts the last minute from the database
       for (const [name, entry] of Object.entries(digest.latest)) {
         const current = d.latest[name];
         if (!current || current[0] < entry[0]) d.latest[name] = entry;
