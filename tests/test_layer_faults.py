@@ -100,18 +100,22 @@ async def paced_device(hub, key: str, token: str, ledger: Ledger, stop: asyncio.
             await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("layer", ["pubsub", "core"])
-async def test_redis_restart_under_open_dashboards(layer, make_device, hub_process, operator_cookie, tmp_path):
-    redis_server = RedisServer(tmp_path).start()
-    device = await sync_to_async(make_device)()
+async def hub_on(hub_process, redis_server: RedisServer, **env: str):
+    """A hub subprocess on the test database and a private Redis, accepting the operator's session."""
     hub = hub_process(
         HUB_DATABASE_URL=database_url_for_tests(),
         HUB_SECRET_KEY=settings.SECRET_KEY,  # the operator's session must be valid in the hub process
         HUB_REDIS_URL=redis_server.url,
-        HUB_CHANNEL_LAYER=layer,
-        HUB_STREAM_WATCHDOG_SECONDS="0.2",
+        **env,
     )
-    await hub.start().ready()
+    return await hub.start().ready()
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+async def test_redis_restart_under_open_dashboards(layer, make_device, hub_process, operator_cookie, tmp_path):
+    redis_server = RedisServer(tmp_path).start()
+    device = await sync_to_async(make_device)()
+    hub = await hub_on(hub_process, redis_server, HUB_CHANNEL_LAYER=layer, HUB_STREAM_WATCHDOG_SECONDS="0.2")
     ledger, stop_device, stop_viewers = Ledger(), asyncio.Event(), asyncio.Event()
     viewers = [Viewer(hub, device.key, operator_cookie) for _ in range(3)]
     watching = [asyncio.create_task(v.run(stop_viewers)) for v in viewers]
@@ -158,15 +162,9 @@ async def test_streams_stay_in_their_groups_past_the_core_layers_group_expiry(
 ):
     redis_server = RedisServer(tmp_path).start()
     device = await sync_to_async(make_device)()
-    hub = hub_process(
-        HUB_DATABASE_URL=database_url_for_tests(),
-        HUB_SECRET_KEY=settings.SECRET_KEY,  # the operator's session must be valid in the hub process
-        HUB_REDIS_URL=redis_server.url,
-        HUB_CHANNEL_LAYER="core",
-        HUB_GROUP_EXPIRY="2",
-        HUB_STREAM_REJOIN_SECONDS="0.5",
+    hub = await hub_on(
+        hub_process, redis_server, HUB_CHANNEL_LAYER="core", HUB_GROUP_EXPIRY="2", HUB_STREAM_REJOIN_SECONDS="0.5"
     )
-    await hub.start().ready()
     viewer, stop = Viewer(hub, device.key, operator_cookie), asyncio.Event()
     watching = asyncio.create_task(viewer.run(stop))
     ledger, done = Ledger(), asyncio.Event()
