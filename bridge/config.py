@@ -26,6 +26,8 @@ class BridgeConfig:
     receive_maximum: int
     error_topic: bool
     stats_seconds: float
+    metrics_port: int = 0  # 0: no /metrics endpoint
+    metrics_host: str = "127.0.0.1"
 
     @property
     def subscription(self) -> str:
@@ -53,4 +55,6 @@ def bridge_config(*, url: str | None = None, client_id: str | None = None, proto
         receive_maximum=int(env("HUB_MQTT_RECEIVE_MAXIMUM", "1000")),
         error_topic=env("HUB_MQTT_ERROR_TOPIC", "1") not in ("0", "false", "no"),
         stats_seconds=float(env("HUB_MQTT_STATS_SECONDS", "10")),
+        metrics_port=int(env("HUB_MQTT_METRICS_PORT", "0")),
+        metrics_host=env("HUB_MQTT_METRICS_HOST", "127.0.0.1"),
     )

@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client import start_http_server
 
 from bridge.config import BridgeConfig
 from bridge.stats import BridgeStats
@@ -134,6 +135,11 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`, then drain: commit what is queued, ack it, disconnect."""
+        metrics.BRIDGE_LAG.set_function(self.stats.lag)  # computed when scraped
+        metrics.BRIDGE_INFLIGHT.set_function(lambda: self.stats.inflight)
+        if self.config.metrics_port:
+            start_http_server(self.config.metrics_port, addr=self.config.metrics_host)
+            logger.info("bridge: metrics at http://%s:%d/metrics", self.config.metrics_host, self.config.metrics_port)
         self.connect()
         reporter = asyncio.create_task(self._report(stop), name="bridge-stats")
         consumer = asyncio.create_task(self._consume(), name="bridge-consumer")
@@ -185,6 +191,7 @@ class Bridge:
             if message.qos > 0:
                 self._client.ack(message.mid, message.qos)
         self.stats.acked += 1
+        metrics.BRIDGE_ACKED.inc()
 
     def _reject(self, message: Incoming, key: str | None, code: str, text: str, detail: dict | None = None) -> None:
         self.stats.rejected += 1

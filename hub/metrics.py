@@ -26,6 +26,11 @@ WRITER_RETRIES = Counter("hub_writer_retries", "Flushes retried after a transien
 WRITER_QUEUE_ROWS = Gauge("hub_writer_queue_rows", "Readings waiting for the writer", multiprocess_mode="livesum")
 CONNECTED_DEVICES = Gauge("hub_connected_devices", "Open device WebSockets", ["transport"], multiprocess_mode="livesum")
 CONNECTED_DASHBOARDS = Gauge("hub_connected_dashboards", "Open dashboard streams", multiprocess_mode="livesum")
+# The MQTT bridge worker (its own process; served by `mqtt_bridge` on HUB_MQTT_METRICS_PORT). Its received,
+# stored and rejected readings are the hub_* counters above with transport="mqtt".
+BRIDGE_ACKED = Counter("hub_bridge_acked", "MQTT messages PUBACKed to the broker after commit (or rejection)")
+BRIDGE_INFLIGHT = Gauge("hub_bridge_inflight", "MQTT messages received and not yet committed")
+BRIDGE_LAG = Gauge("hub_bridge_lag_seconds", "Age of the oldest MQTT message not yet acknowledged")
 
 
 # Labelled children, cached: `.labels()` validates and locks on every call, which the hot path should not pay.

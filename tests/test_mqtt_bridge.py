@@ -5,6 +5,7 @@ import asyncio
 import signal
 import time
 
+import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -14,7 +15,7 @@ from django.db import connection
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.bridge_process import RUN, BridgeProcess
-from tests.conftest import database_url_for_tests
+from tests.conftest import database_url_for_tests, free_port
 from tests.mqtt_broker import MosquittoBroker
 from tests.mqtt_devices import Publisher
 from tests.tcp_proxy import TcpProxy
@@ -154,7 +155,8 @@ async def test_two_workers_split_a_shared_subscription(make_device, bridges, bro
 
 async def test_bad_messages_are_acked_counted_reported_and_not_stored(make_device, bridges, broker):
     device = await sync_to_async(make_device)(f"bad{RUN}")
-    bridge = await bridges(broker.url, "bad").start().subscribed()
+    metrics_port = free_port()
+    bridge = await bridges(broker.url, "bad", HUB_MQTT_METRICS_PORT=str(metrics_port)).start().subscribed()
     errors: list[dict] = []
     watcher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"err-{RUN}")
     watcher.on_message = lambda c, u, m: errors.append(orjson.loads(m.payload))
@@ -178,6 +180,13 @@ async def test_bad_messages_are_acked_counted_reported_and_not_stored(make_devic
     await eventually(lambda: len(errors) == 3, what="error reports on devices/<KEY>/errors")
     assert sorted(e["error"]["code"] for e in errors) == ["malformed_json", "payload_too_large", "ts_unit"]
     assert "unknown_device" in bridge.log.read_text()
+    async with httpx.AsyncClient() as client:  # the same counters for Prometheus
+        exposition = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    samples = dict(line.rsplit(" ", 1) for line in exposition.splitlines() if line and not line.startswith("#"))
+    assert float(samples["hub_bridge_acked_total"]) == 5
+    assert float(samples['hub_readings_stored_total{transport="mqtt"}']) == 1
+    assert float(samples['hub_messages_rejected_total{code="unknown_device",transport="mqtt"}']) == 1
+    assert float(samples["hub_bridge_lag_seconds"]) == 0 and float(samples["hub_bridge_inflight"]) == 0
     watcher.loop_stop()
     publisher.close()
 

@@ -1,5 +1,8 @@
 """Settings come from HUB_* variables; bad values and dangerous combinations are refused with their name."""
 
+import re
+from pathlib import Path
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -43,3 +46,15 @@ def test_tokens_are_redacted_from_paths():
         redact(line) == '127.0.0.1:5 - "POST /api/v1/***/telemetry HTTP/1.1" 200 and "WebSocket /ws/v1/***/telemetry"'
     )
     assert redact("/ws/v1/devices/kitchen/stream") == "/ws/v1/devices/kitchen/stream"
+
+
+def test_every_setting_is_listed_in_env_example_and_documented():
+    """A HUB_* variable the code reads is in .env.example and explained somewhere under docs/."""
+    root = Path(__file__).resolve().parent.parent
+    code = (root / "hub" / "settings.py").read_text() + (root / "bridge" / "config.py").read_text()
+    names = set(re.findall(r'env\w*\(\s*"(HUB_[A-Z0-9_]+)"', code))
+    assert len(names) > 40, names
+    example = (root / ".env.example").read_text()
+    docs = "".join(p.read_text() for p in (root / "docs").glob("*.md"))
+    assert sorted(n for n in names if n not in example) == [], ".env.example"
+    assert sorted(n for n in names if n not in docs) == [], "docs/"
