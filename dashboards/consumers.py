@@ -15,15 +15,18 @@ import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from alerts.engine import ALERTS_GROUP
 from dashboards.stream import Identity, readings_since, unseen
 from dashboards.watchdog import WS_4011_STREAM_INTERRUPTED, stream_closed, stream_opened
 from devices.models import Device
 from hub import metrics
+from hub.logs import ThrottledLog
 from ingest.fanout import FLEET_GROUP, FleetDigest, ReadingsBatch, device_group
 
 logger = logging.getLogger(__name__)
+_layer_down = ThrottledLog(logger)
 
 WS_4400_BAD_REQUEST = 4400
 WS_4401_UNAUTHENTICATED = 4401
@@ -37,6 +40,16 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
 
     groups_joined: tuple[str, ...] = ()
     sender: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Channels subscribes the consumer's own channel before any handler runs; with Redis away that raises
+        # before `connect`. Refuse the stream (the browser backs off and retries) instead of a 500 traceback.
+        try:
+            await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as exc:
+            _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": WS_4011_STREAM_INTERRUPTED})
 
     async def authenticated(self) -> bool:
         await self.accept()  # accept first so the browser sees the close code
@@ -57,7 +70,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             for group in groups:
                 await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:
-            logger.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
+            _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
             await self.close(code=WS_4011_STREAM_INTERRUPTED)
             return False
         stream_opened(self)
