@@ -2,8 +2,15 @@
 
 `submit()` queues a message's readings and returns a future that resolves once they are committed.
 The queue is bounded in rows: when the database is slow or down, `submit()` waits (backpressure on the
-transport) instead of growing memory. A failed flush is retried with backoff; the batch is idempotent
-(first write of a (device, key, ts) wins), so a retry after an uncertain commit stores nothing twice.
+transport) instead of growing memory.
+
+Flushes overlap (up to the backend's `max_in_flight`, one connection each): while one commits, the next
+copies its rows in. They still take effect one after the other: a flush's statements start after the
+previous flush's statements ran, it commits only after the previous one committed, and its futures
+resolve and its fan-out starts only after the previous flush's. If a flush fails, the one behind it rolls
+back too, and both are retried alone, in order, with backoff; the batch is idempotent (first write of a
+(device, key, ts) wins, rollups count only rows inserted), so a retry after an uncertain commit stores
+nothing twice.
 """
 
 import asyncio
@@ -13,12 +20,12 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from devices.services import DeviceIdentity
 from hub import metrics
-from ingest.backends import Backend, Batch, LatestRow, Row
+from ingest.backends import Backend, Batch, DevicesGone, LatestRow
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
@@ -31,6 +38,10 @@ class WriterClosed(Exception):
     """The writer is shutting down; the readings were not committed (and must not be acked)."""
 
 
+class PreviousFlushFailed(Exception):
+    """The flush before this one did not commit: this one rolls back and is retried after it."""
+
+
 @dataclass(slots=True)
 class _Pending:
     device: DeviceIdentity
@@ -38,6 +49,38 @@ class _Pending:
     future: asyncio.Future[None]
     queued_at: float
     transport: str
+
+
+@dataclass(eq=False)
+class _Flush:
+    """One batch on its way through the database, and its place behind the previous flush (a `Turn`)."""
+
+    taken: list[_Pending]
+    previous: "_Flush | None"
+    _applied: asyncio.Event = field(default_factory=asyncio.Event)
+    _committed: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or failed for good
+
+    async def to_apply(self) -> None:
+        if self.previous is not None:
+            await self.previous._applied.wait()
+
+    def applied(self) -> None:
+        self._applied.set()
+
+    async def to_commit(self) -> None:
+        if self.previous is not None and not await asyncio.shield(self.previous._committed):
+            raise PreviousFlushFailed
+
+    def attempted(self, committed: bool) -> None:
+        """The overlapped attempt is over: committed, or rolled back (then it is retried alone)."""
+        self._applied.set()
+        if not self._committed.done():
+            self._committed.set_result(committed)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(p.readings) for p in self.taken)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +99,10 @@ class Writer:
         self._config = config
         self._after_commit = after_commit
         self._queue: deque[_Pending] = deque()
-        self._queued_rows = 0
-        self._inflight: list[_Pending] = []
+        self._queued_rows = 0  # queued or in flight: the bound of max_pending_rows
+        self._flushes: dict[_Flush, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(max(1, backend.max_in_flight))
+        self._last: _Flush | None = None
         self._arrived = asyncio.Event()
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
@@ -98,18 +143,14 @@ class Writer:
         await self._backend.open()
         while True:
             await self._arrived.wait()
+            await self._slots.acquire()
             await self._wait_for_batch()
-            taken = self._inflight = self._take()
-            if taken:
-                await self._store(taken)
-                self._queued_rows -= sum(len(p.readings) for p in taken)
-                metrics.WRITER_QUEUE_ROWS.set(self._queued_rows)
-                self._space.set()
-                self._on_committed(taken)
-            self._inflight = []
             if not self._queue:
+                self._slots.release()
                 self._arrived.clear()
-                self._idle.set()
+                continue
+            flush = self._last = _Flush(self._take(), self._last)
+            self._flushes[flush] = self.loop.create_task(self._flush(flush), name="hub-flush")
 
     async def _wait_for_batch(self) -> None:
         # Flush when the oldest queued message is flush_interval old or batch_rows are waiting.
@@ -128,33 +169,86 @@ class Writer:
             rows += len(pending.readings)
         return taken
 
-    async def _store(self, taken: list[_Pending]) -> None:
-        batch = _batch_of(taken)
+    async def _flush(self, flush: _Flush) -> None:
+        """Store one flush (overlapping the previous one), then, in flush order, ack and publish."""
+        try:
+            committed = await self._overlapped(flush)
+            if flush.previous is not None:
+                await flush.previous.done.wait()  # everything before is final: retry alone, ack in order
+            if committed is None:
+                committed = await self._store(flush.taken)
+            self._queued_rows -= flush.rows
+            metrics.WRITER_QUEUE_ROWS.set(self._queued_rows)
+            self._space.set()
+            self._on_committed(committed)
+        except asyncio.CancelledError:  # drain ran out of time: whatever is not acked stays unacked
+            _fail(flush.taken, WriterClosed("the hub shut down before commit"))
+            raise
+        finally:
+            flush.attempted(False)
+            flush.done.set()
+            flush.previous = None  # the chain of flushes ends here (memory)
+            del self._flushes[flush]
+            self._slots.release()
+            if not self._queue and not self._flushes:
+                self._idle.set()
+
+    async def _overlapped(self, flush: _Flush) -> list[_Pending] | None:
+        """The first attempt, overlapping the previous flush; None when it did not commit."""
+        started = time.monotonic()
+        try:
+            await self._backend.write(_batch_of(flush.taken), flush)
+        except (PreviousFlushFailed, DevicesGone):
+            flush.attempted(False)
+            return None
+        except Exception as exc:
+            flush.attempted(False)
+            if self._backend.is_transient(exc):
+                self._retrying(exc, 0.0)
+            else:
+                logger.warning("writer: batch of %d readings refused (%s); retrying alone", flush.rows, exc)
+            return None
+        flush.attempted(True)
+        self._flushed(flush.taken, started)
+        return flush.taken
+
+    async def _store(self, taken: list[_Pending]) -> list[_Pending]:
+        """Commit `taken` alone, retrying transient errors; returns what was committed (the rest failed)."""
         delay = 0.05
-        while True:
+        while taken:
             started = time.monotonic()
             try:
-                await self._backend.write(batch)
+                await self._backend.write(_batch_of(taken))
             except asyncio.CancelledError:
                 raise
+            except DevicesGone as gone:
+                # Fail only the deleted devices' readings (their sockets get closed); store the others.
+                logger.warning("writer: %s; their readings are refused", gone)
+                taken = _fail(taken, gone, gone.device_ids)
             except Exception as exc:
                 if not self._backend.is_transient(exc):
-                    logger.exception("writer: batch of %d readings refused by the database", len(batch.rows))
-                    for pending in taken:
-                        if not pending.future.done():
-                            pending.future.set_exception(exc)
-                    return
-                self.stats["retries"] += 1
-                metrics.WRITER_RETRIES.inc()
-                logger.warning("writer: database unavailable (%s); retrying in %.2fs", exc, delay)
+                    logger.exception("writer: batch of %d readings refused by the database", len(taken))
+                    _fail(taken, exc)
+                    return []
+                self._retrying(exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 delay = min(delay * 2, 5.0)
             else:
-                self.stats["flushes"] += 1
-                self.stats["rows"] += len(batch.rows)
-                metrics.WRITER_FLUSH_SECONDS.observe(time.monotonic() - started)
-                metrics.WRITER_BATCH_ROWS.observe(sum(len(p.readings) for p in taken))
-                return
+                self._flushed(taken, started)
+                return taken
+        return taken
+
+    def _retrying(self, exc: BaseException, delay: float) -> None:
+        self.stats["retries"] += 1
+        metrics.WRITER_RETRIES.inc()
+        logger.warning("writer: database unavailable (%s); retrying in %.2fs", exc, delay)
+
+    def _flushed(self, taken: list[_Pending], started: float) -> None:
+        rows = sum(len(p.readings) for p in taken)
+        self.stats["flushes"] += 1
+        self.stats["rows"] += rows
+        metrics.WRITER_FLUSH_SECONDS.observe(time.monotonic() - started)
+        metrics.WRITER_BATCH_ROWS.observe(rows)
 
     def _on_committed(self, taken: list[_Pending]) -> None:
         """Commit, then ack, then publish: acks resolve here, fan-out follows on its own task."""
@@ -193,33 +287,49 @@ class Writer:
         if self._task is not None and not self._task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self._config.drain_timeout)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for pending in [*self._inflight, *self._queue]:
+        tasks = [t for t in (self._task, *self._flushes.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(WriterClosed("the hub shut down before commit"))
         self._queue.clear()
-        self._inflight = []
         if self._fanout is not None:
             await asyncio.gather(self._fanout, return_exceptions=True)
         await self._backend.close()
 
 
+def _fail(taken: list[_Pending], exc: BaseException, device_ids: set[int] | None = None) -> list[_Pending]:
+    """Fail the futures of `taken` (only those of `device_ids` when given); returns the others."""
+    kept = []
+    for pending in taken:
+        if device_ids is not None and pending.device.id not in device_ids:
+            kept.append(pending)
+        elif not pending.future.done():
+            pending.future.set_exception(exc)
+    return kept
+
+
 def _batch_of(taken: list[_Pending]) -> Batch:
-    rows: list[Row] = []
-    latest: dict[tuple[int, str], Reading] = {}
+    rows: list[tuple[int, str, int, float]] = []
+    latest: dict[int, dict[str, Reading]] = {}
     for pending in taken:
         device_id = pending.device.id
-        for r in pending.readings:
-            if r.value is not None and r.text is None:
-                rows.append(Row(device_id, r.key, r.ts, r.value))
-            current = latest.get((device_id, r.key))
+        readings = pending.readings
+        rows += [(device_id, r.key, r.ts, r.value) for r in readings if r.value is not None]
+        newest = latest.setdefault(device_id, {})
+        for r in readings:
+            current = newest.get(r.key)
             if current is None or r.ts > current.ts:  # same ts: the first one wins, as in the readings table
-                latest[(device_id, r.key)] = r
+                newest[r.key] = r
     return Batch(
         rows=rows,
-        latest=[LatestRow(d, k, r.ts, r.value, r.text) for (d, k), r in latest.items()],
-        device_ids=sorted({p.device.id for p in taken}),
+        latest=[
+            LatestRow(d, k, r.ts, r.value, r.text)
+            for d, newest in sorted(latest.items())
+            for k, r in sorted(newest.items())
+        ],
+        device_ids=sorted(latest),
         seen_at=datetime.now(UTC),
     )

@@ -3,12 +3,14 @@
 import asyncio
 import time
 
+import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from devices.models import Device
 from devices.services import DeviceIdentity
-from ingest.backends import Batch, PostgresBackend, postgres_conninfo
+from ingest.backends import ALONE, Batch, DevicesGone, PostgresBackend, Turn, postgres_conninfo
 from ingest.models import Reading
 from ingest.parsing import Reading as R
 from ingest.writer import Writer, WriterClosed, WriterConfig
@@ -26,9 +28,9 @@ class GatedBackend(PostgresBackend):
         self.gate = asyncio.Event()
         self.writes = 0
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch, turn: Turn = ALONE) -> None:
         await self.gate.wait()
-        await super().write(batch)
+        await super().write(batch, turn)
         self.writes += 1
 
 
@@ -136,3 +138,44 @@ async def test_fan_out_follows_commit_once_per_device_per_flush(make_device):
     await eventually(lambda: bool(published), what="fan-out")
     assert published == [{a.key: 7, b.key: 2}]
     await writer.drain()
+
+
+async def test_a_deleted_devices_readings_are_refused_and_the_rest_of_the_flush_is_stored(make_device):
+    """A flush naming a device deleted meanwhile stores the other devices' readings and fails only that
+    device's futures (no reading of a device that does not exist is ever stored)."""
+    kept, gone = [await sync_to_async(make_device)() for _ in range(2)]
+    await sync_to_async(Device.objects.filter(id=gone.id).delete)()
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[])
+    writer.start()
+    stored_future = await writer.submit(DeviceIdentity(kept.id, kept.key), readings(5))
+    refused_future = await writer.submit(DeviceIdentity(gone.id, gone.key), readings(5))
+    await asyncio.wait_for(stored_future, 10)
+    with pytest.raises(DevicesGone):
+        await asyncio.wait_for(refused_future, 10)
+    await writer.drain()
+    assert await stored(kept.id) == 5
+    assert await stored(gone.id) == 0
+
+
+async def test_deleting_a_device_around_its_flush_leaves_no_reading_behind(make_device):
+    """Django deletes a device's readings, then its row. A flush committing between the two steps has its
+    readings deleted with the row; a flush reaching the row after its deletion is refused."""
+    device = await sync_to_async(make_device)()
+    ident = DeviceIdentity(device.id, device.key)
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.001), after_commit=[])
+    writer.start()
+    async with await psycopg.AsyncConnection.connect(conninfo()) as deleting:
+        # Committed between the cascade's DELETE of readings and the DELETE of the device row.
+        await deleting.execute("DELETE FROM ingest_reading WHERE device_id = %s", [device.id])
+        await asyncio.wait_for(await writer.submit(ident, readings(5)), 10)
+        await deleting.execute("DELETE FROM ingest_latestvalue WHERE device_id = %s", [device.id])
+        await deleting.execute("DELETE FROM devices_device WHERE id = %s", [device.id])
+        # A flush reaching the row while its deletion is not committed waits for it, then is refused.
+        late = await writer.submit(ident, readings(5, start=1_700_000_000_000))
+        await asyncio.sleep(0.3)
+        assert not late.done(), "the flush waits for the deleting transaction"
+        await deleting.commit()
+    with pytest.raises(DevicesGone):
+        await asyncio.wait_for(late, 10)
+    await writer.drain()
+    assert await stored(device.id) == 0
