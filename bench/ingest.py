@@ -5,6 +5,10 @@
     .venv/bin/python bench/ingest.py --layer both           # the same with the pubsub and the core layer
     .venv/bin/python bench/ingest.py --processes 2          # 1 hub process, then 2 sharing PostgreSQL + Redis
     .venv/bin/python bench/ingest.py --batches 100 --devices 200 --window 4 --seconds 20
+    .venv/bin/python bench/ingest.py --baseline 1666163 --rounds 3   # this tree vs a commit, alternating
+
+With --baseline REV, the hub code of REV (`git archive`, nothing in this checkout changes) runs beside this
+tree's, each on its own scratch database migrated by its own code, rounds alternating the two.
 
 Every reading has its own ts, so nothing dedupes: at the end the readings stored must equal the readings
 sent (`lost` must be 0). Each connection keeps --window unacked frames in flight; the ack latency is from
@@ -19,29 +23,40 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 import psycopg
 import uvloop
 import websockets
 from harness import (
+    ROOT,
     BenchDevice,
     Hub,
     bench_database,
     console,
     cpu_seconds,
     database_backend_pids,
+    database_create,
+    database_drop,
     devices_copy,
+    hub_env,
     hubs_running,
     machine_busy_seconds,
     p50_p99,
     progress,
     table,
+    wait_for,
 )
 from layers import LAYERS, layer_for
 
@@ -178,6 +193,11 @@ class Scenario:
     writer: list[float] = field(default_factory=list)  # flushes, rows flushed, seconds in flushes (all hubs)
     round: int = 0
     ceiling: float | None = None  # rows/s of the COPY ceiling measured in the same round
+    code: str = ""  # "" for this tree, else the --baseline revision the hubs ran
+
+    @property
+    def label(self) -> str:
+        return f"B={self.batch} {self.processes}p {self.layer}" + (f" @{self.code}" if self.code else "")
 
     @property
     def seconds(self) -> float:
@@ -207,11 +227,10 @@ class Scenario:
         return f"{'met' if value >= goal else 'MISSED'} (≥ {goal:,} {unit})"
 
 
-async def scenario_run(
-    hubs: list[Hub], devices: list[BenchDevice], args: argparse.Namespace, batch: int, layer: str, ts0: int
-) -> Scenario:
+async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0: int) -> Scenario:
+    hubs, devices, layer = setup.hubs, setup.devices, setup.layer
     traffic = Traffic()
-    result = Scenario(batch, len(devices), len(hubs), layer, args.window, traffic)
+    result = Scenario(batch, len(devices), len(hubs), layer, args.window, traffic, code=setup.code)
     fanout = None
     if not args.no_fanout:
         fanout = FanoutCounter(layer, args.redis_url, hubs[0].env["HUB_CHANNEL_PREFIX"])
@@ -249,7 +268,7 @@ async def scenario_run(
     result.cpu = {name: cpu_seconds(group) - cpu_before[name] for name, group in pids.items()}
     result.cpu["machine"] = machine_busy_seconds() - cpu_before["machine"]
     result.writer = [after - before for after, before in zip(writer_totals(hubs), writer_before, strict=True)]
-    result.stored = stored_count(hubs[0].env["HUB_DATABASE_URL"])
+    result.stored = stored_count(setup.url)
     if fanout is not None:
         await fanout.settle(result.sent)
         result.fanned_out = fanout.readings
@@ -311,38 +330,109 @@ async def connect_check(hubs: list[Hub], devices: list[BenchDevice]) -> None:
                 await ws.recv()
 
 
+@dataclass
+class Setup:
+    """One configuration under test: its hubs, their database and the devices registered there."""
+
+    code: str
+    layer: str
+    processes: int
+    url: str
+    devices: list[BenchDevice]
+    hubs: list[Hub] = field(default_factory=list)
+
+
+class TreeHub(Hub):
+    """A hub process running the code of another tree (the --baseline revision)."""
+
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        super().__init__(env)
+        self.root = root
+
+    def start(self, timeout: float = 60.0) -> "TreeHub":
+        command = [sys.executable, "manage.py", "serve", "--port", str(self.port)]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, timeout, f"the baseline hub on port {self.port} (log: {self.log})")
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        self.process = None
+
+
+@contextlib.contextmanager
+def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """REV's files in a temporary directory (`git archive`) and a scratch database migrated by that code."""
+    root = Path(tempfile.mkdtemp(prefix="hub-baseline-"))
+    name = f"hub_bench_ingestbase_{os.getpid()}"
+    try:
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        base_env = hub_env(database_create(name), redis_url=redis_url, prefix=f"{env['HUB_CHANNEL_PREFIX']}base")
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=base_env, check=True)
+        yield root, base_env
+    finally:
+        database_drop(name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def baseline_hubs(root: Path, env: dict[str, str], count: int, **extra: str) -> Iterator[list[Hub]]:
+    hubs: list[Hub] = [TreeHub({**env, **extra}, root) for _ in range(count)]
+    try:
+        for hub in hubs:
+            hub.start()
+        yield hubs
+    finally:
+        for hub in hubs:
+            hub.stop()
+
+
 async def run(args: argparse.Namespace) -> int:
-    configurations = list(itertools.product(args.layers, args.process_counts))
     results: list[Scenario] = []
     with bench_database("ingest", redis_url=args.redis_url) as env, contextlib.ExitStack() as stack:
         url = env["HUB_DATABASE_URL"]
-        devices = devices_copy(url, args.devices, prefix="i")
+        setups = [
+            Setup("", layer, processes, url, devices_copy(url, args.devices, prefix="i"))
+            for layer, processes in itertools.product(args.layers, args.process_counts)
+        ]
+        if args.baseline:
+            root, base_env = stack.enter_context(baseline_tree(args.baseline, env, args.redis_url))
+            base_url = base_env["HUB_DATABASE_URL"]
+            base_devices = devices_copy(base_url, args.devices, prefix="i")
+            setups += [Setup(args.baseline, s.layer, s.processes, base_url, base_devices) for s in setups]
         console.print(
             f"ingest bench: {args.devices} devices, window {args.window} frames, {args.seconds:.0f} s per scenario, "
             f"batches {args.batches}, layers {args.layers}, processes {args.process_counts}, {args.rounds} round(s)"
+            + (f", this tree vs {args.baseline}" if args.baseline else "")
         )
         # Every configuration's hubs run for the whole bench (idle while another is measured), so rounds can
         # alternate configurations: a burst of load from elsewhere on the machine then hits all of them.
-        hub_sets = {}
-        for layer, processes in configurations:
-            prefix = f"{env['HUB_CHANNEL_PREFIX']}{layer}{processes}"
-            hubs = stack.enter_context(hubs_running(env, processes, HUB_CHANNEL_LAYER=layer, HUB_CHANNEL_PREFIX=prefix))
-            await connect_check(hubs, devices)
-            hub_sets[layer, processes] = hubs
+        for setup in setups:
+            prefix = f"{env['HUB_CHANNEL_PREFIX']}{setup.layer}{setup.processes}{'base' if setup.code else ''}"
+            extra = {"HUB_CHANNEL_LAYER": setup.layer, "HUB_CHANNEL_PREFIX": prefix}
+            if setup.code:
+                setup.hubs = stack.enter_context(baseline_hubs(root, base_env, setup.processes, **extra))
+            else:
+                setup.hubs = stack.enter_context(hubs_running(env, setup.processes, **extra))
+            await connect_check(setup.hubs, setup.devices)
         ts0 = time.time_ns() // 1_000_000 - 30 * 86_400_000  # a month ago, one ms per reading onwards
         for round_ in range(args.rounds):
             ceiling = None
-            for (layer, processes), batch in itertools.product(configurations, args.batches):
-                readings_clear(url)
-                result = await scenario_run(hub_sets[layer, processes], devices, args, batch, layer, ts0)
+            for setup, batch in itertools.product(setups, args.batches):
+                readings_clear(setup.url)
+                result = await scenario_run(setup, args, batch, ts0)
                 result.round = round_
                 results.append(result)
                 console.print(summary(result))
                 if ceiling is None and batch == max(args.batches) and not args.no_ceiling:
-                    rows, seconds = copy_ceiling(url, WRITER_BATCH_ROWS)
+                    rows, seconds = copy_ceiling(setup.url, WRITER_BATCH_ROWS)
                     ceiling = rows / seconds
                     console.print(f"  COPY ceiling: {rows:,} rows in {seconds:.2f} s = {ceiling:,.0f} rows/s")
-            for result in results[-len(configurations) * len(args.batches) :]:
+            for result in results[-len(setups) * len(args.batches) :]:
                 result.ceiling = ceiling
     report(results, args.rounds)
     return 0 if all(r.stored == r.sent for r in results) else 1
@@ -353,10 +443,10 @@ def summary(r: Scenario) -> str:
     fanout = "" if r.fanned_out is None else f", fanned out {r.fanned_out:,}"
     flushes, rows, flushing = r.writer
     return (
-        f"  B={r.batch} {r.processes}p {r.layer}: sent {r.sent:,}, stored {r.stored:,}{fanout} in {r.seconds:.1f} s\n"
+        f"  {r.label}: sent {r.sent:,}, stored {r.stored:,}{fanout} in {r.seconds:.1f} s\n"
         f"    cores busy hub/db/client/machine {r.cpu_share()}; writer: {flushes:,.0f} flushes of"
         f" {rows / max(flushes, 1):,.0f} readings, {flushing / max(flushes, 1) * 1000:.0f} ms each,"
-        f" busy {flushing / r.seconds / r.processes:.0%} of the time"
+        f" {flushing / r.seconds / r.processes:.2f} in flight on average"
     )
 
 
@@ -367,7 +457,7 @@ def report(results: list[Scenario], rounds: int) -> None:
         fanout = "off" if r.fanned_out is None else f"{r.fanned_out:,} (+{r.fanout_lag * 1000:.0f} ms)"
         rows.append(
             [
-                f"B={r.batch} {r.processes}p {r.layer}" + (f" #{r.round + 1}" if rounds > 1 else ""),
+                r.label + (f" #{r.round + 1}" if rounds > 1 else ""),
                 f"{r.frames_rate:,.0f}",
                 f"{r.readings_rate:,.0f}",
                 f"{p50 * 1000:.0f} / {p99 * 1000:.0f}",
@@ -406,23 +496,26 @@ def report(results: list[Scenario], rounds: int) -> None:
 def medians(results: list[Scenario]) -> None:
     """Per scenario, the median over the rounds of each figure."""
     rows = []
-    for key in dict.fromkeys((r.batch, r.processes, r.layer) for r in results):
-        runs = [r for r in results if (r.batch, r.processes, r.layer) == key]
+    for label in dict.fromkeys(r.label for r in results):
+        runs = [r for r in results if r.label == label]
         latencies = [p50_p99(r.traffic.latencies) for r in runs]
         ratios = [r.readings_rate / r.ceiling for r in runs if r.ceiling]
+        lags = [r.fanout_lag for r in runs if r.fanned_out is not None]
+        sent, stored = sum(r.sent for r in runs), sum(r.stored for r in runs)
         rows.append(
             [
-                f"B={key[0]} {key[1]}p {key[2]}",
+                label,
                 f"{statistics.median(r.frames_rate for r in runs):,.0f}",
                 f"{statistics.median(r.readings_rate for r in runs):,.0f}",
                 f"{statistics.median(p[0] for p in latencies) * 1000:.0f}"
                 f" / {statistics.median(p[1] for p in latencies) * 1000:.0f}",
-                f"{sum(r.sent - r.stored for r in runs):,}",
+                f"{sent:,} / {stored:,} / {sent - stored:,}",
+                f"+{statistics.median(lags) * 1000:.0f} ms" if lags else "off",
                 f"{statistics.median(ratios):.2f}" if ratios else "-",
             ]
         )
-    columns = ["scenario", "frames/s", "readings/s stored", "ack p50 / p99 ms", "lost", "÷ COPY"]
-    table(f"Medians over {len(runs)} rounds", columns, rows)
+    columns = ["scenario", "frames/s", "readings/s stored", "ack p50 / p99 ms", "sent / stored / lost (all rounds)"]
+    table(f"Medians over {len(runs)} rounds", [*columns, "fan-out lag", "÷ COPY"], rows)
 
 
 def main() -> None:
@@ -437,6 +530,7 @@ def main() -> None:
     parser.add_argument("--no-fanout", action="store_true", help="no channel-layer subscriber")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the COPY ceiling")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument("--baseline", metavar="REV", help="also run the hub code of this git revision, alternating")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.layers = list(LAYERS) if args.layer == "both" else [args.layer]
