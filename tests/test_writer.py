@@ -1,6 +1,7 @@
 """The writer against real PostgreSQL: acks only after commit, bounded queue, outages survived, drain."""
 
 import asyncio
+import gc
 import time
 
 import psycopg
@@ -13,7 +14,7 @@ from devices.services import DeviceIdentity
 from ingest.backends import ALONE, Batch, DevicesGone, PostgresBackend, Turn, postgres_conninfo
 from ingest.models import Reading
 from ingest.parsing import Reading as R
-from ingest.writer import Writer, WriterClosed, WriterConfig
+from ingest.writer import GC_THRESHOLDS, Writer, WriterClosed, WriterConfig, collector_tune
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 
@@ -179,3 +180,19 @@ async def test_deleting_a_device_around_its_flush_leaves_no_reading_behind(make_
         await asyncio.wait_for(late, 10)
     await writer.drain()
     assert await stored(device.id) == 0
+
+
+async def test_a_started_writer_raises_the_collectors_threshold_and_keeps_a_higher_one():
+    """Ingest allocates several objects per reading: generation 0 is collected every 50,000, not 700."""
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(), after_commit=[])
+        writer.start()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        await writer.drain()
+        gc.set_threshold(200_000, 10, 10)
+        collector_tune()
+        assert gc.get_threshold() == (200_000, 10, 10), "a higher threshold set by the operator stays"
+    finally:
+        gc.set_threshold(*before)
