@@ -10,10 +10,22 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import time
 
 import websockets
-from harness import bench_database, console, devices_copy, hubs_running, p50_p99, progress, rss_kib, table
+from harness import (
+    bench_database,
+    console,
+    cpu_seconds,
+    devices_copy,
+    hubs_running,
+    machine_busy_seconds,
+    p50_p99,
+    progress,
+    rss_kib,
+    table,
+)
 
 
 async def device(url: str, interval: float, latencies: list[float], connected: list[int], stop: asyncio.Event) -> None:
@@ -74,9 +86,17 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(args.interval * 1.5)  # every device has sent at least once
             latencies.clear()
             window_start = time.monotonic()
+            before = await asyncio.to_thread(hub.metrics)
+            cpu_before, busy_before = cpu_seconds([hub.process.pid, os.getpid()]), machine_busy_seconds()
+            hub_cpu_before = cpu_seconds([hub.process.pid])
             await asyncio.sleep(args.seconds)
             window = time.monotonic() - window_start
             sample = list(latencies)
+            after = await asyncio.to_thread(hub.metrics)
+            hub_cpu = (cpu_seconds([hub.process.pid]) - hub_cpu_before) / window
+            bench_cpu = (cpu_seconds([hub.process.pid, os.getpid()]) - cpu_before) / window - hub_cpu
+            machine = (machine_busy_seconds() - busy_before) / window
+            server_p50, server_p99 = histogram_quantiles(before, after, "hub_ack_latency_seconds", transport="ws")
             rss = rss_kib(hub.process.pid)
             stop.set()
             p50, p99 = p50_p99(sample)
@@ -85,13 +105,30 @@ async def run(args: argparse.Namespace) -> None:
                 ("hub RSS before / after", f"{baseline / 1024:.1f} MiB / {rss / 1024:.1f} MiB"),
                 ("RSS per connection", f"{(rss - baseline) / max(connected, 1):.1f} KiB"),
                 ("readings acked in window", f"{len(sample)} ({len(sample) / window:.0f}/s)"),
-                ("ack latency p50 / p99", f"{p50 * 1000:.1f} ms / {p99 * 1000:.1f} ms"),
+                ("ack latency p50 / p99 (device side)", f"{p50 * 1000:.1f} ms / {p99 * 1000:.1f} ms"),
+                ("queued→commit p50 / p99 (hub side, histogram)", f"≤ {server_p50} s / ≤ {server_p99} s"),
+                ("cores busy: hub / load generator / machine", f"{hub_cpu:.2f} / {bench_cpu:.2f} / {machine:.2f}"),
                 ("ulimit -n (this process)", os.sysconf("SC_OPEN_MAX")),
             ]
             table("Connection scale, one hub process", ["figure", "value"], rows)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def histogram_quantiles(before: dict[str, float], after: dict[str, float], metric: str, **labels: str) -> tuple:
+    """p50 and p99 (upper bucket bounds) of a Prometheus histogram over the window between two scrapes."""
+    buckets = []
+    for name, count in after.items():
+        found = re.fullmatch(rf"{metric}_bucket\{{(.*)\}}", name)
+        if not found:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
+        if all(have.get(k) == v for k, v in labels.items()):
+            buckets.append((float(have["le"]), count - before.get(name, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    return tuple(next((le for le, n in buckets if n >= q * total), float("nan")) for q in (0.5, 0.99))
 
 
 def main() -> None:
