@@ -244,7 +244,7 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
             raise failed[0].exception() or BenchFailure("a device ended before sending")
     pids = {
         "hub": [hub.process.pid for hub in hubs],
-        "db": database_backend_pids(hubs[0].env["HUB_DATABASE_URL"]),
+        "db": database_backend_pids(setup.url),
         "client": [os.getpid()],
     }
     cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
@@ -252,9 +252,8 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
     writer_before = writer_totals(hubs)
     traffic.first_send = time.perf_counter()
     go.set()
-    label = f"B={batch}, {len(hubs)} process{'es' if len(hubs) > 1 else ''}, {layer}"
     with progress() as bar:
-        task = bar.add_task(label, total=int(args.seconds), status="")
+        task = bar.add_task(result.label, total=int(args.seconds), status="")
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < args.seconds:
             await asyncio.sleep(0.25)
@@ -266,6 +265,8 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
         stop.set()
         await asyncio.gather(*tasks)
     result.cpu = {name: cpu_seconds(group) - cpu_before[name] for name, group in pids.items()}
+    # A database session opened during the run (a hub's pool growing) spent all its CPU time in it.
+    result.cpu["db"] += cpu_seconds([pid for pid in database_backend_pids(setup.url) if pid not in pids["db"]])
     result.cpu["machine"] = machine_busy_seconds() - cpu_before["machine"]
     result.writer = [after - before for after, before in zip(writer_totals(hubs), writer_before, strict=True)]
     result.stored = stored_count(setup.url)

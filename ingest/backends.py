@@ -195,7 +195,7 @@ class PostgresBackend:
         self.resends = 0  # batches that took the ON CONFLICT path
         self._timescale: bool | None = None  # decided on the first connection
         self._pool = AsyncConnectionPool(
-            conninfo, min_size=1, max_size=pool_size, open=False, timeout=5.0, configure=self._configure
+            conninfo, min_size=pool_size, max_size=pool_size, open=False, timeout=5.0, configure=self._configure
         )
 
     @staticmethod
