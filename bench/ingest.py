@@ -396,8 +396,9 @@ async def run(args: argparse.Namespace) -> int:
     results: list[Scenario] = []
     with bench_database("ingest", redis_url=args.redis_url) as env, contextlib.ExitStack() as stack:
         url = env["HUB_DATABASE_URL"]
+        devices = devices_copy(url, args.devices, prefix="i")
         setups = [
-            Setup("", layer, processes, url, devices_copy(url, args.devices, prefix="i"))
+            Setup("", layer, processes, url, devices)
             for layer, processes in itertools.product(args.layers, args.process_counts)
         ]
         if args.baseline:
