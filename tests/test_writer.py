@@ -2,7 +2,9 @@
 
 import asyncio
 import gc
+import sqlite3
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -11,7 +13,16 @@ from django.db import connection
 
 from devices.models import Device
 from devices.services import DeviceIdentity
-from ingest.backends import ALONE, Batch, DevicesGone, PostgresBackend, Turn, postgres_conninfo
+from ingest.backends import (
+    ALONE,
+    Batch,
+    DevicesGone,
+    LatestRow,
+    PostgresBackend,
+    SqliteBackend,
+    Turn,
+    postgres_conninfo,
+)
 from ingest.models import Reading
 from ingest.parsing import Reading as R
 from ingest.writer import GC_THRESHOLDS, Writer, WriterClosed, WriterConfig, collector_tune
@@ -196,3 +207,38 @@ async def test_a_started_writer_raises_the_collectors_threshold_and_keeps_a_high
         assert gc.get_threshold() == (200_000, 10, 10), "a higher threshold set by the operator stays"
     finally:
         gc.set_threshold(*before)
+
+
+async def test_sqlite_refuses_a_batch_naming_a_deleted_device_whole(tmp_path):
+    """The embedded backend rolls back a batch whose device is gone, as PostgreSQL's does."""
+    path = str(tmp_path / "hub.sqlite3")
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE devices_device (id INTEGER PRIMARY KEY, last_seen TEXT);
+            CREATE TABLE ingest_reading (device_id INT, key TEXT, ts TEXT, value REAL,
+                                         PRIMARY KEY (device_id, key, ts));
+            CREATE TABLE ingest_latestvalue (device_id INT, key TEXT, ts TEXT, value REAL, text TEXT,
+                                             PRIMARY KEY (device_id, key));
+            INSERT INTO devices_device (id) VALUES (1);
+            """
+        )
+    backend = SqliteBackend(path)
+    await backend.open()
+
+    def batch(*device_ids: int) -> Batch:
+        return Batch(
+            rows=[(d, "t", 1_700_000_000_000, 1.0) for d in device_ids],
+            latest=[LatestRow(d, "t", 1_700_000_000_000, 1.0, None) for d in device_ids],
+            device_ids=list(device_ids),
+            seen_at=datetime.now(UTC),
+        )
+
+    with pytest.raises(DevicesGone) as gone:
+        await backend.write(batch(1, 2))
+    assert gone.value.device_ids == {2}
+    await backend.write(batch(1))
+    await backend.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT device_id FROM ingest_reading").fetchall() == [(1,)]
+        assert db.execute("SELECT last_seen IS NOT NULL FROM devices_device").fetchall() == [(1,)]
