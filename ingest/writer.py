@@ -203,6 +203,8 @@ class Writer:
             flush.attempted(False)
             flush.done.set()
             flush.previous = None  # the chain of flushes ends here (memory)
+            if self._last is flush:
+                self._last = None
             del self._flushes[flush]
             self._slots.release()
             if not self._queue and not self._flushes:
