@@ -1,0 +1,84 @@
+"""Cumulative acks: in order, coalesced over what is already committed, never waiting for a later commit."""
+
+import asyncio
+
+from ingest.acks import AckSequencer
+from ingest.parsing import ErrorCode, IngestError
+
+
+async def sequencer(max_inflight: int = 100) -> tuple[AckSequencer, list[dict], list[BaseException]]:
+    sent: list[dict] = []
+    failures: list[BaseException] = []
+
+    async def send(payload: dict) -> None:
+        sent.append(payload)
+
+    async def on_failure(exc: BaseException) -> None:
+        failures.append(exc)
+
+    return AckSequencer(send, on_failure, max_inflight=max_inflight), sent, failures
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_committed_frame_is_acked_while_later_frames_still_wait_for_their_commit():
+    acks, sent, _ = await sequencer()
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    await acks.committed_later(1, first)
+    await acks.committed_later(2, second)
+    first.set_result(None)
+    await settle()
+    assert sent == [{"ack": 1}], "frame 1 is acked although frame 2 is still in flight"
+    second.set_result(None)
+    await settle()
+    assert sent == [{"ack": 1}, {"ack": 2}]
+    await acks.close()
+
+
+async def test_frames_committed_together_get_one_ack_and_errors_come_before_the_ack_covering_them():
+    acks, sent, _ = await sequencer()
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(3)]
+    await acks.committed_later(1, futures[0])
+    await acks.rejected(2, IngestError(ErrorCode.MALFORMED_JSON, "bad"))
+    await acks.committed_later(3, futures[1])
+    await acks.committed_later(4, futures[2])
+    for future in futures:
+        future.set_result(None)
+    await settle()
+    assert sent[0]["error"]["frame"] == 2
+    assert sent[1:] == [{"ack": 4}], "one ack for everything already handled"
+    await acks.close()
+
+
+async def test_a_failed_commit_is_never_acked_and_reported_once():
+    acks, sent, failures = await sequencer()
+    loop = asyncio.get_running_loop()
+    ok, failed = loop.create_future(), loop.create_future()
+    await acks.committed_later(1, ok)
+    await acks.committed_later(2, failed)
+    ok.set_result(None)
+    failed.set_exception(RuntimeError("database said no"))
+    await settle()
+    assert sent == [{"ack": 1}] and [str(f) for f in failures] == ["database said no"]
+    await acks.close()
+
+
+async def test_too_many_frames_in_flight_make_the_reader_wait():
+    acks, _, _ = await sequencer(max_inflight=2)
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(4)]
+    await acks.committed_later(1, futures[0])
+    await acks.committed_later(2, futures[1])
+    await acks.committed_later(3, futures[2])  # frame 1 was taken by the sequencer: a slot is free
+    third = asyncio.create_task(acks.committed_later(4, futures[3]))
+    await settle()
+    assert not third.done(), "backpressure: the socket is not read while frames pile up"
+    futures[0].set_result(None)
+    await settle()
+    assert third.done()
+    await acks.close()
