@@ -12,6 +12,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import orjson
@@ -62,7 +63,11 @@ class Bridge:
         self.stats = BridgeStats()
         self.connected = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        # paho's thread appends here and wakes the loop once per burst, not once per message (each wake-up
+        # is a write to the loop's self-pipe under the GIL: ~10% of the bridge at 10,000 messages/s).
+        self._inbox: deque[Incoming] = deque()
+        self._arrived = asyncio.Event()
+        self._wake_pending = False
         self._devices: dict[str, tuple[DeviceIdentity | None, float]] = {}
         self._generation = 0
         self._ack_lock = threading.Lock()
@@ -117,7 +122,10 @@ class Bridge:
         incoming = Incoming(
             message.topic, message.payload, message.mid, message.qos, time.monotonic(), self._generation
         )
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, incoming)
+        self._inbox.append(incoming)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._arrived.set)
 
     # asyncio ----------------------------------------------------------------------------------------
 
@@ -156,7 +164,11 @@ class Bridge:
 
     async def _consume(self) -> None:
         while True:
-            await self._handle(await self._queue.get())
+            await self._arrived.wait()
+            self._arrived.clear()
+            self._wake_pending = False  # before draining: what arrives from now on wakes us again
+            while self._inbox:
+                await self._handle(self._inbox.popleft())
 
     async def _handle(self, message: Incoming) -> None:
         self.stats.received += 1
