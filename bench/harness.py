@@ -133,6 +133,7 @@ class Hub:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    root: Path = ROOT  # the code it runs: this tree, or another revision's (bench/ingest.py --baseline)
 
     @property
     def ws(self) -> str:
@@ -145,7 +146,7 @@ class Hub:
     def start(self, timeout: float = 60.0) -> "Hub":
         command = [sys.executable, "manage.py", "serve", "--port", str(self.port)]
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, timeout, f"the hub on port {self.port} (log: {self.log})")
         return self
 
@@ -179,9 +180,9 @@ class Hub:
 
 
 @contextmanager
-def hubs_running(env: dict[str, str], count: int = 1, **extra: str) -> Iterator[list[Hub]]:
-    """`count` hub processes sharing the database and Redis of `env`, each on its own port."""
-    hubs = [Hub({**env, **extra}) for _ in range(count)]
+def hubs_running(env: dict[str, str], count: int = 1, *, root: Path = ROOT, **extra: str) -> Iterator[list[Hub]]:
+    """`count` hub processes (the code under `root`) sharing the database and Redis of `env`."""
+    hubs = [Hub({**env, **extra}, root=root) for _ in range(count)]
     try:
         for hub in hubs:
             hub.start()

@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,6 @@ from harness import (
     p50_p99,
     progress,
     table,
-    wait_for,
 )
 from layers import LAYERS, layer_for
 
@@ -343,27 +341,6 @@ class Setup:
     hubs: list[Hub] = field(default_factory=list)
 
 
-class TreeHub(Hub):
-    """A hub process running the code of another tree (the --baseline revision)."""
-
-    def __init__(self, env: dict[str, str], root: Path) -> None:
-        super().__init__(env)
-        self.root = root
-
-    def start(self, timeout: float = 60.0) -> "TreeHub":
-        command = [sys.executable, "manage.py", "serve", "--port", str(self.port)]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, timeout, f"the baseline hub on port {self.port} (log: {self.log})")
-        return self
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        self.process = None
-
-
 @contextlib.contextmanager
 def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
     """REV's files in a temporary directory (`git archive`) and a scratch database migrated by that code."""
@@ -378,18 +355,6 @@ def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterato
     finally:
         database_drop(name)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def baseline_hubs(root: Path, env: dict[str, str], count: int, **extra: str) -> Iterator[list[Hub]]:
-    hubs: list[Hub] = [TreeHub({**env, **extra}, root) for _ in range(count)]
-    try:
-        for hub in hubs:
-            hub.start()
-        yield hubs
-    finally:
-        for hub in hubs:
-            hub.stop()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -417,7 +382,7 @@ async def run(args: argparse.Namespace) -> int:
             prefix = f"{env['HUB_CHANNEL_PREFIX']}{setup.layer}{setup.processes}{'base' if setup.code else ''}"
             extra = {"HUB_CHANNEL_LAYER": setup.layer, "HUB_CHANNEL_PREFIX": prefix}
             if setup.code:
-                setup.hubs = stack.enter_context(baseline_hubs(root, base_env, setup.processes, **extra))
+                setup.hubs = stack.enter_context(hubs_running(base_env, setup.processes, root=root, **extra))
             else:
                 setup.hubs = stack.enter_context(hubs_running(env, setup.processes, **extra))
             await connect_check(setup.hubs, setup.devices)
