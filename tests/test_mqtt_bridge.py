@@ -212,6 +212,10 @@ async def test_a_database_outage_under_the_bridge_loses_nothing(make_device, bri
         return (await stored_ts([device.id]))[1] == 300
 
     await eventually(stored, timeout=60, what="everything stored after recovery")
+    by_device, rows = await stored_ts([device.id])
+    lost = len(publisher.acked - by_device[device.id])
+    print(f"ledger: published 300, PUBACKed {len(publisher.acked)}, stored {rows}, lost {lost}, duplicates 0")
+    assert len(publisher.acked) == 300 and lost == 0
     publisher.close()
     await proxy.close()
 
