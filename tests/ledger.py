@@ -77,14 +77,17 @@ async def ws_device(
             async with websockets.connect(f"{base()}/ws/v1/{token}/telemetry", open_timeout=5) as ws:
                 inflight: dict[int, list[int]] = {}
                 receiver = asyncio.create_task(_acks(ws, inflight, key, ledger))
-                for frame, ts in enumerate(list(pending), start=1):
-                    inflight[frame] = ts
-                    ledger.record_sent(key, ts)
-                    await ws.send(_message(ts))
-                    await asyncio.sleep(0.002)
-                with contextlib.suppress(AssertionError):
-                    await eventually(lambda inflight=inflight: not inflight or stop.is_set(), timeout=5)
-                receiver.cancel()
+                try:
+                    for frame, ts in enumerate(list(pending), start=1):
+                        inflight[frame] = ts
+                        ledger.record_sent(key, ts)
+                        await ws.send(_message(ts))
+                        await asyncio.sleep(0.002)
+                    with contextlib.suppress(AssertionError):
+                        await eventually(lambda inflight=inflight: not inflight or stop.is_set(), timeout=5)
+                finally:
+                    receiver.cancel()
+                    await asyncio.gather(receiver, return_exceptions=True)  # it may have ended with the socket
                 pending = [ts for ts in pending if not set(ts) <= ledger.acked.get(key, set())]
         except (OSError, websockets.WebSocketException, TimeoutError):
             pending = [ts for ts in pending if not set(ts) <= ledger.acked.get(key, set())]
