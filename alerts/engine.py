@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -23,6 +23,7 @@ from alerts.evaluation import FIRED, PENDING_CLEARED, PENDING_STARTED, RESOLVED,
 from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery, alert_event_payload
 from alerts.rules import rule_spec
 from devices.services import DeviceIdentity
+from hub.epoch import epoch_ms, from_epoch_ms
 from ingest.fanout import device_group
 from ingest.parsing import Reading
 
@@ -103,18 +104,10 @@ class AlertEngine:
 def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None]]]:
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind=Kind.THRESHOLD)]
     states = {
-        (s.rule_id, s.device_id): (s.state, _ms(s.pending_since) if s.pending_since else None)
+        (s.rule_id, s.device_id): (s.state, epoch_ms(s.pending_since) if s.pending_since else None)
         for s in AlertState.objects.filter(rule__enabled=True, rule__kind=Kind.THRESHOLD).exclude(state=State.OK)
     }
     return rules, states
-
-
-def _ms(value: datetime) -> int:
-    return round(value.timestamp() * 1000)
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 async def record_transitions(transitions: list[Transition]) -> None:
@@ -148,7 +141,7 @@ def record(transitions: list[Transition]) -> list[dict]:
 
 
 def _apply(state: AlertState, t: Transition) -> dict | None:
-    at = _dt(t.ts)
+    at = from_epoch_ms(t.ts)
     if t.kind == PENDING_STARTED and state.state == State.OK:
         state.state, state.pending_since, state.value = State.PENDING, at, t.value
         state.save()
@@ -172,7 +165,7 @@ def _event(t: Transition, kind: str, at: datetime) -> dict:
         rule_id=t.rule.id, device_id=t.device.id, type=kind, at=at, value=t.value, severity=t.rule.severity
     )
     payload = alert_event_payload(
-        event_id=event.id, kind=kind, rule=t.rule, device_key=t.device.key, at_ms=_ms(at), value=t.value
+        event_id=event.id, kind=kind, rule=t.rule, device_key=t.device.key, at_ms=epoch_ms(at), value=t.value
     )
     url = t.rule.webhook_url or settings.HUB_ALERT_WEBHOOK_URL
     if url:

@@ -3,6 +3,7 @@
 from django.db.models import QuerySet
 
 from alerts.models import AlertEvent, AlertRule, AlertState, State, alert_event_payload
+from hub.epoch import epoch_ms
 
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
@@ -43,7 +44,7 @@ def alert_events_recent(*, device_id: int, limit: int = 50) -> list[dict]:
             kind=e.type,
             rule=e.rule,
             device_key=e.device.key,
-            at_ms=round(e.at.timestamp() * 1000),
+            at_ms=epoch_ms(e.at),
             value=e.value,
         )
         for e in events

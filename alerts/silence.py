@@ -4,7 +4,6 @@ from the device again resolves. Transitions go through the engine's compare-and-
 import asyncio
 import logging
 import time
-from datetime import datetime
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -15,6 +14,7 @@ from alerts.models import AlertRule, AlertState, Kind
 from alerts.rules import rule_spec
 from devices.models import Device
 from devices.services import DeviceIdentity
+from hub.epoch import epoch_ms
 from ingest.models import LatestValue
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def silence_check(*, now_ms: int | None = None) -> list[dict]:
         AlertState.objects.filter(rule_id__in=[r.id for r in rules], state=FIRING).values_list("rule_id", "device_id")
     )
     heard = {
-        (device_id, key): _ms(ts)
+        (device_id, key): epoch_ms(ts)
         for device_id, key, ts in LatestValue.objects.filter(key__in={r.key for r in rules}).values_list(
             "device_id", "key", "ts"
         )
@@ -42,19 +42,15 @@ def silence_check(*, now_ms: int | None = None) -> list[dict]:
             if not rule.applies_to(device_id, key):
                 continue
             if rule.kind == Kind.OFFLINE:
-                last = _ms(last_seen or created_at)
+                last = epoch_ms(last_seen or created_at)
             else:
-                last = heard.get((device_id, rule.key), _ms(created_at))
+                last = heard.get((device_id, rule.key), epoch_ms(created_at))
             tracked = Tracked(state=FIRING if (rule.id, device_id) in firing else "ok")
             change = silence_step(rule, tracked, last_heard_ms=last, now_ms=now_ms)
             if change:
                 at = now_ms if change == FIRED else last
                 transitions.append(Transition(rule, DeviceIdentity(device_id, key), change, at, None))
     return record(transitions) if transitions else []
-
-
-def _ms(value: datetime) -> int:
-    return round(value.timestamp() * 1000)
 
 
 async def silence_loop() -> None:

@@ -8,12 +8,12 @@ the writer, or TimescaleDB continuous aggregates); everything else reads raw rea
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import psycopg
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from hub.epoch import epoch_ms, from_epoch_ms
 from ingest.backends import postgres_conninfo, sqlite_ts
 from ingest.models import LatestValue, Reading
 
@@ -52,14 +52,6 @@ def interval_auto(start: int, end: int, *, target: int = TARGET_POINTS) -> int:
 def bucket_bounds(start: int, end: int, interval: int) -> tuple[int, int]:
     """The range widened to whole epoch-aligned buckets."""
     return start - start % interval, -(-end // interval) * interval
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _ms(value: datetime) -> int:
-    return round(value.timestamp() * 1000)
 
 
 def readings_raw(query: HistoryQuery) -> dict[str, list[dict]]:
@@ -105,7 +97,9 @@ class _Postgres:
     def raw_rows(self, query: HistoryQuery, key: str) -> list[tuple[int, float]]:
         sql = self._RAW.format(order="DESC" if query.newest_first else "ASC")
         with connection.cursor() as cursor:
-            cursor.execute(sql, [query.device_id, key, _dt(query.start), _dt(query.end), query.limit])
+            cursor.execute(
+                sql, [query.device_id, key, from_epoch_ms(query.start), from_epoch_ms(query.end), query.limit]
+            )
             return cursor.fetchall()
 
     def aggregate_sql(self, query: HistoryQuery, start: int, end: int) -> tuple[str, list]:
@@ -125,7 +119,7 @@ class _Postgres:
                       WHERE device_id = %s AND key = ANY(%s) AND bucket >= %s AND bucket < %s) r
                 GROUP BY key, b ORDER BY key, b
             """  # noqa: S608 - only fixed identifiers are interpolated
-        return sql, [query.interval, query.device_id, list(query.keys), _dt(start), _dt(end)]
+        return sql, [query.interval, query.device_id, list(query.keys), from_epoch_ms(start), from_epoch_ms(end)]
 
 
 class _Sqlite:
@@ -134,11 +128,13 @@ class _Sqlite:
 
     def raw_rows(self, query: HistoryQuery, key: str) -> list[tuple[int, float]]:
         rows = (
-            Reading.objects.filter(device_id=query.device_id, key=key, ts__gte=_dt(query.start), ts__lt=_dt(query.end))
+            Reading.objects.filter(
+                device_id=query.device_id, key=key, ts__gte=from_epoch_ms(query.start), ts__lt=from_epoch_ms(query.end)
+            )
             .order_by("-ts" if query.newest_first else "ts")
             .values_list("ts", "value")[: query.limit]
         )
-        return [(_ms(ts), value) for ts, value in rows]
+        return [(epoch_ms(ts), value) for ts, value in rows]
 
     def aggregate_sql(self, query: HistoryQuery, start: int, end: int) -> tuple[str, list]:
         marks = ", ".join("%s" for _ in query.keys)
@@ -172,7 +168,7 @@ def keys_of_device(device_id: int) -> list[str]:
 
 def readings_latest(device_id: int) -> dict[str, dict]:
     rows = LatestValue.objects.filter(device_id=device_id).order_by("key").values_list("key", "ts", "value", "text")
-    return {key: {"ts": _ms(ts), "value": text if value is None else value} for key, ts, value, text in rows}
+    return {key: {"ts": epoch_ms(ts), "value": text if value is None else value} for key, ts, value, text in rows}
 
 
 CSV_HEADER = b"ts,time,key,value\n"
@@ -181,7 +177,7 @@ _CSV_CHUNK = 10_000
 
 
 def _iso(ms: int) -> str:
-    return _dt(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def _csv_line(cells: list) -> str:
@@ -217,11 +213,15 @@ async def csv_stream(query: HistoryQuery, *, band: bool = False) -> AsyncIterato
 
 def _raw_page(query: HistoryQuery, key: str, after: int | None, size: int) -> list[tuple[int, float]]:
     """Keyset pagination over the primary key (device, key, ts)."""
-    rows = Reading.objects.filter(device_id=query.device_id, key=key, ts__gte=_dt(query.start), ts__lt=_dt(query.end))
+    rows = Reading.objects.filter(
+        device_id=query.device_id, key=key, ts__gte=from_epoch_ms(query.start), ts__lt=from_epoch_ms(query.end)
+    )
     if after is not None:
-        rows = rows.filter(ts__lt=_dt(after)) if query.newest_first else rows.filter(ts__gt=_dt(after))
+        rows = (
+            rows.filter(ts__lt=from_epoch_ms(after)) if query.newest_first else rows.filter(ts__gt=from_epoch_ms(after))
+        )
     rows = rows.order_by("-ts" if query.newest_first else "ts").values_list("ts", "value")[:size]
-    return [(_ms(ts), value) for ts, value in rows]
+    return [(epoch_ms(ts), value) for ts, value in rows]
 
 
 _PG_CSV = """
@@ -246,7 +246,7 @@ async def _csv_raw_postgres(query: HistoryQuery) -> AsyncIterator[bytes]:
     async with await psycopg.AsyncConnection.connect(conninfo) as conn, conn.cursor() as cursor:
         pending, size = [], 0
         for key in query.keys:
-            params = (query.device_id, key, _dt(query.start), _dt(query.end), query.limit)
+            params = (query.device_id, key, from_epoch_ms(query.start), from_epoch_ms(query.end), query.limit)
             async with cursor.copy(statement, params) as copy:
                 async for data in copy:
                     pending.append(data)

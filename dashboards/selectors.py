@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from alerts.selectors import alerts_open_by_device
 from devices.models import Device
+from hub.epoch import epoch_ms
 from ingest.models import LatestValue, Reading
 
 
@@ -19,14 +20,14 @@ def fleet_status() -> dict:
     minute_ago = now - timedelta(minutes=1)
     latest: dict[int, dict[str, list]] = {}
     for device_id, key, ts, value, text in LatestValue.objects.values_list("device_id", "key", "ts", "value", "text"):
-        latest.setdefault(device_id, {})[key] = [_ms(ts), key, text if value is None else value]
+        latest.setdefault(device_id, {})[key] = [epoch_ms(ts), key, text if value is None else value]
     alerts = alerts_open_by_device()
     per_minute = readings_per_minute(since=minute_ago)
     devices = [
         {
             "key": key,
             "name": name or key,
-            "seen": _ms(last_seen) if last_seen else None,
+            "seen": epoch_ms(last_seen) if last_seen else None,
             "latest": dict(sorted(latest.get(device_id, {}).items())),
             "per_minute": per_minute.get(device_id, 0),
             "alert": alerts.get(device_id),
@@ -35,7 +36,7 @@ def fleet_status() -> dict:
             "id", "key", "name", "last_seen"
         )
     ]
-    return {"now": _ms(now), "online_window": settings.HUB_ONLINE_WINDOW_SECONDS * 1000, "devices": devices}
+    return {"now": epoch_ms(now), "online_window": settings.HUB_ONLINE_WINDOW_SECONDS * 1000, "devices": devices}
 
 
 def readings_per_minute(*, since: datetime) -> dict[int, int]:
@@ -54,10 +55,6 @@ def readings_per_minute(*, since: datetime) -> dict[int, int]:
     return counts
 
 
-def _ms(value: datetime) -> int:
-    return round(value.timestamp() * 1000)
-
-
 def readings_recent(*, device: Device, since: datetime, keys: Sequence[str] = (), limit: int = 20_000) -> list[list]:
     """The newest `limit` numeric readings of a device (of `keys`, if given) since `since`, oldest first, as
     [ts_ms, key, value]. Newest, not oldest: the page's history must end where the stream's catch-up starts."""
@@ -65,5 +62,4 @@ def readings_recent(*, device: Device, since: datetime, keys: Sequence[str] = ()
     if keys:
         rows = rows.filter(key__in=keys)
     newest = list(rows.order_by("-ts", "-key").values_list("ts", "key", "value")[:limit])
-    # round, as the stream does (dashboards/stream.py): int() can land 1 ms early and draw a reading twice
-    return [[round(ts.timestamp() * 1000), key, value] for ts, key, value in reversed(newest)]
+    return [[epoch_ms(ts), key, value] for ts, key, value in reversed(newest)]

@@ -1,9 +1,8 @@
 """The dashboard stream's catch-up and stitching, as plain functions (docs/stream-protocol.md)."""
 
-from datetime import UTC, datetime
-
 from django.conf import settings
 
+from hub.epoch import epoch_ms, from_epoch_ms
 from ingest.models import Reading
 
 Identity = tuple[str, int]  # (key, ts)
@@ -13,11 +12,11 @@ def readings_since(*, device_id: int, since: int, limit: int | None = None) -> l
     """Committed numeric readings with ts > since, oldest first, as [ts, key, value] (the wire shape)."""
     limit = limit or settings.HUB_STREAM_CATCHUP_LIMIT
     rows = (
-        Reading.objects.filter(device_id=device_id, ts__gt=datetime.fromtimestamp(since / 1000, tz=UTC))
+        Reading.objects.filter(device_id=device_id, ts__gt=from_epoch_ms(since))
         .order_by("ts", "key")
         .values_list("ts", "key", "value")[:limit]
     )
-    return [[round(ts.timestamp() * 1000), key, value] for ts, key, value in rows]
+    return [[epoch_ms(ts), key, value] for ts, key, value in rows]
 
 
 def unseen(readings: list[list], seen: set[Identity]) -> list[list]:

@@ -1,6 +1,6 @@
 """Operator pages (login required)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -13,6 +13,7 @@ from alerts.selectors import alert_events_recent, alert_thresholds_for_device, f
 from dashboards.history import keys_of_device, readings_latest
 from dashboards.selectors import fleet_status, readings_recent
 from devices.models import Device
+from hub.epoch import epoch_ms, from_epoch_ms
 
 
 @login_required
@@ -47,7 +48,7 @@ def device_detail(request: HttpRequest, key: str) -> HttpResponse:
     page = {
         "device": device.key,
         "keys": picked,  # empty: every numeric key, including keys first seen live
-        "start": round(start.timestamp() * 1000),
+        "start": epoch_ms(start),
         "points": POINTS_PER_CHART,
         "catchup": settings.HUB_STREAM_CATCHUP_LIMIT,
         "latest": reverse("telemetry-latest", args=[device.key]),
@@ -58,7 +59,7 @@ def device_detail(request: HttpRequest, key: str) -> HttpResponse:
         "firing": firing_on_device(device_id=device.id),
     }
     texts = [
-        {"key": k, "ts": v["ts"], "value": v["value"], "at": datetime.fromtimestamp(v["ts"] / 1000, tz=UTC)}
+        {"key": k, "ts": v["ts"], "value": v["value"], "at": from_epoch_ms(v["ts"])}
         for k, v in readings_latest(device.id).items()
         if isinstance(v["value"], str)
     ]

@@ -21,6 +21,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from hub.epoch import from_epoch_ms
+
 logger = logging.getLogger(__name__)
 
 
@@ -274,7 +276,7 @@ def postgres_conninfo(settings_dict: dict) -> str:
 
 def sqlite_ts(ts_ms: int) -> str:
     """The text Django's SQLite backend stores for a datetime (str() of the naive UTC value)."""
-    return str(datetime.fromtimestamp(ts_ms / 1000, tz=UTC).replace(tzinfo=None))
+    return str(from_epoch_ms(ts_ms).replace(tzinfo=None))
 
 
 _SQLITE_INSERT = "INSERT OR IGNORE INTO ingest_reading (device_id, key, ts, value) VALUES (?, ?, ?, ?)"

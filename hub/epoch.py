@@ -1,0 +1,12 @@
+"""Epoch milliseconds, the hub's wire and API time, to and from aware UTC datetimes (the ORM's)."""
+
+from datetime import UTC, datetime
+
+
+def epoch_ms(value: datetime) -> int:
+    # round, not int(): a float timestamp can land a hair below the millisecond it was stored from
+    return round(value.timestamp() * 1000)
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
