@@ -134,29 +134,14 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
     assert token not in logs, "device tokens never appear in logs"
 
 
-async def test_simulate_streams_local_devices_into_a_running_hub_and_ends_with_a_table(embedded_env, tmp_path):
+async def test_simulate_streams_local_devices_into_a_running_hub_and_ends_with_a_table(hub_process, tmp_path):
     """`simulate --devices N` creates sim-1..N, streams to the hub at --url, and prints its final figures."""
-    manage(embedded_env, "migrate", "--noinput")
-    port = free_port()
-    with (tmp_path / "hub.log").open("w") as log:
-        hub = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=embedded_env, stdout=log
-        )
+    hub = await hub_process(migrate=True).start().ready()  # no HUB_DATABASE_URL: SQLite in tmp_path
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, timeout=30, what="the hub to listen")
-        args = ["simulate", "--devices", "2", "--rate", "20", "--seconds", "2", "--url", f"ws://127.0.0.1:{port}"]
-        output = await asyncio.to_thread(manage, embedded_env, *args)
+        args = ["simulate", "--devices", "2", "--rate", "20", "--seconds", "2", "--url", hub.ws]
+        output = await asyncio.to_thread(manage, hub.env, *args)
     finally:
-        hub.terminate()
-        hub.wait(timeout=30)
+        hub.stop()
     assert "simulate: 2 devices" in output and "(done)" in output
     acked = int(re.search(r"acked (\d+)", output).group(1))
     query = "SELECT d.key, count(*) FROM ingest_reading r JOIN devices_device d ON d.id = r.device_id GROUP BY d.key"
