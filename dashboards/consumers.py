@@ -40,6 +40,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
 
     groups_joined: tuple[str, ...] = ()
     sender: asyncio.Task[None] | None = None
+    closing: asyncio.Task[None] | None = None  # the one close of a browser that stopped reading
 
     async def __call__(self, scope, receive, send) -> None:
         # Channels subscribes the consumer's own channel before any handler runs; with Redis away that raises
@@ -62,7 +63,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
     async def subscribe(self, *groups: str) -> bool:
         """Start the sender, then join the groups (before any database query, so nothing slips between).
         False (and the socket closed with 4011, so the browser retries) when the channel layer is down."""
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
+        self.outbox: asyncio.Queue[str] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
         self.sender = asyncio.create_task(self._send_loop())
         self.groups_joined = groups
         metrics.CONNECTED_DASHBOARDS.inc()
@@ -78,16 +79,17 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
 
     def post(self, payload: dict) -> None:
         try:
-            self.outbox.put_nowait(orjson.dumps(payload))
+            self.outbox.put_nowait(orjson.dumps(payload).decode())
         except asyncio.QueueFull:
-            asyncio.get_running_loop().create_task(self.too_slow())
+            if self.closing is None:
+                self.closing = asyncio.get_running_loop().create_task(self.too_slow())
 
     async def too_slow(self) -> None:
         await self.close(code=WS_4008_TOO_SLOW)
 
     async def _send_loop(self) -> None:
-        while (data := await self.outbox.get()) is not None:
-            await self.send(text_data=data.decode())
+        while True:  # cancelled by disconnect
+            await self.send(text_data=await self.outbox.get())
 
     async def disconnect(self, code: int) -> None:
         stream_closed(self)
