@@ -74,12 +74,12 @@ class LayerProbe:
         try:
             async with asyncio.timeout(self._timeout):
                 same_servers = await self._same_servers()
-                round_trip = await self._round_trip()
+                await self._round_trip()
         except Exception as exc:  # unreachable, timed out, or the layer refused: all mean "maybe lost"
             logger.debug("channel layer probe failed: %r", exc)
             self._channel = None  # a timed-out receive may have dropped the probe channel
             return False
-        return same_servers and round_trip
+        return same_servers
 
     async def _same_servers(self) -> bool:
         same = True
@@ -90,7 +90,8 @@ class LayerProbe:
             self._run_ids[i] = run_id
         return same
 
-    async def _round_trip(self) -> bool:
+    async def _round_trip(self) -> None:
+        """Returns once our message came back through the layer; raises (or times out) otherwise."""
         layer = get_channel_layer()
         if self._channel is None:
             self._channel = await layer.new_channel()
@@ -98,7 +99,6 @@ class LayerProbe:
         await layer.send(self._channel, {"type": "watchdog.ping", "sequence": self._sequence})
         while (await layer.receive(self._channel))["sequence"] != self._sequence:
             pass  # a late answer to an earlier probe
-        return True
 
     async def close(self) -> None:
         for client in self._clients:
