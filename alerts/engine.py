@@ -22,8 +22,8 @@ from django.utils import timezone
 from alerts.evaluation import FIRED, PENDING_CLEARED, PENDING_STARTED, RESOLVED, RuleSpec, Tracked, threshold_step
 from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery, alert_event_payload
 from alerts.rules import rule_spec
+from core.epoch import epoch_ms, from_epoch_ms
 from devices.services import DeviceIdentity
-from hub.epoch import epoch_ms, from_epoch_ms
 from ingest.fanout import device_group
 from ingest.parsing import Reading
 

@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 
 from alerts.models import AlertEvent, AlertRule, AlertState, State, alert_event_payload
-from hub.epoch import epoch_ms
+from core.epoch import epoch_ms
 
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 

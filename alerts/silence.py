@@ -12,9 +12,9 @@ from alerts.engine import FIRED, Transition, announce, record
 from alerts.evaluation import FIRING, Tracked, silence_step
 from alerts.models import AlertRule, AlertState, Kind
 from alerts.rules import rule_spec
+from core.epoch import epoch_ms
 from devices.models import Device
 from devices.services import DeviceIdentity
-from hub.epoch import epoch_ms
 from ingest.models import LatestValue
 
 logger = logging.getLogger(__name__)

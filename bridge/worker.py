@@ -25,9 +25,9 @@ from prometheus_client import start_http_server
 
 from bridge.config import BridgeConfig
 from bridge.stats import BridgeStats
+from core import metrics
 from devices.models import Device
 from devices.services import DeviceIdentity
-from hub import metrics
 from ingest.parsing import IngestError
 from ingest.service import ingest_message, writer_shutdown
 

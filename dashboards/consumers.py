@@ -18,11 +18,11 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from alerts.engine import ALERTS_GROUP
+from core import metrics
+from core.logs import ThrottledLog
 from dashboards.stream import Identity, readings_since, unseen
 from dashboards.watchdog import WS_4011_STREAM_INTERRUPTED, stream_closed, stream_opened
 from devices.models import Device
-from hub import metrics
-from hub.logs import ThrottledLog
 from ingest.fanout import FLEET_GROUP, FleetDigest, ReadingsBatch, device_group
 
 logger = logging.getLogger(__name__)

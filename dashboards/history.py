@@ -13,7 +13,7 @@ import psycopg
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from hub.epoch import epoch_ms, from_epoch_ms
+from core.epoch import epoch_ms, from_epoch_ms
 from ingest.backends import postgres_conninfo, sqlite_ts
 from ingest.models import LatestValue, Reading
 

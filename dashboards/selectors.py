@@ -8,8 +8,8 @@ from django.db.models import Count, OuterRef, Subquery
 from django.utils import timezone
 
 from alerts.selectors import alerts_open_by_device
+from core.epoch import epoch_ms
 from devices.models import Device
-from hub.epoch import epoch_ms
 from ingest.models import LatestValue, Reading
 
 

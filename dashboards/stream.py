@@ -2,7 +2,7 @@
 
 from django.conf import settings
 
-from hub.epoch import epoch_ms, from_epoch_ms
+from core.epoch import epoch_ms, from_epoch_ms
 from ingest.models import Reading
 
 Identity = tuple[str, int]  # (key, ts)

@@ -10,10 +10,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from alerts.selectors import alert_events_recent, alert_thresholds_for_device, firing_on_device
+from core.epoch import epoch_ms, from_epoch_ms
 from dashboards.history import keys_of_device, readings_latest
 from dashboards.selectors import fleet_status, readings_recent
 from devices.models import Device
-from hub.epoch import epoch_ms, from_epoch_ms
 
 
 @login_required

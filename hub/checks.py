@@ -24,7 +24,7 @@ def check_allowed_hosts(app_configs, **kwargs) -> list:
 
 @register()
 def check_secret_key(app_configs, **kwargs) -> list:
-    from hub.env import env_optional
+    from core.env import env_optional
 
     if not _embedded() and env_optional("HUB_SECRET_KEY") is None:
         return [

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from hub.metrics import metrics_exposition
+from core.metrics import metrics_exposition
 from ingest.backends import postgres_conninfo
 
 _CHECK_TIMEOUT = 2.0

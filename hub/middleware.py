@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
-from hub.logs import request_id, request_id_from
+from core.logs import request_id, request_id_from
 
 
 class RequestIdMiddleware:

@@ -6,7 +6,8 @@ from pathlib import Path
 import dj_database_url
 import plotly
 
-from hub.env import env_bool, env_float, env_int, env_list, env_optional, env_str
+from core.env import env_bool, env_choice, env_float, env_int, env_list, env_optional, env_str
+from core.timescale import MODES as TIMESCALE_MODES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("HUB_VAR_DIR", str(BASE_DIR / "var")))
@@ -129,6 +130,8 @@ HUB_WRITER_FLUSH_MS = env_float("HUB_WRITER_FLUSH_MS", 20.0, minimum=1.0)
 HUB_WRITER_BATCH_ROWS = env_int("HUB_WRITER_BATCH_ROWS", 20_000, minimum=1)
 HUB_WRITER_MAX_PENDING_ROWS = env_int("HUB_WRITER_MAX_PENDING_ROWS", 200_000, minimum=1)
 HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)
+# TimescaleDB (docs/storage.md): auto uses it where the server can, on requires it, off never touches it.
+HUB_TIMESCALE = env_choice("HUB_TIMESCALE", "auto", TIMESCALE_MODES)
 HUB_TIMESCALE_CHUNK_INTERVAL = env_str("HUB_TIMESCALE_CHUNK_INTERVAL", "1 day")
 HUB_WS_MAX_INFLIGHT_FRAMES = env_int("HUB_WS_MAX_INFLIGHT_FRAMES", 1000, minimum=1)
 
@@ -193,8 +196,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "redact_tokens": {"()": "hub.logs.RedactTokensFilter"},
-        "request_id": {"()": "hub.logs.RequestIdFilter"},
+        "redact_tokens": {"()": "core.logs.RedactTokensFilter"},
+        "request_id": {"()": "core.logs.RequestIdFilter"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},

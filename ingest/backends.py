@@ -21,7 +21,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from hub.epoch import from_epoch_ms
+from core.epoch import from_epoch_ms
 
 logger = logging.getLogger(__name__)
 

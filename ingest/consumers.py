@@ -7,8 +7,8 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core import metrics
 from devices.services import DeviceIdentity, device_authenticate
-from hub import metrics
 from ingest.acks import AckSequencer
 from ingest.parsing import ErrorCode, IngestError
 from ingest.revocation import connection_closed, connection_opened

@@ -9,8 +9,8 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
+from core.logs import ThrottledLog
 from devices.services import DeviceIdentity
-from hub.logs import ThrottledLog
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)

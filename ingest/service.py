@@ -7,8 +7,8 @@ from functools import cache
 from django.conf import settings
 
 from alerts.engine import alerts_on_committed
+from core import metrics
 from devices.services import DeviceIdentity
-from hub import metrics
 from ingest.backends import backend_from_settings
 from ingest.fanout import fanout_publish, fleet_digester_close
 from ingest.parsing import IngestError, Limits, parse_telemetry

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from core import metrics
 from devices.services import DeviceIdentity
-from hub import metrics
 from ingest.backends import Backend, Batch, DevicesGone, LatestRow
 from ingest.parsing import Reading
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from asgiref.sync import sync_to_async
 
-from hub.logs import ThrottledLog
+from core.logs import ThrottledLog
 from tests.conftest import free_port
 from tests.waiting import eventually
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from core.env import env_bool, env_int, env_list
+from core.logs import redact
 from hub import checks
-from hub.env import env_bool, env_int, env_list
-from hub.logs import redact
 
 
 def test_bad_values_name_the_variable(monkeypatch):

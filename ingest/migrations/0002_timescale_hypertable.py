@@ -1,25 +1,20 @@
-"""Make the readings table a TimescaleDB hypertable when the extension is available.
+"""Make the readings table a TimescaleDB hypertable where HUB_TIMESCALE and the server allow (core/timescale.py).
 
-Only TimescaleDB exercises this path; on plain PostgreSQL and SQLite it does nothing.
+On plain PostgreSQL (or HUB_TIMESCALE=off) and SQLite it does nothing; `manage.py timescale_convert`
+converts later.
 """
 
 from django.conf import settings
 from django.db import migrations
 
-
-def _timescale_available(cursor) -> bool:
-    cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    if cursor.fetchone() is None:
-        return False
-    cursor.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    return True
+from core.timescale import timescale_enable
 
 
 def make_hypertable(apps, schema_editor) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     with schema_editor.connection.cursor() as cursor:
-        if not _timescale_available(cursor):
+        if not timescale_enable(cursor):
             return
         cursor.execute(
             "SELECT create_hypertable('ingest_reading', 'ts', chunk_time_interval => %s::interval,"

@@ -1,6 +1,6 @@
 """Minute and hour rollups of numeric readings (count, sum, min, max per device, key and bucket).
 
-- TimescaleDB (only exercised where the extension exists): continuous aggregates with
+- TimescaleDB (the readings table is a hypertable, migration 0002): continuous aggregates with
   materialized_only = false (real-time: the newest, not yet materialised bucket is merged from raw rows)
   and refresh policies.
 - Plain PostgreSQL: tables of the same shape, maintained by the writer in the transaction that inserts
@@ -9,6 +9,8 @@
 """
 
 from django.db import migrations
+
+from core.timescale import reading_is_hypertable
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -45,16 +47,11 @@ _CAGG_POLICIES = [
 ]
 
 
-def timescale_installed(cursor) -> bool:
-    cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-    return cursor.fetchone() is not None
-
-
 def create_rollups(apps, schema_editor) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     with schema_editor.connection.cursor() as cursor:
-        if timescale_installed(cursor):
+        if reading_is_hypertable(cursor):
             for statement in (_CAGG_1M, _CAGG_1H, *_CAGG_POLICIES):
                 cursor.execute(statement)
         else:
@@ -66,7 +63,7 @@ def drop_rollups(apps, schema_editor) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     with schema_editor.connection.cursor() as cursor:
-        kind = "MATERIALIZED VIEW" if timescale_installed(cursor) else "TABLE"
+        kind = "MATERIALIZED VIEW" if reading_is_hypertable(cursor) else "TABLE"
         for name in ("ingest_rollup_1h", "ingest_rollup_1m"):
             cursor.execute(f"DROP {kind} IF EXISTS {name}")
 
