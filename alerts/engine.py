@@ -1,12 +1,13 @@
 """The alert engine of one process: evaluates committed readings in memory and persists transitions.
 
-Called by the writer after each commit with that flush's readings (no database round trip per reading):
-rules are a cached snapshot refreshed every HUB_ALERT_RULES_REFRESH_SECONDS, states are cached after one
-load. Only transitions touch the database, each in a transaction that re-reads the row under a lock, so
-with several hub processes a firing is recorded once (the process that loses the race records nothing).
+An after-commit consumer (ingest/commits.py) with its own queue and task: a slow transition write delays
+neither acks nor dashboards; when it falls behind, it evaluates the merged backlog in one pass. Rules are a
+cached snapshot refreshed every HUB_ALERT_RULES_REFRESH_SECONDS, states are cached after one load. Only
+transitions touch the database, each in a transaction that re-reads the row under a lock, so with several
+hub processes a firing is recorded once (the process that loses the race records nothing). Recorded events
+go out through the one publisher.
 """
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -23,13 +23,14 @@ from alerts.evaluation import FIRED, PENDING_CLEARED, PENDING_STARTED, RESOLVED,
 from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery, alert_event_payload
 from alerts.rules import rule_spec
 from core.epoch import epoch_ms, from_epoch_ms
+from core.logs import ThrottledLog
+from core.protocol import AlertEventPayload
 from devices.services import DeviceIdentity
-from ingest.fanout import device_group
+from ingest.commits import Committed
+from ingest.fanout import Publisher
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
-
-ALERTS_GROUP = "alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +45,32 @@ class Transition:
 class AlertEngine:
     """Threshold rules, evaluated as readings are committed. (Silence rules run on a timer: silence.py.)"""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
+    name = "alerts"
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._shed_log = ThrottledLog(logger)
         self._rules: list[RuleSpec] = []
         self._loaded_at = -1e9
         self._by_device: dict[int, dict[str, list[RuleSpec]]] = {}
         self._states: dict[tuple[int, int], Tracked] = {}
 
-    async def on_committed(self, by_device: dict[DeviceIdentity, list[Reading]]) -> None:
-        """Evaluate a committed flush; persist and announce the transitions it caused."""
+    async def consume(self, committed: Committed) -> None:
+        """Evaluate committed readings; persist and announce the transitions they caused (a CommitConsumer)."""
         await self._refresh()
         if not self._rules:
             return
-        transitions = [t for device, readings in by_device.items() for t in self._evaluate(device, readings)]
+        transitions = [t for device, readings in committed.items() for t in self._evaluate(device, readings)]
         if transitions:
-            await record_transitions(transitions)
+            await self.announce(await database_sync_to_async(record)(transitions))
+
+    async def shed(self, devices: set[DeviceIdentity]) -> None:
+        self._shed_log.warning("alerts: readings of %d devices not evaluated (the engine fell behind)", len(devices))
+
+    async def announce(self, events: list[AlertEventPayload]) -> None:
+        """Publish recorded events so open dashboards update live (best effort)."""
+        for event in events:
+            await self._publisher.alert_event(event)
 
     def _evaluate(self, device: DeviceIdentity, readings: list[Reading]) -> Iterable[Transition]:
         rules = self._rules_for(device)
@@ -110,25 +122,7 @@ def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None
     return rules, states
 
 
-async def record_transitions(transitions: list[Transition]) -> None:
-    await announce(await database_sync_to_async(record)(transitions))
-
-
-async def announce(events: list[dict]) -> None:
-    """Publish recorded events to the `alerts` group so open dashboards update live (best effort)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for event in events:
-        message = {"type": "alert.event", "event": event}
-        try:  # the fleet page follows every alert; a device page follows its device's group
-            await layer.group_send(ALERTS_GROUP, message)
-            await layer.group_send(device_group(event["device"]), message)
-        except Exception:
-            logger.warning("could not announce alert event on the channel layer", exc_info=True)
-
-
-def record(transitions: list[Transition]) -> list[dict]:
+def record(transitions: list[Transition]) -> list[AlertEventPayload]:
     """Persist transitions; returns the events recorded (fired/resolved), each exactly once."""
     events = []
     for t in transitions:
@@ -140,7 +134,7 @@ def record(transitions: list[Transition]) -> list[dict]:
     return events
 
 
-def _apply(state: AlertState, t: Transition) -> dict | None:
+def _apply(state: AlertState, t: Transition) -> AlertEventPayload | None:
     at = from_epoch_ms(t.ts)
     if t.kind == PENDING_STARTED and state.state == State.OK:
         state.state, state.pending_since, state.value = State.PENDING, at, t.value
@@ -160,7 +154,7 @@ def _apply(state: AlertState, t: Transition) -> dict | None:
     return None
 
 
-def _event(t: Transition, kind: str, at: datetime) -> dict:
+def _event(t: Transition, kind: str, at: datetime) -> AlertEventPayload:
     event = AlertEvent.objects.create(
         rule_id=t.rule.id, device_id=t.device.id, type=kind, at=at, value=t.value, severity=t.rule.severity
     )
@@ -171,18 +165,3 @@ def _event(t: Transition, kind: str, at: datetime) -> dict:
     if url:
         WebhookDelivery.objects.create(event=event, url=url, payload=payload, next_attempt_at=timezone.now())
     return payload
-
-
-_engine: AlertEngine | None = None
-
-
-def alert_engine() -> AlertEngine:
-    global _engine
-    if _engine is None or _engine.loop is not asyncio.get_running_loop():
-        _engine = AlertEngine()
-    return _engine
-
-
-async def alerts_on_committed(by_device: dict[DeviceIdentity, list[Reading]]) -> None:
-    """The writer's after-commit hook (after fan-out)."""
-    await alert_engine().on_committed(by_device)

@@ -3,6 +3,7 @@
 from django.conf import settings
 from django.db import models
 
+from core.protocol import AlertEventPayload
 from devices.models import Device
 
 
@@ -136,14 +137,14 @@ class WebhookDelivery(models.Model):
 
 def alert_event_payload(
     *, event_id: int, kind: str, rule: "AlertRule | object", device_key: str, at_ms: int, value: float | None
-) -> dict:
+) -> AlertEventPayload:
     """The JSON an alert event travels as: webhooks, the channel layer and the device page alike.
     `rule` is an AlertRule or anything with its id, name, key and severity (the engine's RuleSpec)."""
-    return {
-        "id": event_id,
-        "type": kind,
-        "rule": {"id": rule.id, "name": rule.name, "key": rule.key, "severity": rule.severity},
-        "device": device_key,
-        "at": at_ms,
-        "value": value,
-    }
+    return AlertEventPayload(
+        id=event_id,
+        type=kind,
+        rule={"id": rule.id, "name": rule.name, "key": rule.key, "severity": rule.severity},
+        device=device_key,
+        at=at_ms,
+        value=value,
+    )

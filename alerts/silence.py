@@ -1,4 +1,4 @@
-"""No-data and offline rules, evaluated on a timer (owned by the ASGI lifespan): silence fires, hearing
+"""No-data and offline rules, evaluated on a timer (a loop of the hub runtime): silence fires, hearing
 from the device again resolves. Transitions go through the engine's compare-and-set recording."""
 
 import asyncio
@@ -8,19 +8,20 @@ import time
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from alerts.engine import FIRED, Transition, announce, record
+from alerts.engine import FIRED, AlertEngine, Transition, record
 from alerts.evaluation import FIRING, Tracked, silence_step
 from alerts.models import AlertRule, AlertState, Kind
 from alerts.rules import rule_spec
 from core.epoch import epoch_ms
+from core.protocol import AlertEventPayload
 from devices.models import Device
 from devices.services import DeviceIdentity
-from ingest.models import LatestValue
+from ingest.selectors import latest_heard
 
 logger = logging.getLogger(__name__)
 
 
-def silence_check(*, now_ms: int | None = None) -> list[dict]:
+def silence_check(*, now_ms: int | None = None) -> list[AlertEventPayload]:
     """Evaluate every enabled no-data/offline rule against every device in its scope; returns events."""
     now_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind__in=[Kind.NO_DATA, Kind.OFFLINE])]
@@ -30,12 +31,7 @@ def silence_check(*, now_ms: int | None = None) -> list[dict]:
     firing = set(
         AlertState.objects.filter(rule_id__in=[r.id for r in rules], state=FIRING).values_list("rule_id", "device_id")
     )
-    heard = {
-        (device_id, key): epoch_ms(ts)
-        for device_id, key, ts in LatestValue.objects.filter(key__in={r.key for r in rules}).values_list(
-            "device_id", "key", "ts"
-        )
-    }
+    heard = latest_heard({r.key for r in rules})
     transitions = []
     for rule in rules:
         for device_id, key, created_at, last_seen in devices:
@@ -53,10 +49,10 @@ def silence_check(*, now_ms: int | None = None) -> list[dict]:
     return record(transitions) if transitions else []
 
 
-async def silence_loop() -> None:
+async def silence_loop(engine: AlertEngine) -> None:
     while True:
         await asyncio.sleep(settings.HUB_ALERT_SILENCE_CHECK_SECONDS)
         try:
-            await announce(await database_sync_to_async(silence_check)())
+            await engine.announce(await database_sync_to_async(silence_check)())
         except Exception:
             logger.exception("no-data check failed; retrying next interval")

@@ -1,6 +1,6 @@
 """Webhook delivery: JSON POSTs signed with HMAC-SHA256, retried with backoff, then recorded as failed.
 
-Runs as its own task (owned by the ASGI lifespan), reading due deliveries from the database, so a slow or
+Runs as its own task (a loop of the hub runtime), reading due deliveries from the database, so a slow or
 dead receiver never touches ingest. Several hub processes may run it: rows are claimed with
 SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL.
 """
@@ -15,10 +15,11 @@ import httpx
 import orjson
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from alerts.models import WebhookDelivery
+from core.db import dialect
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _claim() -> list[tuple[int, str, dict, int]]:
         due = WebhookDelivery.objects.filter(
             status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now()
         ).order_by("next_attempt_at")
-        if connection.vendor == "postgresql":
+        if dialect().skip_locked:
             due = due.select_for_update(skip_locked=True)
         rows = list(due.values_list("id", "url", "payload", "attempts")[:_BATCH])
         lease = timezone.now() + timedelta(seconds=settings.HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS * 2)
@@ -81,7 +82,7 @@ async def webhooks_deliver_due(client: httpx.AsyncClient) -> int:
 
 
 async def webhook_loop() -> None:
-    """Owned by the ASGI lifespan."""
+    """A loop of the hub runtime."""
     async with httpx.AsyncClient(timeout=settings.HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS) as client:
         while True:
             try:

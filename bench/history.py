@@ -23,6 +23,7 @@ CSV ≥ 200,000 rows/s. Every connection goes to 127.0.0.1 (a non-loopback HUB_B
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import math
 import os
@@ -199,7 +200,7 @@ def time_http(client: httpx.Client, devices: list[tuple[int, str]], params: dict
 
 def time_selector(devices: list[tuple[int, str]], params: dict, runs: int) -> tuple:
     """The same query through the selector in this process: SQL plus row decoding, no HTTP or JSON."""
-    from dashboards.history import HistoryQuery, readings_aggregate, readings_raw
+    from ingest.selectors import HistoryQuery, readings_aggregate, readings_raw
 
     def call(i: int) -> None:
         query = HistoryQuery(
@@ -219,7 +220,7 @@ def time_selector(devices: list[tuple[int, str]], params: dict, runs: int) -> tu
 def explain(devices: list[tuple[int, str]], params: dict) -> str:
     from django.db import connection
 
-    from dashboards.history import HistoryQuery, _Postgres, bucket_bounds
+    from ingest.selectors import HistoryQuery, aggregate_statement, raw_statement
 
     query = HistoryQuery(
         device_id=devices[0][0],
@@ -230,20 +231,12 @@ def explain(devices: list[tuple[int, str]], params: dict) -> str:
         interval=params.get("interval") or 1,
     )
     if query.agg == "NONE":
-        sql = (
-            "SELECT ts, value FROM ingest_reading WHERE device_id = %s AND key = %s AND ts >= %s AND ts < %s"
-            " ORDER BY ts LIMIT 10000"
-        )
-        args = [query.device_id, "temperature", _dt(query.start), _dt(query.end)]
+        sql, args = raw_statement(dataclasses.replace(query, limit=10_000), "temperature")
     else:
-        sql, args = _Postgres().aggregate_sql(query, *bucket_bounds(query.start, query.end, query.interval))
+        sql, args = aggregate_statement(query)
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, args)
         return "\n".join(row[0] for row in cursor.fetchall())
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def time_csv(client: httpx.Client, devices: list[tuple[int, str]], end: int, runs: int) -> tuple[int, float]:

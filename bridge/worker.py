@@ -29,7 +29,7 @@ from core import metrics
 from devices.models import Device
 from devices.services import DeviceIdentity
 from ingest.parsing import IngestError
-from ingest.service import ingest_message, writer_shutdown
+from ingest.service import Ingest
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ def device_key_of(topic: str) -> str | None:
 class Bridge:
     """One worker: owns the paho client, the consumer task and the status line."""
 
-    def __init__(self, config: BridgeConfig) -> None:
+    def __init__(self, config: BridgeConfig, ingest: Ingest) -> None:
         self.config = config
+        self._ingest = ingest
         self.stats = BridgeStats()
         self.connected = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -154,7 +155,7 @@ class Bridge:
         await stop.wait()
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
-        await writer_shutdown()  # commits what is queued; the resolved futures ack their messages
+        await self._ingest.drain()  # commits what is queued; the resolved futures ack their messages
         await asyncio.sleep(0)  # let the last ack callbacks run
         self._client.disconnect()
         self._client.loop_stop()
@@ -179,7 +180,7 @@ class Bridge:
             self._reject(message, key, reason, f"no device {key!r}" if key else "topic is not devices/<KEY>/telemetry")
             return
         try:
-            future = await ingest_message(device=device, body=message.payload, transport="mqtt")
+            future = await self._ingest.message(device=device, body=message.payload, transport="mqtt")
         except IngestError as error:
             self._reject(message, key, error.code, error.message, error.as_dict())
             return

@@ -10,3 +10,8 @@ def epoch_ms(value: datetime) -> int:
 
 def from_epoch_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def iso_ms(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds, as the CSV export writes it: 2026-01-01T00:00:00.500Z."""
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

@@ -26,6 +26,18 @@ WRITER_RETRIES = Counter("hub_writer_retries", "Flushes retried after a transien
 WRITER_QUEUE_ROWS = Gauge("hub_writer_queue_rows", "Readings waiting for the writer", multiprocess_mode="livesum")
 CONNECTED_DEVICES = Gauge("hub_connected_devices", "Open device WebSockets", ["transport"], multiprocess_mode="livesum")
 CONNECTED_DASHBOARDS = Gauge("hub_connected_dashboards", "Open dashboard streams", multiprocess_mode="livesum")
+# After-commit consumers (ingest/commits.py), labelled by consumer: "publisher", "alerts".
+CONSUMER_BACKLOG_ROWS = Gauge(
+    "hub_consumer_backlog_rows", "Committed readings not yet taken", ["consumer"], multiprocess_mode="livesum"
+)
+CONSUMER_MERGED = Counter("hub_consumer_merged", "Flushes merged into a backlog (it fell behind)", ["consumer"])
+CONSUMER_SHED_READINGS = Counter(
+    "hub_consumer_shed_readings", "Committed readings a consumer dropped unseen (its backlog overflowed)", ["consumer"]
+)
+CONSUMER_LAG_SECONDS = Histogram(
+    "hub_consumer_lag_seconds", "From commit to a consumer taking the readings", ["consumer"], buckets=_LATENCY_BUCKETS
+)
+CONSUMER_FAILURES = Counter("hub_consumer_failures", "Consumer calls that raised (logged, not retried)", ["consumer"])
 # The MQTT bridge worker (its own process; served by `mqtt_bridge` on HUB_MQTT_METRICS_PORT). Its received,
 # stored and rejected readings are the hub_* counters above with transport="mqtt".
 BRIDGE_ACKED = Counter("hub_bridge_acked", "MQTT messages PUBACKed to the broker after commit (or rejection)")

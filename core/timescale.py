@@ -27,7 +27,7 @@ def _fetch_one(cursor, sql: str, params: list | None = None):
 
 def timescale_missing_reason(cursor) -> str | None:
     """Why TimescaleDB cannot be used in this database, or None when the extension exists or can be created."""
-    if _fetch_one(cursor, "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+    if _fetch_one(cursor, EXTENSION_CREATED):
         return None
     if not _fetch_one(cursor, "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
         return "the timescaledb extension is not installed on this PostgreSQL server"
@@ -61,11 +61,12 @@ def timescale_enable(cursor, *, mode: str | None = None) -> bool:
     return False
 
 
+# The probe, for Django's cursor here and the writer's async connection (ingest/backends.py): the second
+# query names a view that exists only where the extension does.
+EXTENSION_CREATED = "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+READING_HYPERTABLE = "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ingest_reading'"
+
+
 def reading_is_hypertable(cursor) -> bool:
     """The readings table is a TimescaleDB hypertable (its rollups are then continuous aggregates)."""
-    if not _fetch_one(cursor, "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
-        return False
-    found = _fetch_one(
-        cursor, "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ingest_reading'"
-    )
-    return found is not None
+    return bool(_fetch_one(cursor, EXTENSION_CREATED) and _fetch_one(cursor, READING_HYPERTABLE))

@@ -5,7 +5,8 @@ from django.views.decorators.http import require_GET
 
 from dashboards.auth import operator_of
 from dashboards.forms import HistoryParams
-from dashboards.history import (
+from devices.models import Device
+from ingest.selectors import (
     HistoryQuery,
     csv_stream,
     keys_of_device,
@@ -13,7 +14,6 @@ from dashboards.history import (
     readings_latest,
     readings_raw,
 )
-from devices.models import Device
 
 
 def _error(status: int, code: str, message: str, **extra: object) -> JsonResponse:

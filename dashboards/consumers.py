@@ -3,7 +3,8 @@
 Device protocol (docs/stream-protocol.md): the server subscribes to the device's group, then the client sends
 `{"since": <ts of the newest reading it has>}`; the server answers with the readings committed after it
 (`history`), then forwards live readings, dropping the ones the history already carried. Sends go through
-a bounded queue: a browser that stops reading is closed (4008) instead of growing the hub's memory.
+a bounded queue: a browser that stops reading is closed (4008) instead of growing the hub's memory. Group
+names, message shapes and close codes: core/protocol.py.
 """
 
 import asyncio
@@ -17,28 +18,42 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from alerts.engine import ALERTS_GROUP
 from core import metrics
 from core.logs import ThrottledLog
-from dashboards.stream import Identity, readings_since, unseen
-from dashboards.watchdog import WS_4011_STREAM_INTERRUPTED, stream_closed, stream_opened
+from core.protocol import (
+    ALERTS_GROUP,
+    FLEET_GROUP,
+    AlertEventMessage,
+    Close,
+    FleetDigest,
+    ReadingsBatch,
+    ReadingsGap,
+    WireReading,
+    device_group,
+)
+from core.registry import current_runtime
+from dashboards.watchdog import OpenStreams
 from devices.models import Device
-from ingest.fanout import FLEET_GROUP, FleetDigest, ReadingsBatch, device_group
+from ingest.selectors import readings_since
 
 logger = logging.getLogger(__name__)
 _layer_down = ThrottledLog(logger)
 
-WS_4400_BAD_REQUEST = 4400
-WS_4401_UNAUTHENTICATED = 4401
-WS_4404_UNKNOWN_DEVICE = 4404
-WS_4008_TOO_SLOW = 4008
 _DEDUPE_SECONDS = 30.0  # history identities are kept this long to drop live duplicates
+Identity = tuple[str, int]  # (key, ts)
+
+
+def unseen(readings: list[WireReading], seen: set[Identity]) -> list[WireReading]:
+    """Live readings not already sent with the history (a reading committed during the catch-up query
+    is in the query's result and may also arrive live: it must appear once)."""
+    return [r for r in readings if (r[1], r[0]) not in seen]
 
 
 class BoundedStreamConsumer(AsyncWebsocketConsumer):
     """Session-authenticated stream whose sends go through a bounded queue (a slow browser is closed)."""
 
     groups_joined: tuple[str, ...] = ()
+    streams: OpenStreams | None = None
     sender: asyncio.Task[None] | None = None
     closing: asyncio.Task[None] | None = None  # the one close of a browser that stopped reading
 
@@ -50,13 +65,13 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         except (RedisError, OSError) as exc:
             _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
             with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": WS_4011_STREAM_INTERRUPTED})
+                await send({"type": "websocket.close", "code": Close.STREAM_INTERRUPTED})
 
     async def authenticated(self) -> bool:
         await self.accept()  # accept first so the browser sees the close code
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=WS_4401_UNAUTHENTICATED)
+            await self.close(code=Close.UNAUTHENTICATED)
             return False
         return True
 
@@ -72,9 +87,10 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
                 await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:
             _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
-            await self.close(code=WS_4011_STREAM_INTERRUPTED)
+            await self.close(code=Close.STREAM_INTERRUPTED)
             return False
-        stream_opened(self)
+        self.streams = current_runtime().streams
+        self.streams.opened(self)
         return True
 
     def post(self, payload: dict) -> None:
@@ -85,14 +101,18 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
                 self.closing = asyncio.get_running_loop().create_task(self.too_slow())
 
     async def too_slow(self) -> None:
-        await self.close(code=WS_4008_TOO_SLOW)
+        await self.close(code=Close.TOO_SLOW)
 
     async def _send_loop(self) -> None:
         while True:  # cancelled by disconnect
             await self.send(text_data=await self.outbox.get())
 
+    async def alert_event(self, message: AlertEventMessage) -> None:
+        self.post({"type": "alert", "event": message["event"]})
+
     async def disconnect(self, code: int) -> None:
-        stream_closed(self)
+        if self.streams is not None:
+            self.streams.closed(self)
         if self.groups_joined:
             metrics.CONNECTED_DASHBOARDS.dec()
             for group in self.groups_joined:
@@ -115,7 +135,7 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         key = self.scope["url_route"]["kwargs"]["key"]
         self.device_id = await _device_id(key)
         if self.device_id is None:
-            await self.close(code=WS_4404_UNKNOWN_DEVICE)
+            await self.close(code=Close.UNKNOWN_DEVICE)
             return
         self.caught_up = False
         self.held: list[list] = []  # live readings that arrive before the catch-up is sent
@@ -128,7 +148,7 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         try:
             since = int(orjson.loads(text_data or "")["since"])
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            await self.close(code=WS_4400_BAD_REQUEST)
+            await self.close(code=Close.BAD_REQUEST)
             return
         history = await database_sync_to_async(readings_since)(device_id=self.device_id, since=since)
         self.seen = {(key, ts) for ts, key, _v in history}
@@ -145,8 +165,9 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         else:
             await self.too_slow()
 
-    async def alert_event(self, message: dict) -> None:
-        self.post({"type": "alert", "event": message["event"]})
+    async def readings_gap(self, message: ReadingsGap) -> None:
+        """The publisher dropped readings of this device: reconnect and catch up from the database."""
+        await self.close(code=Close.STREAM_INTERRUPTED)
 
     def _forward(self, readings: list[list]) -> None:
         if self.seen and time.monotonic() < self.seen_until:
@@ -168,9 +189,6 @@ class FleetStreamConsumer(BoundedStreamConsumer):
 
     async def fleet_digest(self, message: FleetDigest) -> None:
         self.post({"type": "fleet", "devices": message["devices"]})
-
-    async def alert_event(self, message: dict) -> None:
-        self.post({"type": "alert", "event": message["event"]})
 
 
 @database_sync_to_async

@@ -5,7 +5,7 @@ import time
 from django import forms
 from django.conf import settings
 
-from dashboards.history import AGGREGATES, interval_auto
+from ingest.selectors import AGGREGATES, interval_auto
 
 DAY_MS = 86_400_000
 

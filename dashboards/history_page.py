@@ -16,8 +16,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
-from dashboards.history import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
 from devices.models import Device
+from ingest.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
 
 DAY_MS = 24 * HOUR_MS
 PRESETS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}

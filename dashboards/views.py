@@ -11,14 +11,15 @@ from django.utils import timezone
 
 from alerts.selectors import alert_events_recent, alert_thresholds_for_device, firing_on_device
 from core.epoch import epoch_ms, from_epoch_ms
-from dashboards.history import keys_of_device, readings_latest
-from dashboards.selectors import fleet_status, readings_recent
+from core.protocol import close_codes
+from dashboards.selectors import fleet_status
 from devices.models import Device
+from ingest.selectors import keys_of_device, readings_latest, readings_recent
 
 
 @login_required
 def fleet(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboards/fleet.html", {"fleet": fleet_status()})
+    return render(request, "dashboards/fleet.html", {"fleet": fleet_status(), "close_codes": close_codes()})
 
 
 @login_required
@@ -53,7 +54,7 @@ def device_detail(request: HttpRequest, key: str) -> HttpResponse:
         "catchup": settings.HUB_STREAM_CATCHUP_LIMIT,
         "latest": reverse("telemetry-latest", args=[device.key]),
         "login": resolve_url(settings.LOGIN_URL),
-        "history": readings_recent(device=device, since=start, keys=picked),
+        "history": readings_recent(device_id=device.id, since=start, keys=picked),
         "thresholds": alert_thresholds_for_device(device_id=device.id, device_key=device.key),
         "alerts": alert_events_recent(device_id=device.id, limit=20),
         "firing": firing_on_device(device_id=device.id),
@@ -64,4 +65,5 @@ def device_detail(request: HttpRequest, key: str) -> HttpResponse:
         if isinstance(v["value"], str)
     ]
     context = {"device": device, "page": page, "keys": known, "picked": picked, "texts": texts}
+    context["close_codes"] = close_codes()
     return render(request, "dashboards/device.html", {**context, "window": window, "windows": HISTORY_WINDOWS})

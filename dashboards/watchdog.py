@@ -19,9 +19,9 @@ import redis.asyncio as redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-logger = logging.getLogger(__name__)
+from core.protocol import Close
 
-WS_4011_STREAM_INTERRUPTED = 4011
+logger = logging.getLogger(__name__)
 
 
 class Stream(Protocol):
@@ -31,32 +31,35 @@ class Stream(Protocol):
     async def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
 
-_open_streams: "weakref.WeakSet[Stream]" = weakref.WeakSet()
+class OpenStreams:
+    """This process's open dashboard streams (owned by the hub runtime; weak: a stream that is gone is gone)."""
 
+    def __init__(self) -> None:
+        self._open: weakref.WeakSet[Stream] = weakref.WeakSet()
 
-def stream_opened(stream: Stream) -> None:
-    _open_streams.add(stream)
+    def opened(self, stream: Stream) -> None:
+        self._open.add(stream)
 
+    def closed(self, stream: Stream) -> None:
+        self._open.discard(stream)
 
-def stream_closed(stream: Stream) -> None:
-    _open_streams.discard(stream)
+    def __len__(self) -> int:
+        return len(self._open)
 
+    async def interrupt(self) -> int:
+        """Close every open stream with 4011 (they reconnect and catch up)."""
+        streams = list(self._open)
+        self._open.clear()
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await stream.close(code=Close.STREAM_INTERRUPTED)
+        return len(streams)
 
-async def streams_interrupt() -> int:
-    """Close every open stream of this process with 4011 (they reconnect and catch up)."""
-    streams = list(_open_streams)
-    _open_streams.clear()
-    for stream in streams:
-        with contextlib.suppress(Exception):
-            await stream.close(code=WS_4011_STREAM_INTERRUPTED)
-    return len(streams)
-
-
-async def streams_rejoin() -> None:
-    layer = get_channel_layer()
-    for stream in list(_open_streams):
-        for group in stream.groups_joined:
-            await layer.group_add(group, stream.channel_name)
+    async def rejoin(self) -> None:
+        layer = get_channel_layer()
+        for stream in list(self._open):
+            for group in stream.groups_joined:
+                await layer.group_add(group, stream.channel_name)
 
 
 class LayerProbe:
@@ -105,8 +108,8 @@ class LayerProbe:
             await client.aclose()
 
 
-async def layer_watchdog() -> None:
-    """Run for the life of the process (owned by the ASGI lifespan)."""
+async def layer_watchdog(streams: OpenStreams) -> None:
+    """Run for the life of the process (a loop of the hub runtime)."""
     interval = settings.HUB_STREAM_WATCHDOG_SECONDS
     probe = LayerProbe(timeout=max(5.0, interval * 3)) if settings.REDIS_URLS else None
     loop = asyncio.get_running_loop()
@@ -117,7 +120,7 @@ async def layer_watchdog() -> None:
             await asyncio.sleep(interval)
             healthy = probe is None or await probe.healthy()
             if not healthy:
-                closed = await streams_interrupt()
+                closed = await streams.interrupt()
                 if was_healthy or closed:
                     logger.warning("channel layer interrupted; closed %d dashboard streams to catch up", closed)
             elif not was_healthy:
@@ -125,7 +128,7 @@ async def layer_watchdog() -> None:
             was_healthy = healthy
             if healthy and loop.time() - rejoined >= settings.HUB_STREAM_REJOIN_SECONDS:
                 with contextlib.suppress(Exception):
-                    await streams_rejoin()
+                    await streams.rejoin()
                 rejoined = loop.time()
     finally:
         if probe is not None:

@@ -1,6 +1,6 @@
-"""ASGI entry point: HTTP (Django), WebSocket (Channels) and a lifespan that owns the writer."""
+"""ASGI entry point: HTTP (Django), WebSocket (Channels) and a lifespan that runs the hub runtime."""
 
-import asyncio
+import contextlib
 import logging
 import os
 
@@ -13,13 +13,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - after
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from alerts.silence import silence_loop  # noqa: E402
-from alerts.webhooks import webhook_loop  # noqa: E402
-from dashboards.watchdog import layer_watchdog  # noqa: E402
+from core.protocol import Close  # noqa: E402
 from hub.routing import websocket_urlpatterns  # noqa: E402
-from ingest.retention import retention_configured, retention_loop  # noqa: E402
-from ingest.revocation import revocation_loop  # noqa: E402
-from ingest.service import get_writer, writer_shutdown  # noqa: E402
+from hub.runtime import hub_runtime  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +48,7 @@ async def _deny_websocket(scope, receive, send, status: int, body: bytes) -> Non
         await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": 1013})  # try again later
+        await send({"type": "websocket.close", "code": Close.TRY_AGAIN_LATER})
 
 
 # Static files (plotly.js, dashboard scripts) are served in-process so the hub needs nothing in front of
@@ -63,27 +59,24 @@ router = ProtocolTypeRouter(
 
 
 async def lifespan(receive, send) -> None:
-    """Start the writer (and retention) with the server; on shutdown drain the writer before exit."""
-    tasks: list[asyncio.Task[None]] = []
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            get_writer()
-            tasks.append(asyncio.create_task(revocation_loop(), name="hub-token-recheck"))
-            tasks.append(asyncio.create_task(silence_loop(), name="hub-alert-silence"))
-            tasks.append(asyncio.create_task(webhook_loop(), name="hub-alert-webhooks"))
-            tasks.append(asyncio.create_task(layer_watchdog(), name="hub-layer-watchdog"))
-            if retention_configured():
-                tasks.append(asyncio.create_task(retention_loop(), name="hub-retention"))
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await writer_shutdown()
-            logger.info("writer drained")
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    """Start the hub runtime with the server (or report why it could not); stop it, writer drained, on shutdown."""
+    stack = contextlib.AsyncExitStack()
+    await receive()  # lifespan.startup
+    try:
+        await stack.enter_async_context(hub_runtime(role="web"))
+    except Exception as exc:
+        logger.exception("hub start-up failed")
+        await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+        return
+    await send({"type": "lifespan.startup.complete"})
+    await receive()  # lifespan.shutdown
+    try:
+        await stack.aclose()
+    except Exception as exc:
+        logger.exception("hub shutdown failed")
+        await send({"type": "lifespan.shutdown.failed", "message": f"{type(exc).__name__}: {exc}"})
+        return
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 async def application(scope, receive, send) -> None:

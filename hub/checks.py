@@ -2,11 +2,12 @@
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
-from django.db import connections
+
+from core.db import dialect
 
 
 def _embedded() -> bool:
-    return connections["default"].vendor == "sqlite"
+    return dialect().embedded
 
 
 @register()

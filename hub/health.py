@@ -5,15 +5,12 @@ import os
 import time
 from urllib.parse import urlsplit
 
-import psycopg
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from core.db import dialect
 from core.metrics import metrics_exposition
-from ingest.backends import postgres_conninfo
 
 _CHECK_TIMEOUT = 2.0
 
@@ -49,20 +46,8 @@ async def _timed(name: str, check) -> tuple[str, str | None]:
     return name, None
 
 
-@sync_to_async(thread_sensitive=False)
-def _sqlite_select_1() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-
-
 async def _database() -> None:
-    # A fresh connection with its own timeout: never the ORM's pool, whose wait would hold the sync thread.
-    if connection.vendor != "postgresql":
-        await _sqlite_select_1()
-        return
-    conninfo = postgres_conninfo(connection.settings_dict)
-    async with await psycopg.AsyncConnection.connect(conninfo, connect_timeout=int(_CHECK_TIMEOUT)) as conn:
-        await conn.execute("SELECT 1")
+    await dialect().ping(_CHECK_TIMEOUT)
 
 
 async def _channel_layer() -> None:

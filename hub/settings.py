@@ -134,6 +134,10 @@ HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)
 HUB_TIMESCALE = env_choice("HUB_TIMESCALE", "auto", TIMESCALE_MODES)
 HUB_TIMESCALE_CHUNK_INTERVAL = env_str("HUB_TIMESCALE_CHUNK_INTERVAL", "1 day")
 HUB_WS_MAX_INFLIGHT_FRAMES = env_int("HUB_WS_MAX_INFLIGHT_FRAMES", 1000, minimum=1)
+# After-commit consumers (publisher, alert engine): a consumer this many readings behind sheds its backlog.
+HUB_CONSUMER_MAX_ROWS = env_int("HUB_CONSUMER_MAX_ROWS", 200_000, minimum=1)
+# Connections of the pool that streaming reads (CSV export) use; never the writer's.
+HUB_READ_POOL_SIZE = env_int("HUB_READ_POOL_SIZE", 4, minimum=1)
 
 # Abuse limits (docs/reliability.md).
 HUB_DEVICE_RATE_LIMIT = env_float("HUB_DEVICE_RATE_LIMIT", 0.0)  # readings/s per device and process; 0 = off

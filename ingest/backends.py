@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from core.epoch import from_epoch_ms
+from core.db import Dialect, postgres_conninfo, sqlite_ts
+from core.timescale import EXTENSION_CREATED, READING_HYPERTABLE
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class PostgresBackend:
     def __init__(self, conninfo: str, *, pool_size: int = 2) -> None:
         self.max_in_flight = pool_size
         self.resends = 0  # batches that took the ON CONFLICT path
-        self._timescale: bool | None = None  # decided on the first connection
+        self._timescale: bool | None = None  # readings in a hypertable: decided on the first connection
         self._pool = AsyncConnectionPool(
             conninfo, min_size=pool_size, max_size=pool_size, open=False, timeout=5.0, configure=self._configure
         )
@@ -213,8 +213,7 @@ class PostgresBackend:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 if self._timescale is None:
-                    cursor = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-                    self._timescale = await cursor.fetchone() is not None
+                    self._timescale = await _hypertable(conn)
                 cur = psycopg.AsyncClientCursor(conn)  # several statements with parameters in one round trip
                 if batch.rows:
                     async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
@@ -261,22 +260,12 @@ class PostgresBackend:
         return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout | OSError)
 
 
-def postgres_conninfo(settings_dict: dict) -> str:
-    """A libpq conninfo for Django's connection settings (so tests hit Django's test database)."""
-    params = {
-        "dbname": settings_dict.get("NAME"),
-        "user": settings_dict.get("USER"),
-        "password": settings_dict.get("PASSWORD"),
-        "host": settings_dict.get("HOST"),
-        "port": str(settings_dict.get("PORT") or ""),
-    }
-    extra = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if isinstance(v, str | int)}
-    return make_conninfo(**{k: v for k, v in params.items() if v}, **extra)
-
-
-def sqlite_ts(ts_ms: int) -> str:
-    """The text Django's SQLite backend stores for a datetime (str() of the naive UTC value)."""
-    return str(from_epoch_ms(ts_ms).replace(tzinfo=None))
+async def _hypertable(conn: psycopg.AsyncConnection) -> bool:
+    """The readings table is a hypertable: TimescaleDB's continuous aggregates keep the rollups."""
+    for probe in (EXTENSION_CREATED, READING_HYPERTABLE):
+        if await (await conn.execute(probe)).fetchone() is None:
+            return False
+    return True
 
 
 _SQLITE_INSERT = "INSERT OR IGNORE INTO ingest_reading (device_id, key, ts, value) VALUES (?, ?, ?, ?)"
@@ -339,13 +328,11 @@ class SqliteBackend:
         return isinstance(exc, sqlite3.OperationalError)
 
 
-def backend_from_settings() -> Backend:
+def backend_for(dialect: Dialect) -> Backend:
+    """The writer's backend for this process's database."""
     from django.db import connections
 
     settings_dict = connections["default"].settings_dict
-    vendor = connections["default"].vendor
-    if vendor == "postgresql":
+    if dialect.vendor == "postgresql":
         return PostgresBackend(postgres_conninfo(settings_dict))
-    if vendor == "sqlite":
-        return SqliteBackend(str(settings_dict["NAME"]))
-    raise RuntimeError(f"unsupported database vendor {vendor!r}: use PostgreSQL or SQLite")
+    return SqliteBackend(str(settings_dict["NAME"]))

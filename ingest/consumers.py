@@ -8,16 +8,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core import metrics
+from core.protocol import Close
+from core.registry import current_runtime
 from devices.services import DeviceIdentity, device_authenticate
 from ingest.acks import AckSequencer
 from ingest.parsing import ErrorCode, IngestError
-from ingest.revocation import connection_closed, connection_opened
-from ingest.service import ingest_message
-
-# Close codes (RFC 6455 registry and the 4000-4999 private range).
-WS_1011_INTERNAL_ERROR = 1011
-WS_1012_SERVICE_RESTART = 1012
-WS_4403_TOKEN_REVOKED = 4403
+from ingest.service import Ingest
+from ingest.writer import WriterClosed
 
 
 class TelemetryConsumer(AsyncWebsocketConsumer):
@@ -27,6 +24,7 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
     # no Redis subscription and no receive task per socket (what lets one process hold 10,000 of them).
     channel_layer_alias = "no-channel-layer"
     device: DeviceIdentity
+    ingest: Ingest
     acks: AckSequencer | None = None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -49,14 +47,17 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
         if device is None:
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return
+        runtime = current_runtime()
         self.device = device
+        self.ingest = runtime.ingest
+        self.sockets = runtime.sockets
         self.frames = 0
         self.acks = AckSequencer(
             self._send_json, self._on_commit_failure, max_inflight=settings.HUB_WS_MAX_INFLIGHT_FRAMES
         )
         await self.accept()
         metrics.CONNECTED_DEVICES.labels("ws").inc()
-        connection_opened(device.token_hash, self._revoked)
+        self.sockets.opened(device.token_hash, self._revoked)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         assert self.acks is not None  # noqa: S101 - receive only follows an accepted connect
@@ -67,7 +68,7 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
             await self.acks.rejected(self.frames, error)
             return
         try:
-            future = await ingest_message(device=self.device, body=text_data, transport="ws")
+            future = await self.ingest.message(device=self.device, body=text_data, transport="ws")
         except IngestError as error:
             await self.acks.rejected(self.frames, error)
             return
@@ -81,17 +82,15 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
         acks, self.acks = self.acks, None
         if acks is not None:
             metrics.CONNECTED_DEVICES.labels("ws").dec()
-            connection_closed(self.device.token_hash, self._revoked)
+            self.sockets.closed(self.device.token_hash, self._revoked)
             await acks.close()
 
     async def _send_json(self, payload: dict[str, Any]) -> None:
         await self.send(text_data=orjson.dumps(payload).decode())
 
     async def _revoked(self) -> None:
-        await self.close(code=WS_4403_TOKEN_REVOKED)
+        await self.close(code=Close.TOKEN_REVOKED)
 
     async def _on_commit_failure(self, exc: BaseException) -> None:
-        from ingest.writer import WriterClosed
-
-        code = WS_1012_SERVICE_RESTART if isinstance(exc, WriterClosed) else WS_1011_INTERNAL_ERROR
+        code = Close.SERVICE_RESTART if isinstance(exc, WriterClosed) else Close.INTERNAL_ERROR
         await self.close(code=code)

@@ -1,75 +1,101 @@
-"""The one fan-out: after commit, each device's readings go to its channel-layer group in one message."""
+"""The one publisher: everything the channel layer carries goes out from here (docs/stream-protocol.md).
+
+After commit, each device's readings go to its group in one `readings.batch` (a flush's messages in one
+pipelined round trip); the fleet group gets one digest per HUB_FLEET_DIGEST_SECONDS; the alert engine's
+events go to the `alerts` group and the device's group. The publisher is an after-commit consumer
+(ingest/commits.py): when it falls behind, its backlog arrives merged (fewer, larger messages); when it had
+to shed readings, the devices' streams are told to catch up from the database (`readings.gap`). Best effort
+throughout: dashboards recover from the database, never from the channel layer.
+"""
 
 import asyncio
 import logging
 import time
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from django.conf import settings
 
 from core.logs import ThrottledLog
+from core.protocol import (
+    ALERTS_GROUP,
+    FLEET_GROUP,
+    AlertEventMessage,
+    AlertEventPayload,
+    DeviceDigest,
+    FleetDigest,
+    ReadingsBatch,
+    ReadingsGap,
+    WireReading,
+    device_group,
+)
 from devices.services import DeviceIdentity
+from ingest.commits import Committed
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
-_failures = ThrottledLog(logger)
-
-# [ts_ms, key, value]: value is a number, or a string for text readings.
-WireReading = list[int | str | float]
-
-
-class ReadingsBatch(TypedDict):
-    """Channel-layer message carrying one flush's readings of one device."""
-
-    type: Literal["readings.batch"]
-    device: str
-    readings: list[WireReading]
-
-
-class DeviceDigest(TypedDict):
-    """What the fleet page needs of one device: when it was last seen and its newest value per key."""
-
-    seen: int  # ms, commit time of its latest flush
-    n: int  # numeric readings committed since the previous digest (the fleet page's readings/min)
-    latest: dict[str, WireReading]  # key -> [ts_ms, key, value], newest ts wins
-
-
-class FleetDigest(TypedDict):
-    """Channel-layer message to the fleet group: the devices that committed readings since the last one."""
-
-    type: Literal["fleet.digest"]
-    devices: dict[str, DeviceDigest]
-
-
-FLEET_GROUP = "fleet"
-
-
-def device_group(device_key: str) -> str:
-    return f"device.{device_key}"
 
 
 def readings_to_wire(readings: list[Reading]) -> list[WireReading]:
     return [[r.ts, r.key, r.text if r.value is None else r.value] for r in readings]
 
 
-async def fanout_publish(by_device: dict[DeviceIdentity, list[Reading]]) -> None:
-    """Send one `readings.batch` per device; failures are logged, never raised (best effort)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    fleet_digester().add(by_device)
-    messages = [
-        (
-            device_group(device.key),
-            ReadingsBatch(type="readings.batch", device=device.key, readings=readings_to_wire(readings)),
+class Publisher:
+    """Publishes committed readings, fleet digests and alert events on this process's channel layer."""
+
+    name = "publisher"
+
+    def __init__(self, layer: BaseChannelLayer | None, *, digest_seconds: float) -> None:
+        self._layer = layer
+        self._digests = FleetDigester(self, digest_seconds)
+        self._failures = ThrottledLog(logger)
+
+    @classmethod
+    def from_settings(cls) -> "Publisher":
+        from django.conf import settings
+
+        return cls(get_channel_layer(), digest_seconds=settings.HUB_FLEET_DIGEST_SECONDS)
+
+    async def consume(self, committed: Committed) -> None:
+        """One `readings.batch` per device, and the fleet digest's share (a CommitConsumer)."""
+        if self._layer is None:
+            return
+        self._digests.add(committed)
+        await self._send_all(
+            [
+                (
+                    device_group(device.key),
+                    ReadingsBatch(type="readings.batch", device=device.key, readings=readings_to_wire(readings)),
+                )
+                for device, readings in committed.items()
+            ]
         )
-        for device, readings in by_device.items()
-    ]
-    failed, error = await group_send_many(layer, messages)
-    if failed:
-        _failures.warning("fan-out failed for %d of %d devices: %r", failed, len(messages), error)
+
+    async def shed(self, devices: set[DeviceIdentity]) -> None:
+        """Readings of these devices were never published: their streams catch up from the database."""
+        if self._layer is not None:
+            await self._send_all(
+                [(device_group(d.key), ReadingsGap(type="readings.gap", device=d.key)) for d in devices]
+            )
+
+    async def alert_event(self, event: AlertEventPayload) -> None:
+        """The fleet page follows every alert; a device page follows its device's group."""
+        message = AlertEventMessage(type="alert.event", event=event)
+        await self._send_all([(ALERTS_GROUP, message), (device_group(event["device"]), message)])
+
+    async def fleet_digest(self, devices: dict[str, DeviceDigest]) -> None:
+        await self._send_all([(FLEET_GROUP, FleetDigest(type="fleet.digest", devices=devices))])
+
+    async def _send_all(self, messages: list[tuple[str, Any]]) -> None:
+        if self._layer is None or not messages:
+            return
+        failed, error = await group_send_many(self._layer, messages)
+        if failed:
+            self._failures.warning("publishing failed for %d of %d groups: %r", failed, len(messages), error)
+
+    async def close(self) -> None:
+        """Publish the pending fleet digest (shutdown)."""
+        await self._digests.close()
 
 
 async def group_send_many(layer: BaseChannelLayer, messages: list[tuple[str, Any]]) -> tuple[int, BaseException | None]:
@@ -150,23 +176,23 @@ class _PubSubPipeline:
 
 
 class FleetDigester:
-    """Coalesces committed readings into at most one `fleet.digest` per HUB_FLEET_DIGEST_SECONDS.
+    """Coalesces committed readings into at most one `fleet.digest` per `interval` seconds.
 
     A fleet page follows every device; one message per flush per device would cost each viewer up to 50
     messages a second per device, so the latest values are merged here and published on a timer instead.
     """
 
-    def __init__(self, interval: float) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, publisher: Publisher, interval: float) -> None:
+        self._publisher = publisher
         self._interval = interval
         self._pending: dict[str, DeviceDigest] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sending: asyncio.Task[None] | None = None
         self._last = 0.0
 
-    def add(self, by_device: dict[DeviceIdentity, list[Reading]]) -> None:
+    def add(self, committed: Committed) -> None:
         seen = time.time_ns() // 1_000_000
-        for device, readings in by_device.items():
+        for device, readings in committed.items():
             digest = self._pending.setdefault(device.key, DeviceDigest(seen=seen, n=0, latest={}))
             digest["seen"] = seen
             latest = digest["latest"]
@@ -176,48 +202,31 @@ class FleetDigester:
                 if current is None or r.ts > current[0]:
                     latest[r.key] = [r.ts, r.key, r.text if r.value is None else r.value]
         if self._timer is None:
-            delay = max(0.0, self._last + self._interval - self.loop.time())
-            self._timer = self.loop.call_later(delay, self._publish_pending)
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._last + self._interval - loop.time())
+            self._timer = loop.call_later(delay, self._publish_pending)
 
     def _publish_pending(self) -> None:
         self._timer = None
-        self._last = self.loop.time()
+        loop = asyncio.get_running_loop()
+        if self._sending is not None and not self._sending.done():
+            # The previous digest is still on its way (a slow layer): merge into the next one instead of
+            # queueing sends behind it.
+            self._timer = loop.call_later(self._interval, self._publish_pending)
+            return
+        self._last = loop.time()
         devices, self._pending = self._pending, {}
-        task = self.loop.create_task(_publish_digest(devices), name="hub-fleet-digest")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if devices:
+            self._sending = loop.create_task(self._publisher.fleet_digest(devices), name="hub-fleet-digest")
 
     async def close(self) -> None:
-        """Publish what is pending and wait for the sends (shutdown)."""
+        """Publish what is pending and wait for the send (shutdown)."""
+        if self._sending is not None:
+            await asyncio.gather(self._sending, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
-            self._publish_pending()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _publish_digest(devices: dict[str, DeviceDigest]) -> None:
-    layer = get_channel_layer()
-    if not devices or layer is None:
-        return
-    try:
-        await layer.group_send(FLEET_GROUP, FleetDigest(type="fleet.digest", devices=devices))
-    except Exception:
-        _failures.warning("fleet digest of %d devices not published", len(devices), exc_info=True)
-
-
-_digester: FleetDigester | None = None
-
-
-def fleet_digester() -> FleetDigester:
-    """This event loop's digester (one per process, like the writer)."""
-    global _digester
-    if _digester is None or _digester.loop is not asyncio.get_running_loop():
-        _digester = FleetDigester(settings.HUB_FLEET_DIGEST_SECONDS)
-    return _digester
-
-
-async def fleet_digester_close() -> None:
-    global _digester
-    digester, _digester = _digester, None
-    if digester is not None and digester.loop is asyncio.get_running_loop():
-        await digester.close()
+            self._timer = None
+        self._sending = None
+        self._publish_pending()
+        if self._sending is not None:
+            await asyncio.gather(self._sending, return_exceptions=True)

@@ -26,6 +26,11 @@ class RateLimiter:
         self.burst = max(burst, 1.0)
         self._buckets: dict[int, _Bucket] = {}
 
+    @classmethod
+    def from_settings(cls) -> "RateLimiter":
+        rate = settings.HUB_DEVICE_RATE_LIMIT
+        return cls(rate, settings.HUB_DEVICE_RATE_BURST or 2 * rate)
+
     def take(self, device_id: int, readings: int) -> None:
         if self.rate <= 0 or readings == 0:
             return
@@ -42,14 +47,3 @@ class RateLimiter:
                 f"over {self.rate:g} readings/s for this device; retry in {wait_ms} ms (not stored)",
             )
         bucket.tokens -= readings
-
-
-_limiter: RateLimiter | None = None
-
-
-def rate_limiter() -> RateLimiter:
-    global _limiter
-    if _limiter is None or _limiter.rate != settings.HUB_DEVICE_RATE_LIMIT:
-        rate = settings.HUB_DEVICE_RATE_LIMIT
-        _limiter = RateLimiter(rate, settings.HUB_DEVICE_RATE_BURST or 2 * rate)
-    return _limiter

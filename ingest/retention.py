@@ -1,17 +1,20 @@
 """Retention: drop raw readings past HUB_RAW_RETENTION_DAYS and rollups past their own retention.
 
-Rollups are separate relations, so deleting raw rows never changes them. On TimescaleDB (only exercised
-where the extension exists) the same ages become retention policies that drop whole chunks.
+Rollups are separate relations, so deleting raw rows never changes them. Where the readings table is a
+TimescaleDB hypertable the same ages become retention policies that drop whole chunks.
 """
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+
+from core.db import dialect
+from core.timescale import reading_is_hypertable
 
 logger = logging.getLogger(__name__)
 
@@ -25,19 +28,25 @@ RETAINED = (
 _LOCK_ID = 0x6875_6272  # pg advisory lock: one process applies retention at a time
 
 
+def _retained() -> list[tuple[str, str, int]]:
+    """(relation, time column, days) of what has a retention here: rollups only where they exist."""
+    relations = RETAINED if dialect().rollups else RETAINED[:1]
+    return [(relation, column, getattr(settings, setting)) for relation, column, setting in relations]
+
+
 def retention_apply(*, now: datetime | None = None) -> dict[str, int]:
     """Delete what is past its age; returns rows deleted per relation."""
     now = now or timezone.now()
-    vendor = connection.vendor
-    if vendor == "postgresql" and _timescale():
+    with connection.cursor() as cursor:
+        hypertable = dialect().vendor == "postgresql" and reading_is_hypertable(cursor)
+    if hypertable:
         _timescale_policies()
         return {}
-    deleted: dict[str, int] = {}
-    for relation, column, setting in RETAINED:
-        days = getattr(settings, setting)
-        if days <= 0 or (vendor != "postgresql" and relation != "ingest_reading"):
-            continue
-        deleted[relation] = _delete_older(relation, column, now - timedelta(days=days))
+    deleted = {
+        relation: _delete_older(relation, column, now - timedelta(days=days))
+        for relation, column, days in _retained()
+        if days > 0
+    }
     if any(deleted.values()):
         logger.info("retention: deleted %s", deleted)
     return deleted
@@ -45,7 +54,7 @@ def retention_apply(*, now: datetime | None = None) -> dict[str, int]:
 
 def retention_apply_once_across_processes() -> dict[str, int] | None:
     """retention_apply under a PostgreSQL advisory lock; None when another process holds it."""
-    if connection.vendor != "postgresql":
+    if dialect().embedded:  # one process only
         return retention_apply()
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [_LOCK_ID])
@@ -62,7 +71,7 @@ def retention_configured() -> bool:
 
 
 async def retention_loop() -> None:
-    """Apply retention every HUB_RETENTION_INTERVAL_SECONDS (owned by the ASGI lifespan)."""
+    """Apply retention every HUB_RETENTION_INTERVAL_SECONDS (a loop of the hub runtime)."""
     while True:
         await asyncio.sleep(settings.HUB_RETENTION_INTERVAL_SECONDS)
         try:
@@ -73,16 +82,10 @@ async def retention_loop() -> None:
 
 def _delete_older(relation: str, column: str, cutoff: datetime) -> int:
     """Delete in batches so a large backlog never holds one huge transaction."""
+    d = dialect()
+    sql = d.delete_older(relation, column)
+    params = {"cutoff": d.ts(round(cutoff.timestamp() * 1000)), "batch": _BATCH}
     total = 0
-    if connection.vendor == "postgresql":
-        sql = (
-            f"DELETE FROM {relation} WHERE ctid = ANY(ARRAY("  # noqa: S608 - fixed identifiers only
-            f"SELECT ctid FROM {relation} WHERE {column} < %s LIMIT {_BATCH}))"
-        )
-        params = [cutoff]
-    else:
-        sql = f"DELETE FROM {relation} WHERE rowid IN (SELECT rowid FROM {relation} WHERE {column} < %s LIMIT {_BATCH})"  # noqa: S608
-        params = [str(cutoff.astimezone(UTC).replace(tzinfo=None))]  # Django's SQLite datetime text
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -92,16 +95,9 @@ def _delete_older(relation: str, column: str, cutoff: datetime) -> int:
             return total
 
 
-def _timescale() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-        return cursor.fetchone() is not None
-
-
 def _timescale_policies() -> None:
     with connection.cursor() as cursor:
-        for relation, _column, setting in RETAINED:
-            days = getattr(settings, setting)
+        for relation, _column, days in _retained():
             if days > 0:
                 cursor.execute(
                     "SELECT add_retention_policy(%s, make_interval(days => %s), if_not_exists => true)",

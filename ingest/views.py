@@ -8,9 +8,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from core.registry import current_runtime
 from devices.services import device_authenticate
 from ingest.parsing import ErrorCode, IngestError
-from ingest.service import ingest_message
 from ingest.writer import WriterClosed
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
     if declared.isdigit() and int(declared) > settings.HUB_MAX_MESSAGE_BYTES:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
     try:
-        future = await ingest_message(device=device, body=request.body, transport="http")
+        future = await current_runtime().ingest.message(device=device, body=request.body, transport="http")
         await future
     except RequestDataTooBig:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")

@@ -1,4 +1,4 @@
-"""The one writer per process: batches readings from every connection, commits, then acks, then fans out.
+"""The one writer per process: batches readings from every connection, commits, acks, then hands them on.
 
 `submit()` queues a message's readings and returns a future that resolves once they are committed.
 The queue is bounded in rows: when the database is slow or down, `submit()` waits (backpressure on the
@@ -7,10 +7,10 @@ transport) instead of growing memory.
 Flushes overlap (up to the backend's `max_in_flight`, one connection each): while one commits, the next
 copies its rows in. They still take effect one after the other: a flush's statements start after the
 previous flush's statements ran, it commits only after the previous one committed, and its futures
-resolve and its fan-out starts only after the previous flush's. If a flush fails, the one behind it rolls
-back too, and both are retried alone, in order, with backoff; the batch is idempotent (first write of a
-(device, key, ts) wins, rollups count only rows inserted), so a retry after an uncertain commit stores
-nothing twice.
+resolve and it goes to the after-commit consumers only after the previous flush's. If a flush fails,
+the one behind it rolls back too, and both are retried alone, in order, with backoff; the batch is
+idempotent (first write of a (device, key, ts) wins, rollups count only rows inserted), so a retry after
+an uncertain commit stores nothing twice.
 """
 
 import asyncio
@@ -20,19 +20,25 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from core import metrics
 from devices.services import DeviceIdentity
 from ingest.backends import Backend, Batch, DevicesGone, LatestRow
+from ingest.commits import Committed
 from ingest.parsing import Reading
 
 logger = logging.getLogger(__name__)
 
-# Called after each commit with the flush's readings per device, in order: fan-out, then alerts.
-AfterCommit = Callable[[dict[DeviceIdentity, list[Reading]]], Awaitable[None]]
+
+class CommitSink(Protocol):
+    """Takes each committed flush, in commit order, without waiting (ingest/commits.py: CommitQueue)."""
+
+    def offer(self, committed: Committed) -> None: ...
+
 
 # CPython collects generation 0 every 700 new containers. Ingest makes several per reading (the parsed JSON
 # objects, a Reading, a row tuple, a wire list), so at 100,000 readings/s it collected about a thousand
@@ -108,7 +114,7 @@ class WriterConfig:
 class Writer:
     """Batches, stores and publishes readings; one instance per process and event loop."""
 
-    def __init__(self, backend: Backend, *, config: WriterConfig, after_commit: Sequence[AfterCommit]) -> None:
+    def __init__(self, backend: Backend, *, config: WriterConfig, after_commit: Sequence[CommitSink] = ()) -> None:
         self._backend = backend
         self._config = config
         self._after_commit = after_commit
@@ -123,7 +129,6 @@ class Writer:
         self._idle.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._fanout: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
         self.stats = {"flushes": 0, "rows": 0, "retries": 0}
 
@@ -268,8 +273,8 @@ class Writer:
         metrics.WRITER_BATCH_ROWS.observe(rows)
 
     def _on_committed(self, taken: list[_Pending]) -> None:
-        """Commit, then ack, then publish: acks resolve here, fan-out follows on its own task."""
-        by_device: dict[DeviceIdentity, list[Reading]] = {}
+        """Commit, then ack, then publish: acks resolve here, then each consumer's queue gets the flush."""
+        by_device: Committed = {}
         stored: dict[str, int] = {}
         now = time.monotonic()
         for pending in taken:
@@ -280,25 +285,14 @@ class Writer:
             metrics.ack_latency(pending.transport).observe(now - pending.queued_at)
         for transport, count in stored.items():
             metrics.stored(transport).inc(count)
-        previous = self._fanout
-        self._fanout = self.loop.create_task(self._fan_out(previous, by_device), name="hub-fanout")
-
-    async def _fan_out(
-        self, previous: asyncio.Task[None] | None, by_device: dict[DeviceIdentity, list[Reading]]
-    ) -> None:
-        if previous is not None:
-            await asyncio.shield(previous)  # keep per-device order across flushes
-        if not by_device:
-            return
-        for hook in self._after_commit:
-            try:
-                await hook(by_device)
-            except Exception:
-                # Best effort: dashboards recover from the database, never from the channel layer.
-                logger.warning("after-commit %s failed for %d devices", hook.__name__, len(by_device), exc_info=True)
+        if by_device:
+            for sink in self._after_commit:
+                sink.offer(by_device)
 
     async def drain(self) -> None:
-        """Stop intake, commit what is queued within the drain timeout, fail the rest, close."""
+        """Stop intake, commit what is queued within the drain timeout, fail the rest, close (once)."""
+        if self._closing:
+            return
         self._closing = True
         self._space.set()
         if self._task is not None and not self._task.done():
@@ -312,8 +306,6 @@ class Writer:
             if not pending.future.done():
                 pending.future.set_exception(WriterClosed("the hub shut down before commit"))
         self._queue.clear()
-        if self._fanout is not None:
-            await asyncio.gather(self._fanout, return_exceptions=True)
         await self._backend.close()
 
 

@@ -19,8 +19,8 @@ from django.conf import settings
 from django.db import connection, connections
 
 from devices.services import device_create
+from hub.runtime import HubRuntime, hub_runtime
 from hub.server import server_started, uvicorn_options
-from ingest.service import writer_shutdown
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
 from tests.waiting import eventually
 
@@ -48,15 +48,19 @@ def mqtt() -> str:
 
 
 @pytest.fixture(autouse=True)
-async def _writer_teardown() -> AsyncIterator[None]:
-    """Each test's event loop gets its own writer; drain it before the loop closes.
-
-    Also close the ORM connections of asgiref's sync thread, which would otherwise keep the test
-    database in use when pytest-django drops it.
-    """
+async def _orm_connections_closed() -> AsyncIterator[None]:
+    """Close the ORM connections of asgiref's sync thread, which would otherwise keep the test database in
+    use when pytest-django drops it."""
     yield
-    await writer_shutdown()
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+async def runtime(transactional_db) -> AsyncIterator[HubRuntime]:
+    """The hub runtime of this test's process (as the ASGI lifespan builds it), for tests that drive consumers
+    or the writer without a served hub; stopped (writer drained) at the end."""
+    async with hub_runtime() as running:
+        yield running
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import connection
 
+from core.registry import current_runtime
 from dashboards.auth import api_token_create
-from dashboards.history import HistoryQuery, aggregate_source, interval_auto
 from devices.services import DeviceIdentity
 from ingest.parsing import Reading as R
-from ingest.service import get_writer
+from ingest.selectors import HistoryQuery, aggregate_source, aggregate_statement, interval_auto
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -27,7 +27,7 @@ MINUTE = 60_000
 
 async def store(device, readings: list[R]) -> None:
     """Through the real writer, so rollups are maintained exactly as in production."""
-    writer = get_writer()
+    writer = current_runtime().writer
     futures = [
         await writer.submit(DeviceIdentity(device.id, device.key), readings[i : i + 1000])
         for i in range(0, len(readings), 1000)
@@ -223,7 +223,7 @@ def utc_iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def plan(sql: str, params: list) -> str:
+def plan(sql: str, params: list | dict) -> str:
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
@@ -251,8 +251,6 @@ def test_main_query_shapes_use_the_indexes(postgres):
         cursor.execute("SELECT id FROM devices_device WHERE key = 'p7'")
         device_id = cursor.fetchone()[0]
     now = int(time.time() * 1000)
-    from dashboards.history import _Postgres
-
     raw = plan(
         "SELECT ts, value FROM ingest_reading WHERE device_id = %s AND key = %s AND ts >= %s AND ts < %s"
         " ORDER BY ts LIMIT 100",
@@ -261,12 +259,11 @@ def test_main_query_shapes_use_the_indexes(postgres):
     assert "ingest_reading_pkey" in raw, raw
     for interval in (10_000, HOUR):
         query = HistoryQuery(device_id=device_id, keys=("k1",), start=now - HOUR, end=now, agg="AVG", interval=interval)
-        sql, params = _Postgres().aggregate_sql(query, query.start, query.end)
-        shape = plan(sql, params)
+        shape = plan(*aggregate_statement(query))
         assert "pkey" in shape and "Seq Scan" not in shape, shape
 
 
-async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(make_device, settings):
+async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(make_device, settings, runtime):
     """Raw rows older than HUB_RAW_RETENTION_DAYS go; recent rows and the rollups of old ones stay."""
     from ingest.models import Reading
     from ingest.retention import retention_apply

@@ -16,9 +16,9 @@ from django.shortcuts import resolve_url
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
-from dashboards.history import interval_auto
 from ingest.models import LatestValue
 from ingest.parsing import Reading as R
+from ingest.selectors import interval_auto
 from tests.browser_chromium import CHROMIUM, CHROMIUM_ARGS, need_chromium
 from tests.test_history import HOUR, MINUTE, hour_floor, store
 
@@ -143,7 +143,7 @@ def test_the_page_works_in_utc_whatever_the_server_time_zone(browser, make_devic
     assert (page_config(html)["choices"]["start"], page_config(html)["choices"]["end"]) == (start, end)
 
 
-async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, operator):
+async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, operator, runtime):
     """The CSV behind the page's link holds the same buckets, averages and min/max band as the JSON drawn."""
     device = await sync_to_async(make_device)()
     t0 = hour_floor(time.time_ns() // 1_000_000) - 3 * HOUR

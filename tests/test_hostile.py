@@ -130,10 +130,15 @@ async def test_a_connected_device_is_disconnected_when_its_token_is_rotated(fast
         assert time.monotonic() - started < 3
 
 
-async def test_rate_limit_refuses_the_excess_of_one_device_only(live_hub, make_device, settings):
-    """Over the per-device rate: an error frame (WebSocket) or 429 (HTTP), not stored; others unaffected."""
+@pytest.fixture
+def rate_limited(settings):
+    """100 readings/s per device, burst 100 (read when the hub starts)."""
     settings.HUB_DEVICE_RATE_LIMIT = 100
     settings.HUB_DEVICE_RATE_BURST = 100
+
+
+async def test_rate_limit_refuses_the_excess_of_one_device_only(rate_limited, live_hub, make_device):
+    """Over the per-device rate: an error frame (WebSocket) or 429 (HTTP), not stored; others unaffected."""
     noisy, quiet = [await sync_to_async(make_device)() for _ in range(2)]
     t0 = now_ms() - 60_000
     batch = orjson.dumps([{"ts": t0 + i, "values": {"x": i}} for i in range(80)]).decode()

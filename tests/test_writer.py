@@ -26,6 +26,7 @@ from ingest.backends import (
 from ingest.models import Reading
 from ingest.parsing import Reading as R
 from ingest.writer import GC_THRESHOLDS, Writer, WriterClosed, WriterConfig, collector_tune
+from tests.sinks import RecordingSink
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 
@@ -134,12 +135,9 @@ async def test_drain_commits_what_is_queued_and_fails_what_cannot_be(make_device
 async def test_fan_out_follows_commit_once_per_device_per_flush(make_device):
     """Each flush publishes one message per device carrying that device's readings, after commit."""
     a, b = [await sync_to_async(make_device)() for _ in range(2)]
-    published: list[dict] = []
-
-    async def publish(by_device) -> None:
-        published.append({device.key: len(rs) for device, rs in by_device.items()})
-
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[publish])
+    sink = RecordingSink(lambda committed: {device.key: len(rs) for device, rs in committed.items()})
+    published = sink.offered
+    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[sink])
     writer.start()
     futures = [
         await writer.submit(DeviceIdentity(a.id, a.key), readings(3)),

@@ -12,10 +12,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from core.db import postgres_conninfo
 from devices.services import DeviceIdentity
-from ingest.backends import ALONE, Batch, PostgresBackend, Turn, postgres_conninfo
+from ingest.backends import ALONE, Batch, PostgresBackend, Turn
 from ingest.parsing import Reading as R
 from ingest.writer import Writer, WriterConfig
+from tests.sinks import RecordingSink
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -104,11 +106,10 @@ def rollups_equal_raw_rows(*device_ids: int) -> None:
 
 
 async def writer_with(backend: PostgresBackend, published: list | None = None) -> Writer:
-    async def publish(by_device) -> None:
-        if published is not None:
-            published.append({device.key: [r.ts for r in rs] for device, rs in by_device.items()})
-
-    writer = Writer(backend, config=WriterConfig(flush_interval=0.001, batch_rows=100), after_commit=[publish])
+    sink = RecordingSink(lambda committed: {device.key: [r.ts for r in rs] for device, rs in committed.items()})
+    if published is not None:
+        sink.offered = published
+    writer = Writer(backend, config=WriterConfig(flush_interval=0.001, batch_rows=100), after_commit=[sink])
     writer.start()
     return writer
 

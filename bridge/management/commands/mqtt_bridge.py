@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 
 from bridge.config import bridge_config
 from bridge.worker import Bridge
+from hub.runtime import hub_runtime
 
 
 class Command(BaseCommand):
@@ -23,4 +24,6 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)  # drain: flush, ack what was committed, disconnect
-        await Bridge(bridge_config(url=url, client_id=client_id, protocol=protocol)).run(stop)
+        config = bridge_config(url=url, client_id=client_id, protocol=protocol)
+        async with hub_runtime(role="bridge") as runtime:
+            await Bridge(config, runtime.ingest).run(stop)

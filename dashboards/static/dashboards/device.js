@@ -7,9 +7,12 @@
   "use strict";
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 30000;
-  const FINAL = {4400: "bad request", 4401: "not logged in", 4404: "unknown device"};
-  const REASONS = {1001: "server going away", 1006: "connection lost", 1011: "server error",
-                   1012: "server restarting", 4008: "too slow", 4011: "stream interrupted"};
+  const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
+  const FINAL = {[CLOSE.BAD_REQUEST]: "bad request", [CLOSE.UNAUTHENTICATED]: "not logged in",
+                 [CLOSE.UNKNOWN_DEVICE]: "unknown device"};
+  const REASONS = {1001: "server going away", 1006: "connection lost", [CLOSE.INTERNAL_ERROR]: "server error",
+                   [CLOSE.SERVICE_RESTART]: "server restarting", [CLOSE.TOO_SLOW]: "too slow",
+                   [CLOSE.STREAM_INTERRUPTED]: "stream interrupted"};
   const page = JSON.parse(document.getElementById("device-page").textContent);
   const picked = new Set(page.keys); // empty: every numeric key
   const charts = document.getElementById("charts");
@@ -208,7 +211,7 @@
     socket = null;
     if (code in FINAL) {
       setState("closed", `closed: ${FINAL[code]}`);
-      if (code === 4401) status.append(" — ", loginLink());
+      if (code === CLOSE.UNAUTHENTICATED) status.append(" — ", loginLink());
       return;
     }
     // Exponential backoff with jitter: a restarted hub is not met by every page at the same instant.

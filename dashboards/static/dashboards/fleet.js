@@ -5,6 +5,7 @@
   "use strict";
   const REFRESH_MS = 15000;
   const urls = JSON.parse(document.getElementById("fleet-urls").textContent);
+  const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
   const tbody = document.querySelector("#fleet tbody");
   const filter = document.getElementById("filter");
   const summary = document.getElementById("summary");
@@ -176,7 +177,7 @@
       }
     };
     ws.onclose = (event) => {
-      if (event.code === 4401) { state.textContent = "logged out"; return; }
+      if (event.code === CLOSE.UNAUTHENTICATED) { state.textContent = "logged out"; return; }
       const wait = delay * (0.5 + Math.random());
       state.textContent = `disconnected; retrying in ${Math.ceil(wait / 1000)} s`;
       setTimeout(connect, wait);
