@@ -1,12 +1,13 @@
-"""Bridge settings from HUB_MQTT_* variables (docs/mqtt.md)."""
+"""Bridge settings from HUB_MQTT_* variables (docs/mqtt.md), read through core/env.py like the hub's own."""
 
-import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from core.env import env_bool, env_choice, env_float, env_int, env_optional, env_str
 
 TELEMETRY_FILTER = "devices/+/telemetry"
 
@@ -28,6 +29,7 @@ class BridgeConfig:
     stats_seconds: float
     metrics_port: int = 0  # 0: no /metrics endpoint
     metrics_host: str = "127.0.0.1"
+    device_cache_seconds: float = 10.0  # how long a key → device lookup (found or not) is trusted
 
     @property
     def subscription(self) -> str:
@@ -39,7 +41,6 @@ def bridge_config(*, url: str | None = None, client_id: str | None = None, proto
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ImproperlyConfigured(f"HUB_MQTT_URL={url!r}: the scheme must be mqtt:// or mqtts://")
-    env = os.environ.get
     return BridgeConfig(
         host=parts.hostname or "127.0.0.1",
         port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
@@ -47,14 +48,15 @@ def bridge_config(*, url: str | None = None, client_id: str | None = None, proto
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         # Stable per worker: the broker keeps this session's queue while the worker is away.
-        client_id=client_id or env("HUB_MQTT_CLIENT_ID") or f"hub-bridge-{socket.gethostname()}",
-        protocol=protocol or int(env("HUB_MQTT_PROTOCOL", "5")),
-        shared=env("HUB_MQTT_SHARED", "1") not in ("0", "false", "no"),
-        share_group=env("HUB_MQTT_SHARE_GROUP", "hub"),
-        session_expiry=int(env("HUB_MQTT_SESSION_EXPIRY", str(7 * 24 * 3600))),
-        receive_maximum=int(env("HUB_MQTT_RECEIVE_MAXIMUM", "1000")),
-        error_topic=env("HUB_MQTT_ERROR_TOPIC", "1") not in ("0", "false", "no"),
-        stats_seconds=float(env("HUB_MQTT_STATS_SECONDS", "10")),
-        metrics_port=int(env("HUB_MQTT_METRICS_PORT", "0")),
-        metrics_host=env("HUB_MQTT_METRICS_HOST", "127.0.0.1"),
+        client_id=client_id or env_optional("HUB_MQTT_CLIENT_ID") or f"hub-bridge-{socket.gethostname()}",
+        protocol=protocol or int(env_choice("HUB_MQTT_PROTOCOL", "5", ("4", "5"))),
+        shared=env_bool("HUB_MQTT_SHARED", True),
+        share_group=env_str("HUB_MQTT_SHARE_GROUP", "hub"),
+        session_expiry=env_int("HUB_MQTT_SESSION_EXPIRY", 7 * 24 * 3600),
+        receive_maximum=env_int("HUB_MQTT_RECEIVE_MAXIMUM", 1000, minimum=1),  # MQTT 5 forbids 0
+        error_topic=env_bool("HUB_MQTT_ERROR_TOPIC", True),
+        stats_seconds=env_float("HUB_MQTT_STATS_SECONDS", 10.0, minimum=0.1),  # 0 would log in a busy loop
+        metrics_port=env_int("HUB_MQTT_METRICS_PORT", 0),
+        metrics_host=env_str("HUB_MQTT_METRICS_HOST", "127.0.0.1"),
+        device_cache_seconds=env_float("HUB_MQTT_DEVICE_CACHE_SECONDS", 10.0),
     )

@@ -3,7 +3,8 @@
 paho-mqtt runs its network loop in its own thread; messages are handed to asyncio with
 call_soon_threadsafe, parsed and queued for the process's writer like any other transport, and
 acknowledged to the broker (manual ack) only when the writer's commit future resolves. Bad messages are
-acknowledged too (so the broker does not redeliver them forever), counted, and reported.
+acknowledged too (so the broker does not redeliver them forever), counted, and reported; so are messages of
+a device deleted while they waited for commit.
 """
 
 import asyncio
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 
 import orjson
 import paho.mqtt.client as mqtt
-from channels.db import database_sync_to_async
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -26,8 +26,8 @@ from prometheus_client import start_http_server
 from bridge.config import BridgeConfig
 from bridge.stats import BridgeStats
 from core import metrics
-from devices.models import Device
-from devices.services import DeviceIdentity
+from devices.services import DeviceIdentity, device_identity_by_key
+from ingest.backends import DevicesGone
 from ingest.parsing import IngestError
 from ingest.service import Ingest
 
@@ -191,11 +191,19 @@ class Bridge:
     def _committed(self, message: Incoming, future: asyncio.Future[None]) -> None:
         self.stats.inflight -= 1
         self.stats.oldest_inflight.pop(message.mid, None)
-        if future.cancelled() or future.exception() is not None:
-            # Not committed: no PUBACK, so the broker redelivers it to this session later.
-            return
-        self.stats.stored += 1
-        self._ack(message)
+        if future.cancelled():
+            return  # not committed: no PUBACK, so the broker redelivers it to this session later
+        error = future.exception()
+        if error is None:
+            self.stats.stored += 1
+            self._ack(message)
+        elif isinstance(error, DevicesGone):
+            # Deleted since it was looked up: its redeliveries would fail the same way forever and hold the
+            # session's receive window, so forget the key and ack the message as from an unknown device.
+            key = device_key_of(message.topic)
+            self._devices.pop(key, None)
+            self._reject(message, key, _UNKNOWN_DEVICE, f"device {key!r} was deleted")
+        # Any other failure: not committed, no PUBACK, so the broker redelivers it to this session later.
 
     def _ack(self, message: Incoming) -> None:
         with self._ack_lock:
@@ -217,11 +225,12 @@ class Bridge:
             self._client.publish(f"devices/{key}/errors", orjson.dumps(error), qos=0)
 
     async def _device(self, key: str) -> DeviceIdentity | None:
-        """Cached lookup; unknown keys are re-checked after 10 s (a device may be created meanwhile)."""
+        """Cached lookup, found or not, re-checked after `device_cache_seconds`: devices are created,
+        deleted and renamed while the bridge runs."""
         cached = self._devices.get(key)
-        if cached is not None and (cached[0] is not None or time.monotonic() - cached[1] < 10):
+        if cached is not None and time.monotonic() - cached[1] < self.config.device_cache_seconds:
             return cached[0]
-        identity = await _lookup(key)
+        identity = await device_identity_by_key(key=key)
         self._devices[key] = (identity, time.monotonic())
         return identity
 
@@ -230,9 +239,3 @@ class Bridge:
             await asyncio.sleep(self.config.stats_seconds)
             logger.info("%s", self.stats.line())
             self.stats.reasons.clear()
-
-
-@database_sync_to_async
-def _lookup(key: str) -> DeviceIdentity | None:
-    row = Device.objects.filter(key=key).values_list("id", "key").first()
-    return DeviceIdentity(id=row[0], key=row[1]) if row else None

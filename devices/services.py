@@ -1,4 +1,4 @@
-"""Device registry services: create, rotate, authenticate."""
+"""Device registry services: create, rotate, authenticate, look up by key."""
 
 from dataclasses import dataclass
 
@@ -51,17 +51,18 @@ async def device_authenticate(*, token: str) -> DeviceIdentity | None:
     if not token or len(token) > 256:
         return None
     hashed = token_hash(token)
-    row = await _device_row(hashed)
+    row = await _device_row(token_hash=hashed)
     return DeviceIdentity(id=row[0], key=row[1], token_hash=hashed) if row else None
 
 
+async def device_identity_by_key(*, key: str) -> DeviceIdentity | None:
+    """The device registered under `key`, or None (MQTT topics name devices by key)."""
+    row = await _device_row(key=key)
+    return DeviceIdentity(id=row[0], key=row[1]) if row else None
+
+
 @database_sync_to_async
-def _device_row(hashed: str) -> tuple[int, str] | None:
+def _device_row(**lookup: str) -> tuple[int, str] | None:
     # database_sync_to_async drops connections that broke (a database restart) before and after the query,
     # which long-lived sockets and background tasks need: no request cycle does it for them.
-    return Device.objects.filter(token_hash=hashed).values_list("id", "key").first()
-
-
-def device_identity_by_key(*, key: str) -> DeviceIdentity | None:
-    row = Device.objects.filter(key=key).values_list("id", "key").first()
-    return DeviceIdentity(id=row[0], key=row[1]) if row else None
+    return Device.objects.filter(**lookup).values_list("id", "key").first()

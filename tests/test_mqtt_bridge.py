@@ -14,6 +14,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devices.models import Device
 from tests.bridge_process import RUN, BridgeProcess
 from tests.conftest import database_url_for_tests, free_port
 from tests.mqtt_broker import MosquittoBroker
@@ -218,6 +219,68 @@ async def test_a_database_outage_under_the_bridge_loses_nothing(make_device, bri
     assert len(publisher.acked) == 300 and lost == 0
     publisher.close()
     await proxy.close()
+
+
+async def test_a_deleted_devices_messages_are_acked_as_rejected(make_device, bridges, broker):
+    """A device is deleted while two devices publish: its later messages are PUBACKed as unknown_device (not
+    left unacknowledged, filling the bridge's receive window), and every message of the other is stored.
+
+    The device cache is trusted for an hour here: only the commit's DevicesGone can tell the bridge."""
+    keep, gone = [await sync_to_async(make_device)(f"{name}{RUN}") for name in ("keep", "gone")]
+    window = {"HUB_MQTT_RECEIVE_MAXIMUM": "20", "HUB_MQTT_DEVICE_CACHE_SECONDS": "3600"}
+    bridge = await bridges(broker.url, "deleted", **window).start().subscribed()
+    publishers = [Publisher("127.0.0.1", broker.port, d.key) for d in (keep, gone)]
+    t0 = base_ts()
+    sending = asyncio.create_task(publish_all(publishers, 600, t0, pace=0.01))
+    await eventually(lambda: bridge.counters()["stored"] > 200, timeout=30, what="both devices flowing")
+    await sync_to_async(Device.objects.filter(key=gone.key).delete)()
+    await sending
+    assert [len(p.acked) for p in publishers] == [600, 600], "the broker took every message"
+
+    async def keep_stored() -> bool:
+        return (await stored_ts([keep.id]))[1] == 600
+
+    await eventually(keep_stored, timeout=30, what="every message of the surviving device stored")
+    await eventually(lambda: bridge.counters()["acked"] == 1200, timeout=30, what="the bridge to ack all 1,200")
+    by_device, _ = await stored_ts([keep.id])
+    counters = bridge.counters()
+    print(
+        f"ledger: published 1200, broker PUBACKed {sum(len(p.acked) for p in publishers)}, "
+        f"surviving device stored {len(by_device[keep.id])}/600, bridge {counters}"
+    )
+    assert by_device[keep.id] == set(range(t0, t0 + 600))
+    assert counters["in"] == 1200 and counters["stored"] + counters["rejected"] == 1200
+    assert counters["rejected"] > 0 and counters["stored"] >= 600, "the deleted device's later messages rejected"
+    assert "unknown_device" in bridge.log.read_text()
+    for p in publishers:
+        p.close()
+
+
+async def test_a_renamed_key_stops_working_within_the_cache_ttl(make_device, bridges, broker):
+    """After a key is renamed the old topic is stored at most one cache TTL longer, then refused as an unknown
+    device for good; the new topic is stored at once."""
+    device = await sync_to_async(make_device)(f"old{RUN}")
+    bridge = await bridges(broker.url, "renamed", HUB_MQTT_DEVICE_CACHE_SECONDS="1").start().subscribed()
+    old = Publisher("127.0.0.1", broker.port, device.key)
+    t0 = base_ts()
+    await publish_all([old], 1, t0)
+    await eventually(lambda: bridge.counters()["stored"] == 1, what="the old key looked up and cached")
+    new_key = f"new{RUN}"
+    await sync_to_async(Device.objects.filter(id=device.id).update)(key=new_key)
+    await publish_all([old], 40, t0 + 1, pace=0.1)  # at least 4 s: the cached entry expires meanwhile
+    new = Publisher("127.0.0.1", broker.port, new_key)
+    await publish_all([new], 10, t0 + 100)
+    await eventually(lambda: bridge.counters()["acked"] == 51, timeout=30, what="all 51 messages acked")
+    by_device, _ = await stored_ts([device.id])
+    via_old = sorted(ts for ts in by_device[device.id] if ts < t0 + 100)
+    assert by_device[device.id] - set(via_old) == set(range(t0 + 100, t0 + 110)), "the new topic is stored"
+    # Messages stored via the old key were published within a TTL (1 s, pace 0.1 s) of the rename, in order.
+    assert via_old == list(range(t0, t0 + len(via_old))) and len(via_old) <= 1 + 11
+    rejected = bridge.counters()["rejected"]
+    print(f"rename: old topic stored {len(via_old) - 1}/40 after the rename, rejected {rejected}; new topic 10/10")
+    assert rejected == 41 - len(via_old)
+    old.close()
+    new.close()
 
 
 @pytest.mark.parametrize(
