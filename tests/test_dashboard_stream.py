@@ -145,3 +145,22 @@ async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
     # The silent viewer, once it reads again, finds its socket closed with 4008 (too slow).
     assert await asyncio.wait_for(rawws.close_code(reader), 10) == 4008
     writer.close()
+
+
+async def test_a_stream_whose_readings_the_publisher_shed_is_told_to_catch_up(live_hub, make_device, operator_cookie):
+    """When the publisher fell too far behind and dropped a device's committed readings, that device's open
+    streams are closed with 4011, so their browsers reconnect with `since` and fetch them from the database."""
+    from core.registry import current_runtime
+    from devices.services import DeviceIdentity
+
+    device = await sync_to_async(make_device)()
+    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+    async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+        await ws.send(orjson.dumps({"since": now_ms()}).decode())
+        assert orjson.loads(await ws.recv())["type"] == "history"
+        await current_runtime().publisher.shed({DeviceIdentity(device.id, device.key)})
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+    assert closed.value.rcvd.code == 4011
