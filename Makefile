@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test browser lint bench clean
+.PHONY: run test system-deps browser timescaledb lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,20 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-## browser: Debian's chromium for tests/test_browser.py, if missing (Playwright drives it; no browser download)
-browser:
-	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+## system-deps: what some tests drive besides the services: Debian's chromium (tests/test_browser.py, through
+## Playwright; no browser download) and docker-compose (validates docker-compose.yml without a Docker engine)
+system-deps:
+	@test -x /usr/bin/chromium -a -x /usr/bin/docker-compose || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose; }
+
+browser: system-deps
+
+## timescaledb: TimescaleDB 2.28.3 built for this machine's PostgreSQL, a private cluster on 127.0.0.1:5433
+## (the storage tests run on it and on plain PostgreSQL; ../shared/timescaledb/install.sh)
+TIMESCALEDB_INSTALL ?= $(firstword $(wildcard ../shared/timescaledb/install.sh /work/shared/timescaledb/install.sh))
+timescaledb:
+	@test -n "$(TIMESCALEDB_INSTALL)" || { echo "no timescaledb/install.sh (set TIMESCALEDB_INSTALL)"; exit 1; }
+	bash $(TIMESCALEDB_INSTALL)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,16 +1,7 @@
 #!/usr/bin/env python
-"""Django's command-line utility for the hub."""
+"""Django's command-line utility for the hub (`telemetry-hub` once installed)."""
 
-import os
-import sys
-
-
-def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hub.settings")
-    from django.core.management import execute_from_command_line
-
-    execute_from_command_line(sys.argv)
-
+from hub.cli import main
 
 if __name__ == "__main__":
     main()

@@ -70,3 +70,95 @@ READING_HYPERTABLE = "SELECT 1 FROM timescaledb_information.hypertables WHERE hy
 def reading_is_hypertable(cursor) -> bool:
     """The readings table is a TimescaleDB hypertable (its rollups are then continuous aggregates)."""
     return bool(_fetch_one(cursor, EXTENSION_CREATED) and _fetch_one(cursor, READING_HYPERTABLE))
+
+
+# The rollups as continuous aggregates (real-time: the newest, not yet materialised buckets are merged from
+# raw rows), refreshed by policies; migration ingest/0003 and `timescale_convert` create them.
+CAGGS = {
+    name: f"""
+        CREATE MATERIALIZED VIEW IF NOT EXISTS {name}
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+        SELECT device_id, key, time_bucket(INTERVAL '{width}', ts) AS bucket,
+               count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
+        FROM ingest_reading GROUP BY device_id, key, bucket WITH NO DATA
+    """  # noqa: S608 - fixed names only
+    for name, width in (("ingest_rollup_1m", "1 minute"), ("ingest_rollup_1h", "1 hour"))
+}
+# start_offset NULL: a refresh covers all time up to end_offset. A refresh recomputes only the buckets that
+# writes invalidated, so this costs what changed, and a reading that arrives days late (a device back from
+# a week offline, an import) still reaches its rollups; with a finite start_offset it never would.
+REFRESH_POLICIES = {  # aggregate -> end_offset of its refresh policy (and its schedule)
+    "ingest_rollup_1m": ("1 minute", "1 minute"),
+    "ingest_rollup_1h": ("1 hour", "30 minutes"),
+}
+_REFRESH_JOB = """
+    SELECT config->>'start_offset', (config->>'end_offset')::interval = %s::interval
+    FROM timescaledb_information.jobs
+    WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_name = %s
+"""
+_COMPRESSION_JOB = """
+    SELECT config->>'compress_after' FROM timescaledb_information.jobs
+    WHERE proc_name = 'policy_compression' AND hypertable_name = 'ingest_reading'
+"""
+
+# Compressed chunks keep one segment per (device, key), ordered by ts: every history query, the stream's
+# catch-up and a resend's conflict check name one device and key and a ts range, so they decompress only
+# that segment; a segment of one key's values in time order compresses best (docs/storage.md).
+_COMPRESSION = (
+    "ALTER TABLE ingest_reading SET (timescaledb.compress, timescaledb.compress_segmentby = 'device_id, key',"
+    " timescaledb.compress_orderby = 'ts')"
+)
+
+
+def timescale_configure(cursor, *, compress_after: str | None = None) -> None:
+    """The hypertable's jobs as the settings say (after every `migrate`, and by `timescale_convert`): the
+    rollups' refresh policies, compression, and its policy: chunks older than HUB_COMPRESS_AFTER (a
+    PostgreSQL interval; "0" or "off": never) are compressed by TimescaleDB's job scheduler. A job already
+    configured so is left alone (with whatever schedule an operator gave it)."""
+    for name, (end_offset, schedule) in REFRESH_POLICIES.items():
+        job = _fetch_one(cursor, _REFRESH_JOB, [end_offset, name])
+        if job is not None and job[0] is None and job[1]:
+            continue
+        cursor.execute("SELECT remove_continuous_aggregate_policy(%s, if_exists => true)", [name])
+        cursor.execute(
+            "SELECT add_continuous_aggregate_policy(%s, start_offset => NULL, end_offset => %s::interval,"
+            " schedule_interval => %s::interval)",
+            [name, end_offset, schedule],
+        )
+    enabled = _fetch_one(
+        cursor,
+        "SELECT compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_name = 'ingest_reading'",
+    )
+    if not (enabled and enabled[0]):
+        cursor.execute(_COMPRESSION)
+    after = settings.HUB_COMPRESS_AFTER if compress_after is None else compress_after
+    wanted = None if after.strip().lower() in ("0", "off", "") else after
+    job = _fetch_one(cursor, _COMPRESSION_JOB)
+    if (
+        job is not None
+        and wanted is not None
+        and _fetch_one(cursor, "SELECT %s::interval = %s::interval", [job[0], wanted])[0]
+    ):
+        return
+    if job is None and wanted is None:
+        return
+    cursor.execute("SELECT remove_compression_policy('ingest_reading', if_exists => true)")
+    if wanted is not None:
+        cursor.execute("SELECT add_compression_policy('ingest_reading', compress_after => %s::interval)", [wanted])
+
+
+def timescale_required() -> None:
+    """HUB_TIMESCALE=on: raise TimescaleUnavailable unless the readings table is a hypertable (a hub process
+    refuses to start on a database that migrated without TimescaleDB)."""
+    from django.db import connection
+
+    if settings.HUB_TIMESCALE != "on" or connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        if reading_is_hypertable(cursor):
+            return
+        reason = timescale_missing_reason(cursor) or "the readings table is not a hypertable"
+    raise TimescaleUnavailable(
+        f"HUB_TIMESCALE=on, but {reason}: migrate on a server with TimescaleDB, or run `telemetry-hub "
+        "timescale_convert`"
+    )

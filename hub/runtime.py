@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connections
 from psycopg_pool import AsyncConnectionPool
@@ -27,6 +28,7 @@ from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
 from core.db import dialect, postgres_conninfo
 from core.registry import runtime_install, runtime_uninstall
+from core.timescale import TimescaleUnavailable, timescale_required
 from dashboards.watchdog import OpenStreams, layer_watchdog
 from ingest.backends import backend_for
 from ingest.commits import CommitQueue
@@ -88,6 +90,7 @@ class HubRuntime:
 
     async def start(self) -> None:
         """Start every part, in order. A database that is down is retried by the pools, not fatal."""
+        await _storage_checked()
         if self.reads is not None:
             await self.reads.open(wait=False)
         for queue in self.consumers:
@@ -109,6 +112,17 @@ class HubRuntime:
         await self.publisher.close()
         if self.reads is not None:
             await self.reads.close()
+
+
+async def _storage_checked() -> None:
+    """HUB_TIMESCALE=on refuses a database without TimescaleDB; one that does not answer yet is not refused
+    (pools retry; /readyz says what is missing)."""
+    try:
+        await asyncio.wait_for(database_sync_to_async(timescale_required)(), 5)
+    except TimescaleUnavailable:
+        raise
+    except Exception as exc:
+        logger.warning("could not check the database's TimescaleDB at start-up (%s); carrying on", exc)
 
 
 @contextlib.asynccontextmanager

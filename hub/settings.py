@@ -1,5 +1,6 @@
 """Hub settings, read from HUB_* environment variables (listed in .env.example and docs/configuration.md)."""
 
+import os
 import secrets
 from pathlib import Path
 
@@ -10,7 +11,19 @@ from core.env import env_bool, env_choice, env_float, env_int, env_list, env_opt
 from core.timescale import MODES as TIMESCALE_MODES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("HUB_VAR_DIR", str(BASE_DIR / "var")))
+
+
+def _var_dir() -> Path:
+    """HUB_VAR_DIR; else var/ of a source checkout (beside manage.py); else the user's state directory (an
+    installed hub must not write into site-packages)."""
+    if configured := env_optional("HUB_VAR_DIR"):
+        return Path(configured)
+    if (BASE_DIR / "manage.py").exists():
+        return BASE_DIR / "var"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "telemetry-hub"
+
+
+VAR_DIR = _var_dir()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -133,6 +146,8 @@ HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)
 # TimescaleDB (docs/storage.md): auto uses it where the server can, on requires it, off never touches it.
 HUB_TIMESCALE = env_choice("HUB_TIMESCALE", "auto", TIMESCALE_MODES)
 HUB_TIMESCALE_CHUNK_INTERVAL = env_str("HUB_TIMESCALE_CHUNK_INTERVAL", "1 day")
+# TimescaleDB compresses chunks older than this (a PostgreSQL interval; 0 = never), set at each `migrate`.
+HUB_COMPRESS_AFTER = env_str("HUB_COMPRESS_AFTER", "1 day")
 HUB_WS_MAX_INFLIGHT_FRAMES = env_int("HUB_WS_MAX_INFLIGHT_FRAMES", 1000, minimum=1)
 # After-commit consumers (publisher, alert engine): a consumer this many readings behind sheds its backlog.
 HUB_CONSUMER_MAX_ROWS = env_int("HUB_CONSUMER_MAX_ROWS", 200_000, minimum=1)

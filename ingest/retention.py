@@ -1,7 +1,10 @@
 """Retention: drop raw readings past HUB_RAW_RETENTION_DAYS and rollups past their own retention.
 
 Rollups are separate relations, so deleting raw rows never changes them. Where the readings table is a
-TimescaleDB hypertable the same ages become retention policies that drop whole chunks.
+TimescaleDB hypertable, whole chunks past the age are dropped (`drop_chunks`), the continuous aggregates'
+too. Before raw chunks go, the aggregates are refreshed over them (a bucket never materialised would be
+lost), and the drop itself records no invalidation (`timescaledb.skip_cagg_invalidation`): otherwise the
+next refresh would recompute those buckets from the rows just dropped, and the rollups would go with them.
 """
 
 import asyncio
@@ -35,13 +38,12 @@ def _retained() -> list[tuple[str, str, int]]:
 
 
 def retention_apply(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete what is past its age; returns rows deleted per relation."""
+    """Delete what is past its age; returns rows deleted per relation (TimescaleDB: chunks dropped)."""
     now = now or timezone.now()
     with connection.cursor() as cursor:
         hypertable = dialect().vendor == "postgresql" and reading_is_hypertable(cursor)
     if hypertable:
-        _timescale_policies()
-        return {}
+        return _drop_chunks(now)
     deleted = {
         relation: _delete_older(relation, column, now - timedelta(days=days))
         for relation, column, days in _retained()
@@ -95,11 +97,24 @@ def _delete_older(relation: str, column: str, cutoff: datetime) -> int:
             return total
 
 
-def _timescale_policies() -> None:
-    with connection.cursor() as cursor:
-        for relation, _column, days in _retained():
-            if days > 0:
-                cursor.execute(
-                    "SELECT add_retention_policy(%s, make_interval(days => %s), if_not_exists => true)",
-                    [relation, days],
-                )
+_ROLLUPS = ("ingest_rollup_1m", "ingest_rollup_1h")
+
+
+def _drop_chunks(now: datetime) -> dict[str, int]:
+    """TimescaleDB: chunks dropped per relation (whole chunks: every row in them is past its age)."""
+    dropped: dict[str, int] = {}
+    for relation, _column, days in _retained():
+        if days <= 0:
+            continue
+        cutoff = now - timedelta(days=days)
+        if relation == "ingest_reading":
+            with connection.cursor() as cursor:  # outside a transaction: Django runs in autocommit here
+                for rollup in _ROLLUPS:
+                    cursor.execute("CALL refresh_continuous_aggregate(%s, NULL, %s)", [rollup, cutoff])
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+            cursor.execute("SELECT count(*) FROM drop_chunks(%s, older_than => %s)", [relation, cutoff])
+            dropped[relation] = cursor.fetchone()[0]
+    if any(dropped.values()):
+        logger.info("retention: dropped chunks %s", dropped)
+    return dropped

@@ -1,6 +1,6 @@
 """Headless Chromium for the browser tests: Debian's `chromium` package driven by Playwright.
 
-Never `playwright install`: the browser comes from the system package (`.ci/run` and `make browser` install it).
+Never `playwright install`: the browser comes from the system package (`.ci/run` and `make system-deps` install it).
 Without it the tests skip with the reason shown, or fail under HUB_REQUIRE_SERVICES=1, as tests/services.py does.
 """
 
@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
 def need_chromium() -> None:
     """Skip (or, under HUB_REQUIRE_SERVICES=1, fail) the calling test without Chromium or Playwright."""
     if not os.access(CHROMIUM, os.X_OK):
-        problem = f"Chromium is not installed at {CHROMIUM} (`make browser`: apt-get install chromium)"
+        problem = f"Chromium is not installed at {CHROMIUM} (`make system-deps`: apt-get install chromium)"
     elif importlib.util.find_spec("playwright") is None:
         problem = "the playwright package is not installed (pip install -e '.[dev]')"
     else:

@@ -24,6 +24,8 @@ from hub.server import server_started, uvicorn_options
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
 from tests.waiting import eventually
 
+pytest_plugins = ["tests.engines"]  # the `engine` fixture: storage tests on PostgreSQL and TimescaleDB
+
 
 @pytest.fixture
 def postgres() -> str:

@@ -10,6 +10,8 @@ import pytest
 POSTGRES_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub")
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 MQTT_URL = os.environ.get("HUB_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+# The second storage engine (tests/engines.py): a server with TimescaleDB preloaded (`make timescaledb`).
+TIMESCALE_URL = os.environ.get("HUB_TEST_TIMESCALE_URL", "postgresql://root@127.0.0.1:5433/postgres")
 REQUIRED = os.environ.get("HUB_REQUIRE_SERVICES", "") not in ("", "0")
 
 

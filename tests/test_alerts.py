@@ -11,15 +11,17 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 
-import alerts.engine
 from alerts.engine import FIRED, Transition, record
 from alerts.evaluation import FIRING, OK, PENDING, RuleSpec, Tracked, threshold_step
 from alerts.models import AlertEvent, AlertRule, AlertState, WebhookDelivery
 from alerts.rules import rule_spec
 from alerts.silence import silence_check
 from devices.services import DeviceIdentity
+from tests.conftest import served_hub
 from tests.waiting import eventually
 from tests.webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.engines
 
 SECRET = "webhook-secret"
 
@@ -131,20 +133,23 @@ async def test_threshold_alert_fires_once_resolves_and_webhooks_are_signed(
 
 
 @pytest.mark.usefixtures("postgres")
-async def test_a_restart_mid_span_keeps_the_state_and_never_repeats_a_firing(alert_settings, live_hub, make_device):
+async def test_a_restart_mid_span_keeps_the_state_and_never_repeats_a_firing(alert_settings, make_device):
+    """The hub restarts twice mid-span (its engine's memory is gone, the database is not): the pending span
+    fires once after the first restart, and after the second a reading still over the limit fires nothing."""
     device = await sync_to_async(make_device)()
     t0 = now_ms() - 300_000
-    await post(live_hub, device.token, t0, 20.0)
-    rule = await sync_to_async(make_rule)(device.id, duration_seconds=60)
-    await post(live_hub, device.token, t0 + 1000, 31.0)
-    await eventually(lambda: _state(rule.id, device.id, PENDING), what="the pending span to be persisted")
-    alerts.engine._engine = None  # the process restarts: memory is gone, the database is not
-    await post(live_hub, device.token, t0 + 61_000, 32.0)
-    await eventually(lambda: _state(rule.id, device.id, FIRING), what="fired after the restart")
-    alerts.engine._engine = None
-    await post(live_hub, device.token, t0 + 90_000, 33.0)  # still over: no second firing
-    await post(live_hub, device.token, t0 + 95_000, 20.0)
-    await eventually(lambda: _event_count("resolved", 1), what="the resolution")
+    async with served_hub() as hub:
+        await post(hub, device.token, t0, 20.0)
+        rule = await sync_to_async(make_rule)(device.id, duration_seconds=60)
+        await post(hub, device.token, t0 + 1000, 31.0)
+        await eventually(lambda: _state(rule.id, device.id, PENDING), what="the pending span to be persisted")
+    async with served_hub() as hub:
+        await post(hub, device.token, t0 + 61_000, 32.0)
+        await eventually(lambda: _state(rule.id, device.id, FIRING), what="fired after the restart")
+    async with served_hub() as hub:
+        await post(hub, device.token, t0 + 90_000, 33.0)  # still over: no second firing
+        await post(hub, device.token, t0 + 95_000, 20.0)
+        await eventually(lambda: _event_count("resolved", 1), what="the resolution")
     fired = await sync_to_async(AlertEvent.objects.filter(rule=rule, type="fired").count)()
     assert fired == 1
 

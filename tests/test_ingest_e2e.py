@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from ingest.models import LatestValue, Reading
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.usefixtures("postgres", "redis")
+pytestmark = [pytest.mark.usefixtures("postgres", "redis"), pytest.mark.engines]
 
 DEVICES = 10
 READINGS = 1000

@@ -30,7 +30,7 @@ from tests.sinks import RecordingSink
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.usefixtures("postgres")
+pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
 
 
 class GatedBackend(PostgresBackend):

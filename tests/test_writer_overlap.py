@@ -17,9 +17,10 @@ from devices.services import DeviceIdentity
 from ingest.backends import ALONE, Batch, PostgresBackend, Turn
 from ingest.parsing import Reading as R
 from ingest.writer import Writer, WriterConfig
+from tests.engines import refresh_aggregates
 from tests.sinks import RecordingSink
 
-pytestmark = pytest.mark.usefixtures("postgres")
+pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
 
 T0 = 1_700_000_000_000
 
@@ -90,6 +91,7 @@ def query(sql: str, *params) -> list[tuple]:
 def rollups_equal_raw_rows(*device_ids: int) -> None:
     """Both rollup tables hold exactly the aggregates of the devices' stored readings (rollup tables are
     not Django models: other tests' rows stay, so compare these devices only)."""
+    refresh_aggregates()
     for table, width in (("ingest_rollup_1m", "1 minute"), ("ingest_rollup_1h", "1 hour")):
         raw = query(
             f"SELECT device_id, key, date_bin(interval '{width}', ts, timestamptz 'epoch') AS b,"  # noqa: S608
@@ -172,7 +174,7 @@ async def test_a_failed_flush_takes_the_one_behind_it_back_and_both_are_retried_
     rollups_equal_raw_rows(device.id)
 
 
-async def test_a_commit_that_succeeded_but_was_not_confirmed_is_not_rolled_up_twice(make_device):
+async def test_a_commit_that_succeeded_but_was_not_confirmed_is_not_rolled_up_twice(make_device, engine):
     """The database committed but the writer saw an error: the retry stores nothing twice, the rollups count
     every reading once, and the flush behind it is retried in order too."""
     device = await sync_to_async(make_device)()
@@ -190,8 +192,12 @@ async def test_a_commit_that_succeeded_but_was_not_confirmed_is_not_rolled_up_tw
     futures = [await writer.submit(ident, readings(T0 + i * 1000, 60, value=float(i))) for i in range(6)]
     await asyncio.wait_for(asyncio.gather(*futures), 20)
     await writer.drain()
-    assert writer.stats["retries"] == 1 and backend.resends >= 1
+    assert writer.stats["retries"] == 1
+    # Plain PostgreSQL: the retry meets the stored rows and takes the resend path. TimescaleDB has one path
+    # (ON CONFLICT DO NOTHING; its continuous aggregates roll up what is stored).
+    assert backend.resends >= 1 or engine == "timescale"
     assert query("SELECT count(*) FROM ingest_reading WHERE device_id = %s", device.id) == [(360,)]
+    await sync_to_async(refresh_aggregates)()
     assert query("SELECT sum(n) FROM ingest_rollup_1h WHERE device_id = %s", device.id) == [(360,)]
     rollups_equal_raw_rows(device.id)
 

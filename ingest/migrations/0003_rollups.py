@@ -1,8 +1,8 @@
 """Minute and hour rollups of numeric readings (count, sum, min, max per device, key and bucket).
 
 - TimescaleDB (the readings table is a hypertable, migration 0002): continuous aggregates with
-  materialized_only = false (real-time: the newest, not yet materialised bucket is merged from raw rows)
-  and refresh policies.
+  materialized_only = false (real-time: the newest, not yet materialised bucket is merged from raw rows);
+  their refresh policies are set after every migrate (ingest/apps.py).
 - Plain PostgreSQL: tables of the same shape, maintained by the writer in the transaction that inserts
   the readings (only rows actually inserted count, so resent readings do not inflate them).
 - SQLite (embedded default): none; aggregates read raw rows.
@@ -10,7 +10,7 @@
 
 from django.db import migrations
 
-from core.timescale import reading_is_hypertable
+from core.timescale import CAGGS, reading_is_hypertable
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -25,34 +25,13 @@ CREATE TABLE IF NOT EXISTS {name} (
 )
 """
 
-_CAGG_1M = """
-CREATE MATERIALIZED VIEW IF NOT EXISTS ingest_rollup_1m
-WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-SELECT device_id, key, time_bucket(INTERVAL '1 minute', ts) AS bucket,
-       count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
-FROM ingest_reading GROUP BY device_id, key, bucket WITH NO DATA
-"""
-_CAGG_1H = """
-CREATE MATERIALIZED VIEW IF NOT EXISTS ingest_rollup_1h
-WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-SELECT device_id, key, time_bucket(INTERVAL '1 hour', ts) AS bucket,
-       count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
-FROM ingest_reading GROUP BY device_id, key, bucket WITH NO DATA
-"""
-_CAGG_POLICIES = [
-    "SELECT add_continuous_aggregate_policy('ingest_rollup_1m', start_offset => INTERVAL '2 days',"
-    " end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute', if_not_exists => true)",
-    "SELECT add_continuous_aggregate_policy('ingest_rollup_1h', start_offset => INTERVAL '7 days',"
-    " end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes', if_not_exists => true)",
-]
-
 
 def create_rollups(apps, schema_editor) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     with schema_editor.connection.cursor() as cursor:
         if reading_is_hypertable(cursor):
-            for statement in (_CAGG_1M, _CAGG_1H, *_CAGG_POLICIES):
+            for statement in CAGGS.values():  # their refresh policies: core.timescale.timescale_configure
                 cursor.execute(statement)
         else:
             for name in ("ingest_rollup_1m", "ingest_rollup_1h"):
