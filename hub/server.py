@@ -1,12 +1,26 @@
 """uvicorn settings shared by `manage.py serve`, the demo, the tests and the benchmarks."""
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
+import time
 from typing import Any
 
 import uvicorn
 from django.conf import settings
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+logger = logging.getLogger("uvicorn.error")
+
+# A SIGTERMed hub stops within stop_budget() (docs/reliability.md: operators SIGKILL after it). uvicorn spends
+# it in two steps, one after the other: it waits for open connections and their tasks (timeout_graceful_shutdown),
+# and only then runs the lifespan shutdown that drains the writer. A connection can hold the first wait to its
+# end: a dashboard that stopped reading keeps its socket open (close() flushes first, and it is never flushed),
+# and a stream whose catch-up query is queued on Channels' one database thread cannot take its disconnect. So the
+# first wait gets a few seconds, not the whole budget, and the drain keeps its HUB_WRITER_DRAIN_SECONDS.
+CONNECTIONS_GRACE_SECONDS = 3
 
 
 def uvicorn_options() -> dict[str, Any]:
@@ -22,7 +36,7 @@ def uvicorn_options() -> dict[str, Any]:
         # Connection floods: past this many connections and tasks, uvicorn answers 503.
         "limit_concurrency": settings.HUB_MAX_CONNECTIONS,
         "log_config": None,  # Django's LOGGING (with token redaction) already configured the loggers
-        "timeout_graceful_shutdown": int(settings.HUB_WRITER_DRAIN_SECONDS) + 5,
+        "timeout_graceful_shutdown": CONNECTIONS_GRACE_SECONDS,
         "server_header": False,
     }
 
@@ -44,3 +58,44 @@ def prepare_multiprocess_metrics() -> str:
     os.makedirs(path)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
+
+
+def stop_budget() -> float:
+    """Seconds from SIGTERM to exit: the connections' grace, the writer's drain, and the rest of the way out."""
+    return settings.HUB_WRITER_DRAIN_SECONDS + 5
+
+
+class BoundedMultiprocess(Multiprocess):
+    """uvicorn's worker supervisor, except that it waits for its SIGTERMed workers no longer than `stop_seconds`.
+
+    uvicorn joins its workers without a timeout, and a worker's own timeout_graceful_shutdown covers only its wait
+    for connections: whatever hangs after it (the lifespan, a database call in a thread that cannot be cancelled,
+    the interpreter joining its threads) would keep `serve --workers N` running until someone SIGKILLs it, and a
+    SIGKILL to this process alone leaves the workers orphaned. A worker still alive at the deadline is killed;
+    nothing acked is lost by that (acks follow commits), only what it had not committed, which devices resend.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list, stop_seconds: float) -> None:
+        super().__init__(config, sockets)
+        self.stop_seconds = stop_seconds
+
+    def join_all(self) -> None:
+        deadline = time.monotonic() + self.stop_seconds
+        for process in self.processes:
+            process.process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.process.is_alive():
+                logger.error(
+                    "Child process [%s] still running %.1f s after SIGTERM: killed", process.pid, self.stop_seconds
+                )
+                process.kill()
+        super().join_all()
+
+
+def serve_workers(app: str, *, host: str, port: int, workers: int) -> None:
+    """`uvicorn.run(app, workers=N, ...)` with the hub's options and a supervisor that keeps the stop budget."""
+    config = uvicorn.Config(app, host=host, port=port, workers=workers, **uvicorn_options())
+    sock = config.bind_socket()
+    # The supervisor notices a signal up to 0.5 s late (it polls); the workers' deadline leaves that much.
+    with contextlib.suppress(KeyboardInterrupt):
+        BoundedMultiprocess(config, sockets=[sock], stop_seconds=stop_budget() - 0.5).run()

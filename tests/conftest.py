@@ -150,6 +150,7 @@ class HubProcess:
     env: dict[str, str]
     port: int
     log: Path
+    workers: int = 1
     process: subprocess.Popen | None = None
 
     @property
@@ -163,7 +164,7 @@ class HubProcess:
     def start(self) -> "HubProcess":
         with self.log.open("a") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "serve", "--port", str(self.port)],
+                [sys.executable, "manage.py", "serve", "--port", str(self.port), "--workers", str(self.workers)],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -194,14 +195,14 @@ def hub_process(tmp_path) -> Iterator[Callable[..., HubProcess]]:
     """Factory: a hub subprocess with a clean HUB_* environment plus `env` (not started)."""
     made: list[HubProcess] = []
 
-    def make(*, migrate: bool = False, **env: str) -> HubProcess:
+    def make(*, migrate: bool = False, workers: int = 1, **env: str) -> HubProcess:
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
         environment.update({"HUB_VAR_DIR": str(tmp_path), "HUB_SECRET_KEY": "x" * 50, **env})
         if migrate:
             command = [sys.executable, "manage.py", "migrate", "-v0"]
             subprocess.run(command, cwd=ROOT, env=environment, check=True, timeout=120)
         port = free_port()
-        hub = HubProcess(environment, port, tmp_path / f"hub-{port}.log")
+        hub = HubProcess(environment, port, tmp_path / f"hub-{port}.log", workers)
         made.append(hub)
         return hub
 

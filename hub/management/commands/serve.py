@@ -2,7 +2,7 @@ import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from hub.server import prepare_multiprocess_metrics, uvicorn_options
+from hub.server import prepare_multiprocess_metrics, serve_workers, uvicorn_options
 
 
 class Command(BaseCommand):
@@ -18,4 +18,6 @@ class Command(BaseCommand):
             raise CommandError("--workers > 1 needs HUB_REDIS_URL: the in-memory channel layer is per process")
         if workers > 1:
             prepare_multiprocess_metrics()
-        uvicorn.run("hub.asgi:application", host=host, port=port, workers=workers, **uvicorn_options())
+            serve_workers("hub.asgi:application", host=host, port=port, workers=workers)
+        else:
+            uvicorn.run("hub.asgi:application", host=host, port=port, **uvicorn_options())
