@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -41,6 +44,9 @@ _layer_down = ThrottledLog(logger)
 
 _DEDUPE_SECONDS = 30.0  # history identities are kept this long to drop live duplicates
 Identity = tuple[str, int]  # (key, ts)
+# Catch-up queries run here, not on Channels' one database thread for the whole process, where each took its
+# turn behind every other stream's (a burst of viewers opening queued seconds of them, and held a SIGTERM).
+_CATCH_UP_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hub-catch-up")
 
 
 def unseen(readings: list[WireReading], seen: set[Identity]) -> list[WireReading]:
@@ -66,6 +72,21 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": Close.STREAM_INTERRUPTED})
+
+    async def dispatch(self, message) -> None:
+        # Channels hops to its one database thread (close_old_connections) before every message. A stream gets a
+        # message per flush of its device: with hundreds of viewers those hops queue behind the catch-up queries,
+        # and a stream takes its disconnect only when its hop comes (at SIGTERM uvicorn waited for them). No
+        # handler here touches the ORM but through database_sync_to_async, which closes stale connections itself
+        # (ingest/consumers.py skips the hop for the same reason).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message) -> None:
+        await self.disconnect(message["code"])  # Channels' own version hops to the database thread once more
+        raise StopConsumer
 
     async def authenticated(self) -> bool:
         await self.accept()  # accept first so the browser sees the close code
@@ -128,6 +149,12 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
     """`/ws/v1/devices/<KEY>/stream` (session auth; Origin checked by the router)."""
 
     device_id: int | None = None
+    catching_up: asyncio.Task[None] | None = None
+
+    async def disconnect(self, code: int) -> None:
+        if self.catching_up is not None:
+            self.catching_up.cancel()  # not awaited: a query already running ends in its thread, unobserved
+        await super().disconnect(code)
 
     async def connect(self) -> None:
         if not await self.authenticated():
@@ -150,7 +177,20 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             await self.close(code=Close.BAD_REQUEST)
             return
-        history = await database_sync_to_async(readings_since)(device_id=self.device_id, since=since)
+        # The catch-up runs beside the dispatch loop, not in it: while its query waits for a thread the stream
+        # still takes its disconnect (a browser leaving, a SIGTERM), and live readings go to `held` meanwhile.
+        if self.catching_up is not None:
+            self.catching_up.cancel()
+        self.catching_up = asyncio.create_task(self._catch_up(since))
+
+    async def _catch_up(self, since: int) -> None:
+        query = database_sync_to_async(readings_since, thread_sensitive=False, executor=_CATCH_UP_THREADS)
+        try:
+            history = await query(device_id=self.device_id, since=since)
+        except Exception:
+            logger.warning("dashboard catch-up failed; the browser retries", exc_info=True)
+            await self.close(code=Close.STREAM_INTERRUPTED)
+            return
         self.seen = {(key, ts) for ts, key, _v in history}
         self.seen_until = time.monotonic() + _DEDUPE_SECONDS
         self.post({"type": "history", "since": since, "readings": history})

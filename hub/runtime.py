@@ -103,7 +103,10 @@ class HubRuntime:
         """Stop in reverse order: the writer drains before its consumers stop, so every ack is published."""
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._loops:
+            # A loop cancelled inside a database call in a thread (retention's batched DELETEs) ends only when
+            # the call returns: the writer's drain does not wait for it.
+            await asyncio.wait(self._loops, timeout=1.0)
         self._loops.clear()
         await self.writer.drain()
         logger.info("writer drained")
