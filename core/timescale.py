@@ -10,6 +10,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,10 @@ def timescale_enable(cursor, *, mode: str | None = None) -> bool:
     reason = timescale_missing_reason(cursor)
     if reason is None:
         try:
-            cursor.execute("SAVEPOINT hub_timescale")
-            cursor.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            cursor.execute("RELEASE SAVEPOINT hub_timescale")
+            with transaction.atomic(using=cursor.db.alias):  # a savepoint inside a migration's transaction
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
             return True
-        except Exception as exc:  # e.g. not allowed to create extensions
-            cursor.execute("ROLLBACK TO SAVEPOINT hub_timescale")
+        except DatabaseError as exc:  # e.g. not allowed to create extensions
             reason = f"CREATE EXTENSION timescaledb failed: {exc}".strip()
     if mode == "on":
         raise TimescaleUnavailable(f"HUB_TIMESCALE=on, but {reason}")

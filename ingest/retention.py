@@ -9,11 +9,12 @@ next refresh would recompute those buckets from the rows just dropped, and the r
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from core.db import dialect
@@ -100,6 +101,20 @@ def _delete_older(relation: str, column: str, cutoff: datetime) -> int:
 _ROLLUPS = ("ingest_rollup_1m", "ingest_rollup_1h")
 
 
+def _refreshed(rollup: str, until: datetime, attempts: int = 5) -> None:
+    """Refresh an aggregate up to `until`, waiting out the refresh policy's job if it is running meanwhile
+    (TimescaleDB refuses overlapping refreshes); raises after `attempts`, and the raw chunks stay."""
+    for attempt in range(attempts):
+        try:
+            with connection.cursor() as cursor:  # outside a transaction: Django runs in autocommit here
+                cursor.execute("CALL refresh_continuous_aggregate(%s, NULL, %s)", [rollup, until])
+            return
+        except OperationalError as exc:
+            if "concurrent refresh" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(2)
+
+
 def _drop_chunks(now: datetime) -> dict[str, int]:
     """TimescaleDB: chunks dropped per relation (whole chunks: every row in them is past its age)."""
     dropped: dict[str, int] = {}
@@ -108,9 +123,8 @@ def _drop_chunks(now: datetime) -> dict[str, int]:
             continue
         cutoff = now - timedelta(days=days)
         if relation == "ingest_reading":
-            with connection.cursor() as cursor:  # outside a transaction: Django runs in autocommit here
-                for rollup in _ROLLUPS:
-                    cursor.execute("CALL refresh_continuous_aggregate(%s, NULL, %s)", [rollup, cutoff])
+            for rollup in _ROLLUPS:
+                _refreshed(rollup, cutoff)
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
             cursor.execute("SELECT count(*) FROM drop_chunks(%s, older_than => %s)", [relation, cutoff])
