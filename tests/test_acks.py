@@ -23,7 +23,7 @@ async def sequencer(max_inflight: int = 100) -> tuple[AckSequencer, list[dict], 
 async def settle() -> None:
     """For negative checks only: a few turns of the event loop, in which the sequencer (no I/O) does all it can."""
     for _ in range(5):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop (negative checks only)
 
 
 async def test_a_committed_frame_is_acked_while_later_frames_still_wait_for_their_commit():
