@@ -3,7 +3,6 @@ from the device again resolves. Transitions go through the engine's compare-and-
 
 import asyncio
 import logging
-import time
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -13,6 +12,7 @@ from alerts.evaluation import FIRING, Tracked, silence_step
 from alerts.models import AlertRule, AlertState, Kind
 from alerts.rules import rule_spec
 from core.epoch import epoch_ms
+from core.epoch import now_ms as wall_clock_ms
 from core.protocol import AlertEventPayload
 from devices.models import Device
 from devices.services import DeviceIdentity
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def silence_check(*, now_ms: int | None = None) -> list[AlertEventPayload]:
     """Evaluate every enabled no-data/offline rule against every device in its scope; returns events."""
-    now_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    now_ms = now_ms if now_ms is not None else wall_clock_ms()
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind__in=[Kind.NO_DATA, Kind.OFFLINE])]
     if not rules:
         return []

@@ -6,12 +6,15 @@ measured in the same run against the same hub process (PostgreSQL + Redis, loopb
 
 import argparse
 import asyncio
+import contextlib
 import time
 
 import orjson
 import psycopg
-import websockets
 from harness import bench_database, console, devices_copy, hubs_running, progress, table
+
+from core.epoch import now_ms
+from ingest.client import DeviceClient, Handled
 
 WINDOW = 8  # unacked frames per connection
 
@@ -28,36 +31,27 @@ def add_rules(url: str) -> int:
         return cur.rowcount
 
 
-async def stream(url: str, batch: int, stop: asyncio.Event, counts: list[int], ts0: int) -> None:
-    async with websockets.connect(url, open_timeout=60, max_queue=None) as ws:
-        sent = acked = 0
+async def stream(hub: str, token: str, batch: int, stop: asyncio.Event, counts: list[int], ts0: int) -> None:
+    def handled(frame: Handled) -> None:
+        if frame.error is None:
+            counts[0] += batch
+
+    async with DeviceClient.connect(hub, token, on_handled=handled, open_timeout=60, max_queue=None) as client:
         ts = ts0
-        window = asyncio.Semaphore(WINDOW)
-
-        async def acks() -> None:
-            nonlocal acked
-            async for raw in ws:
-                upto = orjson.loads(raw)["ack"]
-                for _ in range(upto - acked):
-                    window.release()
-                counts[0] += (upto - acked) * batch
-                acked = upto
-
-        reader = asyncio.create_task(acks())
         while not stop.is_set():
-            await window.acquire()
+            await client.window(WINDOW)
             frame = [{"ts": ts + i, "values": {"t": float(i % 100)}} for i in range(batch)]
             ts += batch
-            sent += 1
-            await ws.send(orjson.dumps(frame).decode())
-        await asyncio.sleep(0.5)
-        reader.cancel()
+            await client.send(orjson.dumps(frame).decode())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):  # the last frames' acks, before the socket closes
+                await client.all_acked()
 
 
-async def measure(label: str, base: str, tokens: list[str], batch: int, seconds: float, ts0: int) -> float:
+async def measure(label: str, hub: str, tokens: list[str], batch: int, seconds: float, ts0: int) -> float:
     stop = asyncio.Event()
     counts = [0]
-    tasks = [asyncio.create_task(stream(f"{base}/{t}/telemetry", batch, stop, counts, ts0)) for t in tokens]
+    tasks = [asyncio.create_task(stream(hub, t, batch, stop, counts, ts0)) for t in tokens]
     with progress() as bar:
         task = bar.add_task(label, total=int(seconds), status="warming up")
         await asyncio.sleep(3)  # connect and warm up
@@ -77,13 +71,12 @@ async def run(args: argparse.Namespace) -> None:
         url = env["HUB_DATABASE_URL"]
         tokens = [d.token for d in devices_copy(url, args.devices, prefix="a")]
         with hubs_running(env) as (hub,):
-            base = f"{hub.ws}/ws/v1"
-            ts0 = time.time_ns() // 1_000_000 - 86_400_000
-            without = await measure("no rules", base, tokens, args.batch, args.seconds, ts0)
+            ts0 = now_ms() - 86_400_000
+            without = await measure("no rules", hub.ws, tokens, args.batch, args.seconds, ts0)
             console.print(f"no rules: {without:,.0f} readings/s acked")
             rules = add_rules(url)
             await asyncio.sleep(2)  # the engine refreshes its rule snapshot
-            with_rules = await measure(f"{rules} rules", base, tokens, args.batch, args.seconds, ts0 + 10_000_000)
+            with_rules = await measure(f"{rules} rules", hub.ws, tokens, args.batch, args.seconds, ts0 + 10_000_000)
             console.print(f"{rules} rules: {with_rules:,.0f} readings/s acked")
             rows = [
                 (f"{args.devices} devices, no rules", f"{without:,.0f}", "1.00"),

@@ -33,6 +33,9 @@ from harness import (
     table,
 )
 
+from core.epoch import now_ms
+from ingest.client import DeviceClient, Handled
+
 OPERATOR, PASSWORD = "bench-operator", "bench-operator-password"
 
 
@@ -66,7 +69,7 @@ async def watch(ws_base: str, http: str, cookie: str, viewer: Viewer, ready: lis
     url = f"{ws_base}/ws/v1/devices/{viewer.device}/stream"
     async with websockets.connect(url, additional_headers=headers, max_queue=None) as ws:
         assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await ws.send(orjson.dumps({"since": time.time_ns() // 1_000_000}).decode())
+        await ws.send(orjson.dumps({"since": now_ms()}).decode())
         assert orjson.loads(await ws.recv())["type"] == "history"
         ready[0] += 1
         try:
@@ -91,34 +94,24 @@ async def device(
     ws_base: str, token: str, rate: float, batch: int, sent: list[int], acks: list[float], stop: asyncio.Event
 ) -> None:
     """`rate` readings/s in frames of `batch`, on an absolute schedule; acks are timed, not awaited."""
-    async with websockets.connect(f"{ws_base}/ws/v1/{token}/telemetry", max_queue=None) as ws:
-        sent_at: dict[int, float] = {}
-        drain = asyncio.create_task(_acks(ws, sent_at, acks))
+
+    def handled(frame: Handled) -> None:
+        acks.append(frame.latency)  # each frame's send→ack time (the commit part of the latency)
+
+    async with DeviceClient.connect(ws_base, token, on_handled=handled, max_queue=None) as client:
         interval = batch / rate
         next_at = time.monotonic()
         last_ts = 0
         while not stop.is_set():
             readings = []
             for _ in range(batch):
-                last_ts = max(time.time_ns() // 1_000_000, last_ts + 1)
+                last_ts = max(now_ms(), last_ts + 1)
                 readings.append({"ts": last_ts, "values": {"sent": time.time()}})
-            sent_at[len(sent_at) + 1] = time.perf_counter()
-            await ws.send(orjson.dumps(readings).decode())
+            await client.send(orjson.dumps(readings).decode())
             sent[0] += batch
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        await asyncio.sleep(1.0)  # let the last acks and fan-out arrive
-        drain.cancel()
-
-
-async def _acks(ws, sent_at: dict[int, float], acks: list[float]) -> None:
-    """Cumulative acks: each newly acknowledged frame's send→ack time (the commit part of the latency)."""
-    done = 0
-    async for raw in ws:
-        acked = orjson.loads(raw).get("ack", done)
-        now = time.perf_counter()
-        acks.extend(now - sent_at[frame] for frame in range(done + 1, acked + 1))
-        done = max(done, acked)
+        await asyncio.sleep(1.0)  # let the last acks and fan-out arrive (within the measured duration, as always)
 
 
 def stored_per_device(url: str) -> dict[str, set[int]]:

@@ -1,23 +1,21 @@
 """What every bench repeats: a scratch database with bench devices, hub subprocesses, figures, output.
 
 Loopback only: every address here is 127.0.0.1. Benches import it as `from harness import ...` (they run
-as scripts, `bench/` is on sys.path) and then put the project root on sys.path for the hub's own modules.
+as scripts, `bench/` is on sys.path); importing it puts the project root on sys.path, so the hub's own
+modules (`hub.process`, `ingest.client`, `core.epoch`) import after it.
 """
 
 import hashlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -27,15 +25,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hub.process import HubExited, HubProcess  # noqa: E402 - needs the root on sys.path
+
 ADMIN_URL = os.environ.get("HUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Wide when piped (to a file, `make bench | tee`): tables stay one line per row.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -126,66 +123,21 @@ def devices_copy(url: str, count: int, *, prefix: str) -> list[BenchDevice]:
 # Hub processes ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Hub:
-    """One `manage.py serve` subprocess on a loopback port; its output goes to a log file."""
-
-    env: dict[str, str]
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    root: Path = ROOT  # the code it runs: this tree, or another revision's (bench/ingest.py --baseline)
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return Path(self.env["HUB_VAR_DIR"]) / f"hub-{self.port}.log"
-
-    def start(self, timeout: float = 60.0) -> "Hub":
-        command = [sys.executable, "manage.py", "serve", "--port", str(self.port)]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, timeout, f"the hub on port {self.port} (log: {self.log})")
-        return self
-
-    def _healthy(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise SystemExit(f"the hub exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:  # noqa: S310
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def metrics(self) -> dict[str, float]:
-        """The hub's /metrics samples, `name{labels}` → value (Prometheus text format, comments skipped)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as answer:  # noqa: S310
-            lines = answer.read().decode().splitlines()
-        samples = (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
-        return {name: float(value) for name, value in samples}
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        self.process = None
-
-    def complaints(self) -> list[str]:
-        """WARNING and worse lines of the hub's log (fan-out failures, retries): printed, not hidden."""
-        if not self.log.exists():
-            return []
-        return [line for line in self.log.read_text().splitlines() if " WARNING " in line or " ERROR " in line]
+def hub_start(hub: HubProcess, timeout: float = 60.0) -> HubProcess:
+    """Start `hub` and wait until it serves; exit the bench with the reason (and the log's tail) if not."""
+    try:
+        return hub.start().wait_ready(timeout)
+    except (HubExited, TimeoutError) as failed:
+        raise SystemExit(str(failed)) from failed
 
 
 @contextmanager
-def hubs_running(env: dict[str, str], count: int = 1, *, root: Path = ROOT, **extra: str) -> Iterator[list[Hub]]:
+def hubs_running(env: dict[str, str], count: int = 1, *, root: Path = ROOT, **extra: str) -> Iterator[list[HubProcess]]:
     """`count` hub processes (the code under `root`) sharing the database and Redis of `env`."""
-    hubs = [Hub({**env, **extra}, root=root) for _ in range(count)]
+    hubs = [HubProcess({**env, **extra}, root=root) for _ in range(count)]
     try:
         for hub in hubs:
-            hub.start()
+            hub_start(hub)
         yield hubs
     finally:
         for hub in hubs:

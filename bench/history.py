@@ -29,7 +29,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,21 +38,20 @@ import httpx
 import psycopg
 from harness import (
     ADMIN_URL,
-    ROOT,
-    Hub,
     console,
     database_create,
     database_drop,
     database_url,
     hub_env,
+    hub_start,
     migrate,
     progress,
     table,
 )
 
-sys.path.insert(0, str(ROOT))
-
-from ingest.backends import Batch, LatestRow, PostgresBackend, Row  # noqa: E402
+from core.epoch import now_ms
+from hub.process import HubProcess
+from ingest.backends import Batch, LatestRow, PostgresBackend, Row
 
 DB = "hub_bench_history"
 KEYS = ("humidity", "pressure", "temperature", "voltage")
@@ -284,7 +282,7 @@ def prepare(env: dict[str, str], args: argparse.Namespace) -> tuple[list[tuple[i
     database_create(DB, ADMIN_URL)
     migrate(env)
     devices = create_devices(max(1, round(100 * args.scale)))
-    end = (time.time_ns() // 1_000_000) // 60_000 * 60_000
+    end = now_ms() // 60_000 * 60_000
     rate = asyncio.run(load(devices, args.points, end))
     console.print(f"loaded {len(devices) * len(KEYS) * args.points:,} readings at {rate:,.0f} readings/s")
     console.print(f"VACUUM ANALYZE: {vacuum_analyze():.1f} s")
@@ -300,10 +298,10 @@ def run(args: argparse.Namespace) -> None:
     import django
 
     django.setup()
-    hub = Hub(env)
+    hub = HubProcess(env)
     try:
         headers = {"Authorization": f"Bearer {api_token()}"}
-        hub.start()
+        hub_start(hub)
         with httpx.Client(base_url=f"http://127.0.0.1:{hub.port}", headers=headers, timeout=120) as client:
             figures += measure(client, devices, data_end(), args)
     finally:

@@ -29,19 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 import psycopg
 import uvloop
-import websockets
 from harness import (
     ROOT,
     BenchDevice,
-    Hub,
     bench_database,
     console,
     cpu_seconds,
@@ -57,6 +53,10 @@ from harness import (
     table,
 )
 from layers import LAYERS, layer_for
+
+from core.epoch import now_ms
+from hub.process import HubProcess
+from ingest.client import DeviceClient, Handled
 
 TARGETS = {100: ("readings/s", 150_000), 1: ("frames/s", 8_000)}
 WRITER_BATCH_ROWS = 20_000  # HUB_WRITER_BATCH_ROWS default: the ceiling's transaction size
@@ -87,57 +87,36 @@ def frame_of(ts: int, batch: int) -> str:
 
 
 async def device(
-    url: str, batch: int, window: int, ts0: int, go: asyncio.Event, stop: asyncio.Event, traffic: Traffic
+    hub: str, token: str, batch: int, window: int, ts0: int, go: asyncio.Event, stop: asyncio.Event, traffic: Traffic
 ) -> None:
     """One device: connects, waits for `go`, keeps `window` frames unacked until `stop`, waits for every ack."""
-    async with websockets.connect(url, open_timeout=60, ping_interval=None, max_queue=None, compression=None) as ws:
+
+    def handled(frame: Handled) -> None:
+        traffic.latencies.append(frame.latency)
+        traffic.acked_frames += 1
+        traffic.last_ack = frame.acked_at
+
+    options = {"open_timeout": 60, "ping_interval": None, "max_queue": None, "compression": None}
+    async with DeviceClient.connect(hub, token, on_handled=handled, **options) as client:
         traffic.connected += 1
         await go.wait()
-        sent_at: deque[float] = deque()
-        space = asyncio.Semaphore(window)
-        all_acked = asyncio.Event()
-        sent = acked = 0
-
-        async def read_acks() -> None:
-            nonlocal acked
-            async for raw in ws:
-                upto = orjson.loads(raw).get("ack")
-                if upto is None:
-                    raise BenchFailure(f"the hub answered {raw!r}")
-                now = time.perf_counter()
-                for _ in range(upto - acked):
-                    traffic.latencies.append(now - sent_at.popleft())
-                    space.release()
-                traffic.acked_frames += upto - acked
-                traffic.last_ack = now
-                acked = upto
-                if stop.is_set() and acked == sent:
-                    all_acked.set()
-            raise BenchFailure(f"the hub closed the socket: {ws.close_code} {ws.close_reason}")
-
-        reader = asyncio.create_task(read_acks())
+        ts = ts0
+        while True:
+            await client.window(window)
+            if stop.is_set():
+                break
+            await client.send(frame_of(ts, batch))
+            ts += batch
+            traffic.frames += 1
+            if client.errors:
+                raise BenchFailure(f"the hub answered {client.errors}")
         try:
-            ts = ts0
-            while True:
-                await space.acquire()
-                if stop.is_set():
-                    break
-                frame = frame_of(ts, batch)
-                ts += batch
-                sent_at.append(time.perf_counter())
-                await ws.send(frame)
-                sent += 1
-                traffic.frames += 1
-            if acked < sent:
-                waiting = asyncio.create_task(all_acked.wait())
-                await asyncio.wait([reader, waiting], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-            if reader.done():
-                reader.result()
-            if acked < sent:
-                raise BenchFailure(f"{sent - acked} frames unacked 60 s after the end")
-        finally:
-            reader.cancel()
+            async with asyncio.timeout(60):
+                await client.all_acked()
+        except TimeoutError:
+            raise BenchFailure(f"{client.sent - client.acked_upto} frames unacked 60 s after the end") from None
+        if client.errors:
+            raise BenchFailure(f"the hub answered {client.errors}")
 
 
 class FanoutCounter:
@@ -234,8 +213,10 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
         fanout = FanoutCounter(layer, args.redis_url, hubs[0].env["HUB_CHANNEL_PREFIX"])
         await fanout.start([d.key for d in devices])
     go, stop = asyncio.Event(), asyncio.Event()
-    urls = [f"{hubs[i % len(hubs)].ws}/ws/v1/{d.token}/telemetry" for i, d in enumerate(devices)]
-    tasks = [asyncio.create_task(device(url, batch, args.window, ts0, go, stop, traffic)) for url in urls]
+    tasks = [
+        asyncio.create_task(device(hubs[i % len(hubs)].ws, d.token, batch, args.window, ts0, go, stop, traffic))
+        for i, d in enumerate(devices)
+    ]
     while traffic.connected < len(devices):  # every socket is open before the clock starts
         await asyncio.sleep(0.05)
         if failed := [t for t in tasks if t.done()]:
@@ -276,7 +257,7 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
     return result
 
 
-def writer_totals(hubs: list[Hub]) -> list[float]:
+def writer_totals(hubs: list[HubProcess]) -> list[float]:
     """Flushes, readings flushed and seconds spent in committed flushes, summed over the hubs' /metrics."""
     names = ("hub_writer_flush_seconds_count", "hub_writer_batch_rows_sum", "hub_writer_flush_seconds_sum")
     samples = [hub.metrics() for hub in hubs]
@@ -320,13 +301,13 @@ def copy_ceiling(url: str, chunk_rows: int) -> tuple[int, float]:
     return len(lines), seconds
 
 
-async def connect_check(hubs: list[Hub], devices: list[BenchDevice]) -> None:
+async def connect_check(hubs: list[HubProcess], devices: list[BenchDevice]) -> None:
     """One message through each hub before anything is timed: its writer pool and code paths are warm."""
     for hub in hubs:
         for d in devices[:1]:
-            async with websockets.connect(f"{hub.ws}/ws/v1/{d.token}/telemetry", open_timeout=30) as ws:
-                await ws.send('{"warm": 1}')
-                await ws.recv()
+            async with DeviceClient.connect(hub.ws, d.token, open_timeout=30) as client:
+                await client.send('{"warm": 1}')
+                await client.all_acked()
 
 
 @dataclass
@@ -338,7 +319,7 @@ class Setup:
     processes: int
     url: str
     devices: list[BenchDevice]
-    hubs: list[Hub] = field(default_factory=list)
+    hubs: list[HubProcess] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -386,7 +367,7 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 setup.hubs = stack.enter_context(hubs_running(env, setup.processes, **extra))
             await connect_check(setup.hubs, setup.devices)
-        ts0 = time.time_ns() // 1_000_000 - 30 * 86_400_000  # a month ago, one ms per reading onwards
+        ts0 = now_ms() - 30 * 86_400_000  # a month ago, one ms per reading onwards
         for round_ in range(args.rounds):
             ceiling = None
             for setup, batch in itertools.product(setups, args.batches):

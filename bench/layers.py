@@ -21,6 +21,8 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from harness import console, table
 
+from core.epoch import now_ms
+
 # The hub's HUB_CHANNEL_LAYER values and their settings (hub/settings.py, defaults of HUB_CHANNEL_CAPACITY
 # and HUB_GROUP_EXPIRY): the publisher's `capacity` is what drops messages to a slow reader of `core`.
 LAYERS = {
@@ -37,7 +39,7 @@ def layer_for(kind: str, redis_url: str, prefix: str) -> RedisChannelLayer | Red
 async def _publish(kind: str, args: argparse.Namespace, prefix: str) -> tuple[int, float]:
     layer = layer_for(kind, args.redis_url, prefix)
     keys = [f"d{i}" for i in range(args.devices)]
-    ts = time.time_ns() // 1_000_000
+    ts = now_ms()
     started, wall = time.perf_counter(), time.time()
     for flush in range(args.flushes):
         readings = [[ts + flush * args.readings + i, "t", float(i)] for i in range(args.readings)]

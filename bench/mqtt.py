@@ -31,7 +31,6 @@ from harness import (
     database_create,
     database_drop,
     devices_copy,
-    free_port,
     hub_env,
     migrate,
     p50_p99,
@@ -39,7 +38,8 @@ from harness import (
     wait_for,
 )
 
-sys.path.insert(0, str(ROOT))
+from core.epoch import now_ms
+from hub.process import free_port
 
 
 @dataclass
@@ -290,7 +290,7 @@ def main() -> None:
         django.setup()
         keys = [d.key for d in devices_copy(env["HUB_DATABASE_URL"], args.devices, prefix="bench-")]
         broker, port = broker_start(workdir)
-        t0 = time.time_ns() // 1_000_000 - 7_200_000  # the ceiling's ts; the bridge's start an hour later
+        t0 = now_ms() - 7_200_000  # the ceiling's ts; the bridge's start an hour later
         console.print(
             f"MQTT bench: {args.devices} devices x {args.messages} QoS 1 messages x {args.readings} readings, "
             f"{'max rate' if not args.rate else f'{args.rate:,.0f} msg/s offered'}, {os.cpu_count()} CPUs"

@@ -8,6 +8,7 @@ hub's RSS per connection, ack latency p50/p99 in the steady window, and readings
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -27,29 +28,34 @@ from harness import (
     table,
 )
 
+from ingest.client import DeviceClient, Handled
 
-async def device(url: str, interval: float, latencies: list[float], connected: list[int], stop: asyncio.Event) -> None:
-    while True:  # a handshake that times out in the connection storm is retried, as a real device would
-        try:
-            ws = await websockets.connect(url, open_timeout=30, ping_interval=None, max_queue=4)
-            break
-        except (OSError, TimeoutError, websockets.WebSocketException):
-            await asyncio.sleep(random.uniform(1, 3))
-    async with ws:
+
+async def device(
+    hub: str, token: str, interval: float, latencies: list[float], connected: list[int], stop: asyncio.Event
+) -> None:
+    options = {"open_timeout": 30, "ping_interval": None, "max_queue": 4}
+
+    def handled(frame: Handled) -> None:
+        latencies.append(frame.latency)
+
+    async with contextlib.AsyncExitStack() as stack:
+        while True:  # a handshake that times out in the connection storm is retried, as a real device would
+            try:
+                connecting = DeviceClient.connect(hub, token, on_handled=handled, **options)
+                client = await stack.enter_async_context(connecting)
+                break
+            except (OSError, TimeoutError, websockets.WebSocketException):
+                await asyncio.sleep(random.uniform(1, 3))
         connected[0] += 1
-        frame = 0
         await asyncio.sleep(random.uniform(0, interval))  # spread the load
         while not stop.is_set():
-            frame += 1
-            sent = time.perf_counter()
-            await ws.send('{"t": %d}' % frame)  # noqa: UP031
-            await ws.recv()
-            latencies.append(time.perf_counter() - sent)
+            await client.acked(await client.send('{"t": %d}' % (client.sent + 1)))  # noqa: UP031
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
 
 async def connect_all(
-    base: str, tokens: list[str], args: argparse.Namespace, latencies: list[float], stop: asyncio.Event
+    hub: str, tokens: list[str], args: argparse.Namespace, latencies: list[float], stop: asyncio.Event
 ) -> tuple[list[asyncio.Task[None]], int]:
     """Open the idle devices' sockets, 100 every 0.2 s, with a progress bar: their tasks, how many connected."""
     connected = [0]
@@ -58,9 +64,7 @@ async def connect_all(
     with progress() as bar:
         task = bar.add_task("connecting", total=len(tokens), status="")
         for i, token in enumerate(tokens, 1):
-            tasks.append(
-                asyncio.create_task(device(f"{base}/{token}/telemetry", args.interval, latencies, connected, stop))
-            )
+            tasks.append(asyncio.create_task(device(hub, token, args.interval, latencies, connected, stop)))
             if i % 100 == 0:
                 await asyncio.sleep(0.2)
                 bar.update(task, completed=connected[0])
@@ -75,13 +79,12 @@ async def run(args: argparse.Namespace) -> None:
     with bench_database("scale", redis_url="redis://127.0.0.1:6379/13") as env:
         tokens = [d.token for d in devices_copy(env["HUB_DATABASE_URL"], args.devices, prefix="s")]
         with hubs_running(env) as (hub,):
-            base = f"{hub.ws}/ws/v1"
             stop = asyncio.Event()
             latencies: list[float] = []
-            warm = asyncio.create_task(device(f"{base}/{tokens[0]}/telemetry", 1.0, [], [0], stop))
+            warm = asyncio.create_task(device(hub.ws, tokens[0], 1.0, [], [0], stop))
             await asyncio.sleep(2)
             baseline = rss_kib(hub.process.pid)
-            idle, connected = await connect_all(base, tokens[1:], args, latencies, stop)
+            idle, connected = await connect_all(hub.ws, tokens[1:], args, latencies, stop)
             tasks = [warm, *idle]
             await asyncio.sleep(args.interval * 1.5)  # every device has sent at least once
             latencies.clear()

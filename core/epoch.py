@@ -1,6 +1,12 @@
 """Epoch milliseconds, the hub's wire and API time, to and from aware UTC datetimes (the ORM's)."""
 
+import time
 from datetime import UTC, datetime
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds, as devices stamp readings."""
+    return time.time_ns() // 1_000_000
 
 
 def epoch_ms(value: datetime) -> int:

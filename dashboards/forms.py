@@ -1,10 +1,9 @@
 """Validation of history API parameters; every error names its parameter."""
 
-import time
-
 from django import forms
 from django.conf import settings
 
+from core.epoch import now_ms
 from ingest.selectors import AGGREGATES, interval_auto
 
 DAY_MS = 86_400_000
@@ -45,7 +44,7 @@ class HistoryParams(forms.Form):
         data = super().clean()
         if self.errors:
             return data
-        end = data["end"] if data["end"] is not None else time.time_ns() // 1_000_000
+        end = data["end"] if data["end"] is not None else now_ms()
         start = data["start"] if data["start"] is not None else end - DAY_MS
         if start >= end:
             self.add_error("start", "must be before end")

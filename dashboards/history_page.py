@@ -5,7 +5,6 @@ The page and its CSV link query the same API with the same parameters, so the ex
 the chart shows. Every instant here is UTC milliseconds, as in the API; the page converts to local time.
 """
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -16,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
+from core.epoch import now_ms
 from devices.models import Device
 from ingest.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
 
@@ -126,6 +126,6 @@ def device_history(request: HttpRequest, key: str) -> HttpResponse:
     """One device's history: range, keys and aggregate pickers, a chart, the CSV of what it shows."""
     device = get_object_or_404(Device, key=key)
     known = keys_of_device(device.id)
-    choices = history_choices(request.GET, known_keys=known, now=time.time_ns() // 1_000_000)
+    choices = history_choices(request.GET, known_keys=known, now=now_ms())
     context = history_page_context(device=device, known_keys=known, choices=choices)
     return render(request, "dashboards/history.html", context)

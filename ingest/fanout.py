@@ -10,12 +10,12 @@ throughout: dashboards recover from the database, never from the channel layer.
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
+from core.epoch import now_ms
 from core.logs import ThrottledLog
 from core.protocol import (
     ALERTS_GROUP,
@@ -191,7 +191,7 @@ class FleetDigester:
         self._last = 0.0
 
     def add(self, committed: Committed) -> None:
-        seen = time.time_ns() // 1_000_000
+        seen = now_ms()
         for device, readings in committed.items():
             digest = self._pending.setdefault(device.key, DeviceDigest(seen=seen, n=0, latest={}))
             digest["seen"] = seen

@@ -1,11 +1,11 @@
 """The one ingest entry point every transport calls: parse, rate-limit, then queue for the process's writer."""
 
 import asyncio
-import time
 
 from django.conf import settings
 
 from core import metrics
+from core.epoch import now_ms
 from devices.services import DeviceIdentity
 from ingest.parsing import IngestError, Limits, parse_telemetry
 from ingest.ratelimit import RateLimiter
@@ -40,7 +40,7 @@ class Ingest:
         `transport` ("ws", "http", "mqtt") labels the metrics.
         """
         try:
-            readings = parse_telemetry(body, now_ms=time.time_ns() // 1_000_000, limits=self._limits)
+            readings = parse_telemetry(body, now_ms=now_ms(), limits=self._limits)
             self._limiter.take(device.id, len(readings))
         except IngestError as error:
             metrics.MESSAGES_REJECTED.labels(transport, error.code).inc()

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import orjson
 import websockets
 
+from core.epoch import now_ms
+from ingest.client import DeviceClient, Handled, ProtocolViolation
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +28,12 @@ class SimStats:
     errors: int = 0
     reconnects: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    def handled(self, handled: Handled) -> None:
+        if handled.error is None:
+            self.acked += 1
+        else:
+            self.errors += 1
 
 
 def _reading(phase: float, now_ms: int) -> dict:
@@ -41,52 +50,31 @@ def _reading(phase: float, now_ms: int) -> dict:
 
 
 async def simulate_device(base_url: str, token: str, *, rate: float, stats: SimStats, stop: asyncio.Event) -> None:
-    """Send `rate` messages/s until `stop`; unacked messages are resent after a reconnect."""
-    url = f"{base_url.rstrip('/')}/ws/v1/{token}/telemetry"
+    """Send `rate` messages/s until `stop`; what was not acked is sent again after a reconnect."""
     phase = random.random() * 6.28  # noqa: S311
-    unacked: dict[int, bytes] = {}  # frame number on the current connection -> message
+    unacked: list[str] = []
     backoff = 0.5
     while not stop.is_set():
+        client: DeviceClient | None = None
         try:
-            async with websockets.connect(url, open_timeout=10) as ws:
+            async with DeviceClient.connect(base_url, token, on_handled=stats.handled, open_timeout=10) as client:
                 backoff = 0.5
-                frame = 0
-                pending = list(unacked.values())
-                unacked.clear()
-                for message in pending:
-                    frame += 1
-                    unacked[frame] = message
-                    await ws.send(message.decode())
-                receiver = asyncio.create_task(_receive_acks(ws, unacked, stats))
-                try:
-                    while not stop.is_set() and not receiver.done():
-                        message = orjson.dumps(_reading(phase, time.time_ns() // 1_000_000))
-                        frame += 1
-                        unacked[frame] = message
-                        await ws.send(message.decode())
-                        stats.sent += 1
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), 1 / rate)
-                finally:
-                    receiver.cancel()
-        except (OSError, websockets.WebSocketException) as exc:
+                for message in unacked:
+                    await client.send(message)
+                while not stop.is_set():
+                    await client.send(orjson.dumps(_reading(phase, now_ms())).decode())
+                    stats.sent += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1 / rate)
+        except (OSError, websockets.WebSocketException, ProtocolViolation) as exc:
             stats.reconnects += 1
             logger.debug("simulator: %s; reconnecting in %.1fs", exc, backoff)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
+                await asyncio.wait_for(stop.wait(), backoff)  # the reconnect backoff, cut short by `stop`
             backoff = min(backoff * 2, 10)
-
-
-async def _receive_acks(ws, unacked: dict[int, bytes], stats: SimStats) -> None:
-    async for raw in ws:
-        message = orjson.loads(raw)
-        if "ack" in message:
-            for frame in [f for f in unacked if f <= message["ack"]]:
-                del unacked[frame]
-                stats.acked += 1
-        elif "error" in message:
-            stats.errors += 1
-            unacked.pop(message["error"]["frame"], None)
+        finally:
+            if client is not None:
+                unacked = client.unacked()
 
 
 def status_line(stats: SimStats, devices: int) -> str:

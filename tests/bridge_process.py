@@ -11,6 +11,7 @@ from tests.conftest import ROOT, database_url_for_tests
 from tests.waiting import eventually
 
 RUN = os.environ["HUB_TEST_RUN_ID"]
+STATUS = re.compile(r"bridge: in (\d+), stored (\d+), rejected (\d+).*?acked (\d+)")
 
 
 class BridgeProcess:
@@ -64,9 +65,13 @@ class BridgeProcess:
             log.seek(self.offset)
             return log.read()
 
+    def status_lines(self) -> int:
+        """How many status lines the current run has logged (one every HUB_MQTT_STATS_SECONDS)."""
+        return len(STATUS.findall(self.run_log()))
+
     def counters(self) -> dict[str, int]:
         """The latest status line of the current run (counters start at zero with each run)."""
-        lines = re.findall(r"bridge: in (\d+), stored (\d+), rejected (\d+).*?acked (\d+)", self.run_log())
+        lines = STATUS.findall(self.run_log())
         if not lines:
             return {"in": 0, "stored": 0, "rejected": 0, "acked": 0}
         return dict(zip(("in", "stored", "rejected", "acked"), map(int, lines[-1]), strict=True))

@@ -4,14 +4,11 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
@@ -19,10 +16,10 @@ from django.conf import settings
 from django.db import connection, connections
 
 from devices.services import device_create
+from hub.process import ROOT, HubProcess, free_port
 from hub.runtime import HubRuntime, hub_runtime
 from hub.server import server_started, uvicorn_options
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
-from tests.waiting import eventually
 
 pytest_plugins = ["tests.engines"]  # the `engine` fixture: storage tests on PostgreSQL and TimescaleDB
 
@@ -83,12 +80,6 @@ def make_device(transactional_db) -> Callable[..., DeviceToken]:
     return make
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class LiveHub:
     http: str
@@ -140,56 +131,6 @@ def django_db_setup(django_db_setup, django_db_blocker):
                 conn.close_pool()
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class HubProcess:
-    """A `manage.py serve` subprocess (the production entry point), stoppable and restartable."""
-
-    env: dict[str, str]
-    port: int
-    log: Path
-    workers: int = 1
-    process: subprocess.Popen | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def start(self) -> "HubProcess":
-        with self.log.open("a") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "serve", "--port", str(self.port), "--workers", str(self.workers)],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    async def ready(self, timeout: float = 30) -> "HubProcess":
-        async def listening() -> bool:
-            try:
-                async with httpx.AsyncClient(base_url=self.http) as client:
-                    return (await client.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(listening, timeout=timeout, what=f"hub on port {self.port}")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=timeout)
-        self.process = None
-
-
 @pytest.fixture
 def hub_process(tmp_path) -> Iterator[Callable[..., HubProcess]]:
     """Factory: a hub subprocess with a clean HUB_* environment plus `env` (not started)."""
@@ -201,8 +142,7 @@ def hub_process(tmp_path) -> Iterator[Callable[..., HubProcess]]:
         if migrate:
             command = [sys.executable, "manage.py", "migrate", "-v0"]
             subprocess.run(command, cwd=ROOT, env=environment, check=True, timeout=120)
-        port = free_port()
-        hub = HubProcess(environment, port, tmp_path / f"hub-{port}.log", workers)
+        hub = HubProcess(environment, workers=workers)
         made.append(hub)
         return hub
 

@@ -4,7 +4,7 @@ with the database. lost = acknowledged − stored and unexpected = stored − se
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -13,7 +13,8 @@ import websockets
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from tests.waiting import eventually
+from core.epoch import now_ms
+from ingest.client import DeviceClient, Handled
 
 
 @dataclass
@@ -28,6 +29,15 @@ class Ledger:
     def record_acked(self, key: str, ts: list[int]) -> None:
         self.acked.setdefault(key, set()).update(ts)
         self.ack_times.append(time.monotonic())
+
+    def acker(self, key: str, numbered: dict[int, list[int]]) -> Callable[[Handled], None]:
+        """A DeviceClient's `on_handled`: records the ts of each committed frame (`numbered`: frame -> ts)."""
+
+        def handled(frame: Handled) -> None:
+            if frame.error is None:
+                self.record_acked(key, numbered[frame.frame])
+
+        return handled
 
     async def reconcile(self) -> dict[str, int]:
         """Compare with ingest_reading; prints and returns the counts."""
@@ -70,43 +80,76 @@ async def ws_device(
 ) -> None:
     """Sends `frames` frames, then keeps resending unacked ones over fresh connections until all are acked
     or `stop` is set. Reconnects on any failure with a short backoff."""
-    t0 = time.time_ns() // 1_000_000 - 3_600_000
-    pending = [[t0 + f * per_frame + i for i in range(per_frame)] for f in range(frames)]
-    while pending and not stop.is_set():
+    t0 = now_ms() - 3_600_000
+
+    async def batches() -> AsyncIterator[list[int]]:
+        for f in range(frames):
+            yield [t0 + f * per_frame + i for i in range(per_frame)]
+            await asyncio.sleep(0.002)  # pace: the load lasts a while, so a fault can land in the middle of it
+
+    await _resending(base, key, token, ledger, batches(), give_up=stop)
+
+
+async def paced_ws_device(
+    base: Callable[[], str], key: str, token: str, ledger: Ledger, *, per_frame: int, every: float, until: asyncio.Event
+) -> None:
+    """A frame of `per_frame` readings every `every` s until `until`; then waits for every ack. Like a real
+    device it reconnects and resends what was not acked."""
+    next_ts = now_ms() - 3_600_000
+
+    async def batches() -> AsyncIterator[list[int]]:
+        nonlocal next_ts
+        while not until.is_set():
+            yield [next_ts + i for i in range(per_frame)]
+            next_ts += per_frame
+            await asyncio.sleep(every)  # pace: a device sending at its own rate
+
+    await _resending(base, key, token, ledger, batches(), give_up=asyncio.Event())
+
+
+async def _resending(
+    base: Callable[[], str],
+    key: str,
+    token: str,
+    ledger: Ledger,
+    batches: AsyncIterator[list[int]],
+    *,
+    give_up: asyncio.Event,
+) -> None:
+    """Each batch one frame; on a new connection (after any failure) what was not acked goes first. Ends once
+    `batches` is exhausted and everything is acked, or at `give_up`. A rejected frame fails the test."""
+    unacked: list[list[int]] = []
+    exhausted = False
+    while (unacked or not exhausted) and not give_up.is_set():
+        numbered: dict[int, list[int]] = {}
         try:
-            async with websockets.connect(f"{base()}/ws/v1/{token}/telemetry", open_timeout=5) as ws:
-                inflight: dict[int, list[int]] = {}
-                receiver = asyncio.create_task(_acks(ws, inflight, key, ledger))
-                try:
-                    for frame, ts in enumerate(list(pending), start=1):
-                        inflight[frame] = ts
-                        ledger.record_sent(key, ts)
-                        await ws.send(_message(ts))
-                        await asyncio.sleep(0.002)
-                    with contextlib.suppress(AssertionError):
-                        await eventually(lambda inflight=inflight: not inflight or stop.is_set(), timeout=5)
-                finally:
-                    receiver.cancel()
-                    await asyncio.gather(receiver, return_exceptions=True)  # it may have ended with the socket
-                pending = [ts for ts in pending if not set(ts) <= ledger.acked.get(key, set())]
-        except (OSError, websockets.WebSocketException, TimeoutError):
-            pending = [ts for ts in pending if not set(ts) <= ledger.acked.get(key, set())]
-            await asyncio.sleep(0.2)
-
-
-async def _acks(ws, inflight: dict[int, list[int]], key: str, ledger: Ledger) -> None:
-    async for raw in ws:
-        message = orjson.loads(raw)
-        assert "error" not in message, message
-        for frame in [f for f in inflight if f <= message["ack"]]:
-            ledger.record_acked(key, inflight.pop(frame))
+            async with DeviceClient.connect(
+                base(), token, on_handled=ledger.acker(key, numbered), open_timeout=5
+            ) as client:
+                for batch in unacked:
+                    numbered[client.sent + 1] = batch
+                    await client.send(_message(batch))
+                async for batch in batches:  # after a failure, the same iterator goes on where it was
+                    ledger.record_sent(key, batch)
+                    unacked.append(batch)
+                    numbered[client.sent + 1] = batch
+                    await client.send(_message(batch))
+                exhausted = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):  # a socket that stays open but silent is replaced
+                        await client.all_acked()
+                assert not client.errors, f"the hub rejected frames of {key}: {client.errors}"
+        except (OSError, websockets.WebSocketException):
+            await asyncio.sleep(0.2)  # reconnect backoff, as a device has
+        acked = ledger.acked.get(key, set())
+        unacked = [batch for batch in unacked if not set(batch) <= acked]
 
 
 async def http_device(
     base: Callable[[], str], key: str, token: str, ledger: Ledger, *, posts: int, per_post: int, stop: asyncio.Event
 ) -> None:
     """POSTs `posts` bodies, each retried until it gets 200 (or `stop`)."""
-    t0 = time.time_ns() // 1_000_000 - 7_200_000
+    t0 = now_ms() - 7_200_000
     async with httpx.AsyncClient(timeout=10) as client:
         for p in range(posts):
             ts = [t0 + p * per_post + i for i in range(per_post)]
@@ -119,5 +162,5 @@ async def http_device(
                 if response is not None and response.status_code == 200:
                     ledger.record_acked(key, ts)
                     break
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # retry backoff, as a device has
+            await asyncio.sleep(0.01)  # pace: the posts spread over a while, so a fault lands among them

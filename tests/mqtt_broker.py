@@ -47,7 +47,7 @@ class MosquittoBroker:
             except OSError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.05)
+                time.sleep(0.05)  # bounded polling: Mosquitto gives no other sign that it listens
 
     def stop(self) -> None:
         if self.process is not None:

@@ -1,7 +1,6 @@
 """MQTT publishers for tests and benchmarks: QoS 1, recording what the broker acknowledged (PUBACK)."""
 
 import threading
-import time
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -19,6 +18,7 @@ class Publisher:
         self._pending: dict[int, int] = {}
         self._early: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
         self._lock = threading.Lock()
+        self._all_acked = threading.Condition(self._lock)  # notified when nothing is pending
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"pub-{key}",
@@ -39,6 +39,8 @@ class Publisher:
                 self._early.add(mid)
             else:
                 self.acked.add(ts)
+            if not self._pending:
+                self._all_acked.notify_all()
 
     def publish(self, ts: int, values: dict, *, topic: str | None = None, payload: bytes | None = None) -> None:
         body = payload if payload is not None else orjson.dumps({"ts": ts, "values": values})
@@ -52,9 +54,9 @@ class Publisher:
                 self._pending[info.mid] = ts
 
     def wait_all_acked(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
-            time.sleep(0.01)
+        """Block until the broker PUBACKed every message published so far (or `timeout` s passed)."""
+        with self._all_acked:
+            self._all_acked.wait_for(lambda: not self._pending, timeout)
 
     def close(self) -> None:
         self.client.disconnect()

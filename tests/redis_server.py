@@ -34,7 +34,7 @@ class RedisServer:
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.05)
+                time.sleep(0.05)  # bounded polling: Redis gives no other sign that it listens
 
     def stop(self) -> None:
         if self.process is not None:

@@ -4,6 +4,7 @@ import asyncio
 
 from ingest.acks import AckSequencer
 from ingest.parsing import ErrorCode, IngestError
+from tests.waiting import eventually
 
 
 async def sequencer(max_inflight: int = 100) -> tuple[AckSequencer, list[dict], list[BaseException]]:
@@ -20,8 +21,9 @@ async def sequencer(max_inflight: int = 100) -> tuple[AckSequencer, list[dict], 
 
 
 async def settle() -> None:
+    """For negative checks only: a few turns of the event loop, in which the sequencer (no I/O) does all it can."""
     for _ in range(5):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop (negative checks only)
 
 
 async def test_a_committed_frame_is_acked_while_later_frames_still_wait_for_their_commit():
@@ -31,10 +33,10 @@ async def test_a_committed_frame_is_acked_while_later_frames_still_wait_for_thei
     await acks.committed_later(1, first)
     await acks.committed_later(2, second)
     first.set_result(None)
-    await settle()
+    await eventually(lambda: len(sent) == 1, what="the ack of frame 1")
     assert sent == [{"ack": 1}], "frame 1 is acked although frame 2 is still in flight"
     second.set_result(None)
-    await settle()
+    await eventually(lambda: len(sent) == 2, what="the ack of frame 2")
     assert sent == [{"ack": 1}, {"ack": 2}]
     await acks.close()
 
@@ -49,7 +51,7 @@ async def test_frames_committed_together_get_one_ack_and_errors_come_before_the_
     await acks.committed_later(4, futures[2])
     for future in futures:
         future.set_result(None)
-    await settle()
+    await eventually(lambda: {"ack": 4} in sent, what="the ack covering frame 4")
     assert sent[0]["error"]["frame"] == 2
     assert sent[1:] == [{"ack": 4}], "one ack for everything already handled"
     await acks.close()
@@ -63,7 +65,7 @@ async def test_a_failed_commit_is_never_acked_and_reported_once():
     await acks.committed_later(2, failed)
     ok.set_result(None)
     failed.set_exception(RuntimeError("database said no"))
-    await settle()
+    await eventually(lambda: bool(failures), what="the failure to be reported")
     assert sent == [{"ack": 1}] and [str(f) for f in failures] == ["database said no"]
     await acks.close()
 
@@ -76,9 +78,9 @@ async def test_too_many_frames_in_flight_make_the_reader_wait():
     await acks.committed_later(2, futures[1])
     await acks.committed_later(3, futures[2])  # frame 1 was taken by the sequencer: a slot is free
     third = asyncio.create_task(acks.committed_later(4, futures[3]))
-    await settle()
+    await settle()  # a negative check: `third` had its turns
     assert not third.done(), "backpressure: the socket is not read while frames pile up"
     futures[0].set_result(None)
-    await settle()
+    await eventually(third.done, what="a slot for frame 4")
     assert third.done()
     await acks.close()

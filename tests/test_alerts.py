@@ -2,7 +2,6 @@
 
 import hashlib
 import hmac
-import time
 
 import httpx
 import orjson
@@ -16,6 +15,7 @@ from alerts.evaluation import FIRING, OK, PENDING, RuleSpec, Tracked, threshold_
 from alerts.models import AlertEvent, AlertRule, AlertState, WebhookDelivery
 from alerts.rules import rule_spec
 from alerts.silence import silence_check
+from core.epoch import now_ms
 from devices.services import DeviceIdentity
 from tests.conftest import served_hub
 from tests.waiting import eventually
@@ -77,10 +77,6 @@ def alert_settings(settings, receiver):
     settings.HUB_ALERT_WEBHOOK_POLL_SECONDS = 0.05
     settings.HUB_ALERT_WEBHOOK_BACKOFF_SECONDS = 0.05
     return settings
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def post(hub, token: str, ts: int, value: float) -> None:

@@ -1,12 +1,11 @@
 """Device authentication on both ingest transports: no token, wrong token, rotated token."""
 
-import time
-
 import httpx
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
 
+from core.epoch import now_ms
 from devices.services import device_token_rotate
 from ingest.models import Reading
 
@@ -48,7 +47,7 @@ async def test_http_unknown_or_rotated_token_gets_401(live_hub, make_device):
         wrong = await client.post("/api/v1/wrong/telemetry", content=BODY)
         assert wrong.status_code == 401
         assert wrong.json()["error"]["code"] == "unauthorized"
-        first = f'{{"ts": {time.time_ns() // 1_000_000 - 1000}, "values": {{"t": 1}}}}'
+        first = f'{{"ts": {now_ms() - 1000}, "values": {{"t": 1}}}}'
         assert (await client.post(f"/api/v1/{device.token}/telemetry", content=first)).status_code == 200
         new = await sync_to_async(device_token_rotate)(key=device.key)
         assert (await client.post(f"/api/v1/{device.token}/telemetry", content=BODY)).status_code == 401

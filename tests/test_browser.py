@@ -2,7 +2,6 @@
 connection with no gap and no duplicate, says how the connection is, keeps the picked keys and the history
 window in the URL, and shows device-provided text as text, never as HTML."""
 
-import time
 from pathlib import Path
 
 import orjson
@@ -13,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 
 from alerts.models import AlertRule
+from core.epoch import now_ms
 from devices.models import Device
 from devices.services import device_create
 from ingest.models import Reading
@@ -49,10 +49,6 @@ async def page():
 def operator(transactional_db) -> str:
     get_user_model().objects.create_user(OPERATOR, password=PASSWORD)  # an operator, not staff
     return OPERATOR
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def numbers(t0: int, indices: range) -> list[dict]:

@@ -2,13 +2,15 @@
 and live readings, and slow viewers closed without hurting the others."""
 
 import asyncio
-import time
+from collections.abc import Callable
 
 import orjson
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
 
+from core.epoch import now_ms
+from ingest.client import DeviceClient, Handled
 from ingest.models import Reading
 from tests import rawws
 from tests.waiting import eventually
@@ -16,21 +18,21 @@ from tests.waiting import eventually
 pytestmark = pytest.mark.usefixtures("postgres", "redis")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def stream_url(hub, key: str) -> str:
     return f"{hub.ws}/ws/v1/devices/{key}/stream"
 
 
-async def send_frames(hub, token: str, frames: list[list[dict]]) -> None:
-    async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
+async def send_frames(
+    hub, token: str, frames: list[list[dict]], *, pace: float = 0.0, on_handled: Callable[[Handled], None] | None = None
+) -> None:
+    """One device connection: every frame sent (one every `pace` s), then every one acked, none rejected."""
+    async with DeviceClient.connect(hub.ws, token, on_handled=on_handled) as client:
         for frame in frames:
-            await ws.send(orjson.dumps(frame).decode())
-        acked = 0
-        while acked < len(frames):
-            acked = orjson.loads(await ws.recv())["ack"]
+            await client.send(orjson.dumps(frame).decode())
+            if pace:
+                await asyncio.sleep(pace)  # pace: the device streams for a while, viewers join meanwhile
+        await client.all_acked()
+        assert not client.errors, client.errors
 
 
 @sync_to_async
@@ -79,9 +81,15 @@ async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_d
     frames = [[{"ts": t0 + f * 10 + i, "values": {"v": f}} for i in range(10)] for f in range(300)]
     since = t0 - 1  # viewers that have nothing yet: everything, from history or live, exactly once
     views: list[list[tuple[str, int]]] = []
+    # Viewers join at points of the stream: once these frames are acked (committed, fanned out).
+    joins = {frame: asyncio.Event() for frame in (15, 60, 130, 260)}
 
-    async def viewer(delay: float) -> None:
-        await asyncio.sleep(delay)
+    def handled(frame: Handled) -> None:
+        if frame.frame in joins:
+            joins[frame.frame].set()
+
+    async def viewer(joined: asyncio.Event) -> None:
+        await joined.wait()
         got: list[tuple[str, int]] = []
         views.append(got)
         headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
@@ -94,23 +102,13 @@ async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_d
                         message = orjson.loads(await ws.recv())
                         got.extend((r[1], r[0]) for r in message["readings"])
 
-    sender = asyncio.create_task(send_frames_paced(live_hub, device.token, frames))
-    await asyncio.gather(sender, *(viewer(d) for d in (0.05, 0.2, 0.4, 0.8)))
+    sender = asyncio.create_task(send_frames(live_hub, device.token, frames, pace=0.003, on_handled=handled))
+    await asyncio.gather(sender, *(viewer(joined) for joined in joins.values()))
     expected = await stored_after(device.id, since)
     assert len(expected) == 3000
     for got in views:
         assert len(got) == len(set(got)), "no duplicate"
         assert sorted(got) == expected, "no gap"
-
-
-async def send_frames_paced(hub, token: str, frames: list[list[dict]]) -> None:
-    async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
-        for frame in frames:
-            await ws.send(orjson.dumps(frame).decode())
-            await asyncio.sleep(0.003)
-        acked = 0
-        while acked < len(frames):
-            acked = orjson.loads(await ws.recv())["ack"]
 
 
 async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(

@@ -10,7 +10,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import orjson
 import pytest
 import websockets
 
+from core.epoch import now_ms
 from tests.conftest import free_port
 from tests.waiting import eventually
 
@@ -104,9 +104,9 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
                 f"ws://127.0.0.1:{port}/ws/v1/devices/kitchen/stream", additional_headers=headers
             ) as stream:
                 assert orjson.loads(await stream.recv())["type"] == "subscribed"
-                await stream.send(orjson.dumps({"since": time.time_ns() // 1_000_000 - 5_000}).decode())
+                await stream.send(orjson.dumps({"since": now_ms() - 5_000}).decode())
                 assert orjson.loads(await stream.recv())["type"] == "history"
-                ts = time.time_ns() // 1_000_000
+                ts = now_ms()
                 response = await client.post(f"/api/v1/{token}/telemetry", json={"ts": ts, "values": {"t": 1.5}})
                 assert response.status_code == 200
                 async with websockets.connect(f"ws://127.0.0.1:{port}/ws/v1/{token}/telemetry") as ws:

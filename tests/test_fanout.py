@@ -11,6 +11,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from ingest.fanout import _PubSubPipeline, group_send_many
+from tests.waiting import group_ready
 
 pytestmark = pytest.mark.usefixtures("redis")
 
@@ -20,11 +21,12 @@ def layer_of_another_process() -> RedisPubSubChannelLayer:
 
 
 async def members(layer, groups: list[str]) -> dict[str, str]:
-    """One channel in each group, as a dashboard consumer has."""
+    """One channel in each group, as a dashboard consumer has, each subscribed (probed) before it returns."""
     channels = {}
     for group in groups:
         channels[group] = await layer.new_channel()
         await layer.group_add(group, channels[group])
+        await group_ready(layer, group, channels[group])
     return channels
 
 
@@ -48,7 +50,6 @@ async def test_a_flush_of_many_groups_is_published_in_one_pipeline_and_delivered
     sender, listener = get_channel_layer(), layer_of_another_process()
     groups = [f"device.fanout-{i}" for i in range(20)]
     channels = await members(listener, groups)
-    await asyncio.sleep(0.1)  # subscriptions reach Redis
     for shard in sender._get_layer()._shards:
         monkeypatch.setattr(shard, "publish", pytest.fail)
     for n in range(3):
@@ -70,7 +71,6 @@ async def test_without_the_internals_each_message_goes_through_group_send(caplog
 
     listener = layer_of_another_process()
     channels = await members(listener, ["device.renamed"])
-    await asyncio.sleep(0.1)
     renamed = Renamed(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
     with caplog.at_level(logging.WARNING, logger="ingest.fanout"):
         assert await group_send_many(renamed, [("device.renamed", {"type": "t", "n": 1})]) == (0, None)

@@ -51,7 +51,7 @@ async def test_database_outage_during_websocket_and_http_ingest(make_device, hub
     async with httpx.AsyncClient(base_url=hub.http) as client:
         while time.monotonic() - cut_at < 3:
             peak_queue = max(peak_queue, queue_rows((await client.get("/metrics")).text))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the sampling interval of a 3 s outage (time itself is the scenario)
     acks_while_down = [t for t in ledger.ack_times if cut_at + 0.5 < t < cut_at + 3]
     print(f"outage: {len(ledger.ack_times)} acks before restore, peak writer queue {peak_queue:.0f} rows")
     await proxy.restore()

@@ -2,7 +2,6 @@
 events on the fleet stream, device-provided names escaped."""
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -15,15 +14,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from alerts.models import AlertRule
+from core.epoch import now_ms
 from dashboards.selectors import fleet_status
 from devices.models import Device
 from ingest.models import LatestValue, Reading
 
 pytestmark = pytest.mark.usefixtures("postgres")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def fleet_of(count: int, *, prefix: str = "fleet") -> list[Device]:

@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import connection
 
+from core.epoch import now_ms
 from core.registry import current_runtime
 from dashboards.auth import api_token_create
 from devices.services import DeviceIdentity
@@ -56,7 +57,7 @@ async def dataset(make_device):
     """Two keys, irregular timestamps over 5 hours with a 1-hour hole, values with decimals."""
     device = await sync_to_async(make_device)()
     rng = random.Random(7)
-    t0 = hour_floor(time.time_ns() // 1_000_000) - 6 * HOUR
+    t0 = hour_floor(now_ms()) - 6 * HOUR
     readings, ts = [], t0 + 1234
     while ts < t0 + 5 * HOUR:
         if not (t0 + 2 * HOUR <= ts < t0 + 3 * HOUR):  # an empty hour
@@ -276,7 +277,7 @@ async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(ma
     from ingest.retention import retention_apply
 
     device = await sync_to_async(make_device)()
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     old = [R(now - 40 * 86_400_000 + i * 1000, "t", float(i)) for i in range(100)]
     recent = [R(now - 86_400_000 + i * 1000, "t", float(i)) for i in range(10)]
     await store(device, old + recent)

@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import re
-import time
 from html import unescape
 from urllib.parse import parse_qsl, urlsplit
 
@@ -16,6 +15,7 @@ from django.shortcuts import resolve_url
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
+from core.epoch import now_ms
 from ingest.models import LatestValue
 from ingest.parsing import Reading as R
 from ingest.selectors import interval_auto
@@ -110,7 +110,7 @@ def test_csv_link_carries_the_chosen_parameters(browser, make_device):
     _, raw = csv_link(browser.get(url, {**chosen, "agg": "NONE"}).content.decode())
     assert raw["limit"] == "10000" and "interval" not in raw, "raw: the points a page holds"
 
-    before = time.time_ns() // 1_000_000
+    before = now_ms()
     html = browser.get(url, {"range": "7d", "keys": "rssi"}).content.decode()
     _, week = csv_link(html)
     assert int(week["end"]) - int(week["start"]) == 7 * DAY and before <= int(week["end"]) <= before + 60_000
@@ -146,7 +146,7 @@ def test_the_page_works_in_utc_whatever_the_server_time_zone(browser, make_devic
 async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, operator, runtime):
     """The CSV behind the page's link holds the same buckets, averages and min/max band as the JSON drawn."""
     device = await sync_to_async(make_device)()
-    t0 = hour_floor(time.time_ns() // 1_000_000) - 3 * HOUR
+    t0 = hour_floor(now_ms()) - 3 * HOUR
     await store(device, [R(t0 + i * 7_000, key, float(i % 37) + len(key)) for i in range(1500) for key in ("a", "b")])
     client = AsyncClient()
     await client.aforce_login(operator)

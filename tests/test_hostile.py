@@ -15,18 +15,16 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from core.epoch import now_ms
 from devices.services import device_token_rotate
 from hub.asgi import router
+from ingest.client import DeviceClient
 from ingest.models import Reading
 from tests import rawws
 from tests.conftest import served_hub
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("postgres")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @sync_to_async
@@ -185,18 +183,12 @@ async def test_fuzzed_frames_valid_are_stored_once_invalid_get_errors(live_hub, 
 
     collect()
     caplog.set_level(logging.WARNING)
-    async with websockets.connect(f"{live_hub.ws}/ws/v1/{device.token}/telemetry") as ws:
+    async with DeviceClient.connect(live_hub.ws, device.token) as client:
         for text, _body in frames:
-            await ws.send(text)
-        errors: set[int] = set()
-        acked = 0
+            await client.send(text)
         async with asyncio.timeout(30):
-            while acked < len(frames):
-                reply = orjson.loads(await ws.recv())
-                if "error" in reply:
-                    errors.add(reply["error"]["frame"])
-                else:
-                    acked = reply["ack"]
+            await client.all_acked()
+    errors = set(client.errors)
     invalid = {i + 1 for i, (_text, body) in enumerate(frames) if body is None}
     assert errors == invalid
     expected = sum(len(body) for _text, body in frames if body is not None)

@@ -1,7 +1,6 @@
 """WebSocket and HTTP ingest end to end: real uvicorn, PostgreSQL, Redis and a real WebSocket client."""
 
 import asyncio
-import time
 
 import httpx
 import orjson
@@ -9,6 +8,8 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 
+from core.epoch import now_ms
+from ingest.client import DeviceClient
 from ingest.models import LatestValue, Reading
 from tests.waiting import eventually
 
@@ -20,7 +21,7 @@ PER_FRAME = 50
 
 
 def base_ts() -> int:
-    return (time.time_ns() // 1_000_000) - 60_000
+    return now_ms() - 60_000
 
 
 def frames_for(ts0: int) -> list[str]:
@@ -31,26 +32,23 @@ def frames_for(ts0: int) -> list[str]:
     ]
 
 
-async def send_and_collect_acks(url: str, frames: list[str]) -> int:
-    """Send every frame, return the highest cumulative ack once all frames are acked."""
-    async with websockets.connect(url) as ws:
+async def send_and_collect_acks(hub, token: str, frames: list[str]) -> int:
+    """Send every frame, return the highest cumulative ack once all frames are acked (the client fails on
+    an ack that does not increase or covers a frame not sent)."""
+    async with DeviceClient.connect(hub.ws, token) as client:
         for frame in frames:
-            await ws.send(frame)
-        highest = 0
+            await client.send(frame)
         async with asyncio.timeout(30):
-            while highest < len(frames):
-                message = orjson.loads(await ws.recv())
-                assert "error" not in message, message
-                assert message["ack"] > highest, "acks are cumulative and increasing"
-                highest = message["ack"]
-        return highest
+            await client.all_acked()
+        assert not client.errors, client.errors
+        return client.acked_upto
 
 
 async def watch(hub, cookie: str, key: str, expected: int, seen: dict[str, set]) -> None:
     headers = {"Cookie": cookie, "Origin": hub.http}
     async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
         assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await ws.send(orjson.dumps({"since": time.time_ns() // 1_000_000}).decode())
+        await ws.send(orjson.dumps({"since": now_ms()}).decode())
         assert orjson.loads(await ws.recv())["type"] == "history"
         seen[key] = set()
         while len(seen[key]) < expected:
@@ -71,9 +69,7 @@ async def test_websocket_readings_are_acked_stored_once_and_fanned_out(live_hub,
     watchers = [asyncio.create_task(watch(live_hub, operator_cookie, d.key, READINGS, seen)) for d in devices]
     await eventually(lambda: len(seen) == DEVICES, what="every watcher subscribed")
     frames = frames_for(ts0)
-    acks = await asyncio.gather(
-        *(send_and_collect_acks(f"{live_hub.ws}/ws/v1/{d.token}/telemetry", frames) for d in devices)
-    )
+    acks = await asyncio.gather(*(send_and_collect_acks(live_hub, d.token, frames) for d in devices))
     assert acks == [len(frames)] * DEVICES
     for d in devices:
         assert await stored(d.id) == READINGS
@@ -82,7 +78,7 @@ async def test_websocket_readings_are_acked_stored_once_and_fanned_out(live_hub,
     assert all(len(seen[d.key]) == READINGS for d in devices)
 
     # Resending everything (a device that lost its acks) stores nothing twice.
-    await send_and_collect_acks(f"{live_hub.ws}/ws/v1/{devices[0].token}/telemetry", frames)
+    await send_and_collect_acks(live_hub, devices[0].token, frames)
     assert await stored(devices[0].id) == READINGS
 
 

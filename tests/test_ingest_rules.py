@@ -8,14 +8,11 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 
+from core.epoch import now_ms
 from devices.models import Device
 from ingest.models import LatestValue, Reading
 
 pytestmark = pytest.mark.usefixtures("postgres")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @sync_to_async

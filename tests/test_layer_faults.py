@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from tests.conftest import database_url_for_tests
-from tests.ledger import Ledger, ws_device
+from tests.ledger import Ledger, paced_ws_device, ws_device
 from tests.redis_server import RedisServer
 from tests.waiting import eventually
 
@@ -45,7 +45,7 @@ class Viewer:
                 self.closes.append(closed.rcvd.code if closed.rcvd else None)
             except (OSError, TimeoutError, websockets.InvalidStatus):
                 self.closes.append(None)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # reconnect backoff, as the device page has
 
     async def _follow(self, ws, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -60,44 +60,6 @@ class Viewer:
                 self.caught_up += message["type"] == "history"
                 if message["type"] == "readings":
                     self.live_after_connect += len(message["readings"])
-
-
-async def paced_device(hub, key: str, token: str, ledger: Ledger, stop: asyncio.Event) -> None:
-    """One frame of 5 readings every ~20 ms until `stop`; then waits for every ack. Like a real device it
-    reconnects and resends what was not acked."""
-    next_ts = time.time_ns() // 1_000_000 - 3_600_000
-    unacked: list[list[int]] = []
-
-    def body(batch: list[int]) -> str:
-        return orjson.dumps([{"ts": t, "values": {"v": 1}} for t in batch]).decode()
-
-    while not stop.is_set() or unacked:
-        try:
-            async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
-                frames: dict[int, list[int]] = {}
-                for batch in unacked:  # resend after a reconnect
-                    frames[len(frames) + 1] = batch
-                    await ws.send(body(batch))
-                sent = len(frames)
-                while not stop.is_set() or frames:
-                    if not stop.is_set():
-                        batch = [next_ts + i for i in range(5)]
-                        next_ts += 5
-                        ledger.record_sent(key, batch)
-                        unacked.append(batch)
-                        sent += 1
-                        frames[sent] = batch
-                        await ws.send(body(batch))
-                    try:
-                        acked = orjson.loads(await asyncio.wait_for(ws.recv(), 0.02))["ack"]
-                    except TimeoutError:
-                        continue
-                    for number in sorted(n for n in frames if n <= acked):
-                        batch = frames.pop(number)
-                        unacked.remove(batch)
-                        ledger.record_acked(key, batch)
-        except (OSError, websockets.WebSocketException):
-            await asyncio.sleep(0.1)
 
 
 async def hub_on(hub_process, redis_server: RedisServer, **env: str):
@@ -121,7 +83,10 @@ async def test_redis_restart_under_open_dashboards(layer, make_device, hub_proce
     watching = [asyncio.create_task(v.run(stop_viewers)) for v in viewers]
     try:
         await eventually(lambda: all(v.caught_up for v in viewers), what="viewers caught up")
-        sending = asyncio.create_task(paced_device(hub, device.key, device.token, ledger, stop_device))
+        device_sends = paced_ws_device(
+            lambda: hub.ws, device.key, device.token, ledger, per_frame=5, every=0.02, until=stop_device
+        )
+        sending = asyncio.create_task(device_sends)
         await eventually(lambda: all(v.live_after_connect > 0 for v in viewers), what="live readings before")
         redis_server.stop()
         down_at = time.monotonic()
@@ -170,7 +135,7 @@ async def test_streams_stay_in_their_groups_past_the_core_layers_group_expiry(
     ledger, done = Ledger(), asyncio.Event()
     try:
         await eventually(lambda: viewer.caught_up > 0, what="the viewer caught up")
-        await asyncio.sleep(4)  # twice the group expiry, with no traffic at all
+        await asyncio.sleep(4)  # the scenario, not a wait: twice the group expiry passes with no traffic at all
         await ws_device(lambda: hub.ws, device.key, device.token, ledger, frames=20, per_frame=5, stop=done)
         await eventually(lambda: viewer.live_after_connect == 100, what="live readings after the expiry")
     finally:

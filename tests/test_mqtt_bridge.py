@@ -3,7 +3,7 @@ stored exactly once, nothing PUBACKed lost across crashes, shared subscriptions 
 
 import asyncio
 import signal
-import time
+import threading
 
 import httpx
 import orjson
@@ -14,6 +14,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from paho.mqtt.enums import CallbackAPIVersion
 
+from core.epoch import now_ms
 from devices.models import Device
 from tests.bridge_process import RUN, BridgeProcess
 from tests.conftest import database_url_for_tests, free_port
@@ -61,7 +62,7 @@ def stored_ts(device_ids: list[int]) -> tuple[dict[int, set[int]], int]:
 
 
 def base_ts() -> int:
-    return time.time_ns() // 1_000_000 - 3_600_000
+    return now_ms() - 3_600_000
 
 
 async def publish_all(publishers: list[Publisher], count: int, t0: int, *, pace: float = 0.0) -> None:
@@ -69,7 +70,7 @@ async def publish_all(publishers: list[Publisher], count: int, t0: int, *, pace:
         for p in publishers:
             p.publish(t0 + i, {"v": i})
         if pace:
-            await asyncio.sleep(pace)
+            await asyncio.sleep(pace)  # pace: the devices publish over a while (the scenario, not a wait)
     await asyncio.gather(*(asyncio.to_thread(p.wait_all_acked) for p in publishers))
 
 
@@ -159,12 +160,14 @@ async def test_bad_messages_are_acked_counted_reported_and_not_stored(make_devic
     metrics_port = free_port()
     bridge = await bridges(broker.url, "bad", HUB_MQTT_METRICS_PORT=str(metrics_port)).start().subscribed()
     errors: list[dict] = []
+    suback = threading.Event()
     watcher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"err-{RUN}")
     watcher.on_message = lambda c, u, m: errors.append(orjson.loads(m.payload))
+    watcher.on_subscribe = lambda *args: suback.set()
     watcher.connect("127.0.0.1", broker.port)
     watcher.subscribe(f"devices/{device.key}/errors")
     watcher.loop_start()
-    await asyncio.sleep(0.2)
+    await eventually(suback.is_set, what="the broker to confirm the error watcher's subscription")
     publisher = Publisher("127.0.0.1", broker.port, device.key)
     t0 = base_ts()
     publisher.publish(0, {}, payload=b"{not json")
@@ -204,7 +207,10 @@ async def test_a_database_outage_under_the_bridge_loses_nothing(make_device, bri
     await eventually(lambda: bridge.counters()["acked"] >= 100, what="acks before the outage")
     await proxy.cut()
     await publish_all([publisher], 200, t0 + 100)
-    await asyncio.sleep(1.5)
+    await eventually(lambda: bridge.counters()["in"] >= 300, what="the bridge to hold the outage's messages")
+    # A PUBACK before commit would follow receipt at once: two more status lines show there was none.
+    lines = bridge.status_lines()
+    await eventually(lambda: bridge.status_lines() >= lines + 2, what="two more bridge status lines")
     acked_during = bridge.counters()["acked"]
     assert acked_during < 300, "no PUBACK to the broker while the database is away"
     await proxy.restore()
@@ -304,7 +310,7 @@ async def test_repeated_bridge_kills_lose_nothing_pubacked(make_device, bridges,
         bridge.stop(signal.SIGKILL)
         if broker_restart and round_ == 1:
             broker.stop()  # SIGTERM: Mosquitto writes its persistence file, then comes back on the same port
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the scenario, not a wait: the broker stays away while devices publish
             broker.start()
         await bridge.start().subscribed()
     await sending

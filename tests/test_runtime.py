@@ -16,6 +16,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from alerts.engine import AlertEngine
+from core.epoch import now_ms
 from core.protocol import device_group
 from devices.services import DeviceIdentity
 from hub import asgi
@@ -25,7 +26,7 @@ from ingest.parsing import Reading
 from tests.conftest import ROOT, database_url_for_tests
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
-from tests.waiting import eventually
+from tests.waiting import eventually, group_ready
 
 
 def readings(n: int, *, start: int, key: str = "t") -> list[Reading]:
@@ -123,7 +124,7 @@ async def test_a_slow_alert_consumer_changes_neither_ack_nor_dashboard_latency(m
     evaluated: list[int] = []
 
     async def slow_consume(self: AlertEngine, committed: Committed) -> None:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario, not a wait: an alert engine that takes 500 ms per batch
         evaluated.extend(r.ts for rs in committed.values() for r in rs)
 
     monkeypatch.setattr(AlertEngine, "consume", slow_consume)
@@ -132,11 +133,11 @@ async def test_a_slow_alert_consumer_changes_neither_ack_nor_dashboard_latency(m
     listener = RedisPubSubChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
     channel = await listener.new_channel()
     await listener.group_add(device_group(device.key), channel)
+    await group_ready(listener, device_group(device.key), channel)
     from hub.runtime import hub_runtime
 
     async with hub_runtime() as runtime:
-        await asyncio.sleep(0.1)  # noqa: ASYNC251 - the listener's subscription reaches Redis (no event for it)
-        t0 = time.time_ns() // 1_000_000 - 10_000
+        t0 = now_ms() - 10_000
         ack_ms, fanout_ms = [], []
         for i in range(20):
             sent = time.monotonic()

@@ -5,7 +5,6 @@ devices connected to the other process or arriving through either bridge."""
 import asyncio
 import contextlib
 import os
-import time
 
 import httpx
 import orjson
@@ -15,6 +14,7 @@ import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from core.epoch import now_ms
 from tests.bridge_process import RUN, BridgeProcess
 from tests.conftest import database_url_for_tests
 from tests.ledger import Ledger, http_device, ws_device
@@ -39,7 +39,7 @@ async def watch(hub, cookie: str, key: str, seen: dict[str, set[int]]) -> None:
         async for raw in ws:
             message = orjson.loads(raw)
             if message.get("type") == "subscribed":  # sent after the group membership is in place
-                await ws.send(orjson.dumps({"since": time.time_ns() // 1_000_000}).decode())
+                await ws.send(orjson.dumps({"since": now_ms()}).decode())
             elif message.get("type") == "history":
                 seen.setdefault(key, set())
             elif message.get("type") == "readings":
@@ -49,11 +49,11 @@ async def watch(hub, cookie: str, key: str, seen: dict[str, set[int]]) -> None:
 async def mqtt_device(broker_port: int, key: str, ledger: Ledger, *, messages: int) -> None:
     """QoS 1 publishes with unique ts; the ledger's "acked" is what the broker PUBACKed."""
     publisher = Publisher("127.0.0.1", broker_port, key, client_id=f"scale-{RUN}-{key}")
-    t0 = time.time_ns() // 1_000_000 - 10_800_000
+    t0 = now_ms() - 10_800_000
     for i in range(messages):
         ledger.record_sent(key, [t0 + i])
         publisher.publish(t0 + i, {"v": i})
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)  # pace: the device publishes over a while (the scenario, not a wait)
     await asyncio.to_thread(publisher.wait_all_acked)
     ledger.record_acked(key, sorted(publisher.acked))
     publisher.close()

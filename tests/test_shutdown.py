@@ -21,6 +21,7 @@ import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from core.epoch import now_ms
 from tests import rawws
 from tests.conftest import database_url_for_tests
 from tests.ledger import Ledger, ws_device
@@ -65,19 +66,23 @@ def store_history(device_id: int, count: int) -> None:
     from core.epoch import from_epoch_ms
     from ingest.models import Reading
 
-    t0 = time.time_ns() // 1_000_000 - 86_400_000
+    t0 = now_ms() - 86_400_000
     Reading.objects.bulk_create(
         [Reading(device_id=device_id, key="h", ts=from_epoch_ms(t0 + i), value=i) for i in range(count)],
         batch_size=5_000,
     )
 
 
-async def viewer(hub, key: str, headers: dict[str, str], since: int, stop: asyncio.Event) -> None:
-    """A dashboard that reads everything it is sent until the hub goes away."""
+async def viewer(
+    hub, key: str, headers: dict[str, str], since: int, stop: asyncio.Event, asked: list[int] | None = None
+) -> None:
+    """A dashboard that reads everything it is sent until the hub goes away (`asked` counts its catch-up request)."""
     with contextlib.suppress(OSError, websockets.WebSocketException):
         async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
             await ws.recv()  # subscribed
             await ws.send(orjson.dumps({"since": since}).decode())
+            if asked is not None:
+                asked[0] += 1
             while not stop.is_set():
                 await ws.recv()
 
@@ -92,14 +97,14 @@ async def silent_viewer(hub, key: str, headers: dict[str, str]):
     assert response.startswith("HTTP/1.1 101"), response
     opcode, payload = await rawws.read_frame(reader)
     assert orjson.loads(payload)["type"] == "subscribed"
-    writer.write(rawws.frame(0x1, orjson.dumps({"since": time.time_ns() // 1_000_000})))
+    writer.write(rawws.frame(0x1, orjson.dumps({"since": now_ms()})))
     writer.transport.pause_reading()
     return writer
 
 
 async def bulk(hub, token: str, total_bytes: int) -> None:
     """Large text-reading frames (stored as latest values only, fanned out whole), each awaited until acked."""
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     sent = 0
     async with websockets.connect(f"{hub.ws}/ws/v1/{token}/telemetry") as ws:
         frame_no = 0
@@ -131,7 +136,7 @@ async def test_sigterm_under_load_stops_the_whole_tree_within_the_limit(make_dev
         await eventually(lambda: len(descendants(hub.process.pid)) >= 2, what="both workers")
         processes |= descendants(hub.process.pid)
         headers = {"Cookie": operator_cookie, "Origin": hub.http}
-        now_ms = time.time_ns() // 1_000_000
+        since = now_ms()
         ledger, stop = Ledger(), asyncio.Event()
         devices = [
             asyncio.create_task(
@@ -139,12 +144,13 @@ async def test_sigterm_under_load_stops_the_whole_tree_within_the_limit(make_dev
             )
             for d in streaming
         ]
-        viewers = [asyncio.create_task(viewer(hub, streaming[i % 4].key, headers, now_ms, stop)) for i in range(40)]
+        viewers = [asyncio.create_task(viewer(hub, streaming[i % 4].key, headers, since, stop)) for i in range(40)]
         silent = [await silent_viewer(hub, loud.key, headers) for _ in range(6)]
         await bulk(hub, loud.token, BULK_BYTES)  # every silent viewer now has a socket that cannot be flushed
         await eventually(lambda: sum(map(len, ledger.acked.values())) > 1_000, what="devices acked")
-        viewers += [asyncio.create_task(viewer(hub, archive.key, headers, 0, stop)) for _ in range(60)]
-        await asyncio.sleep(1.0)  # the catch-up queries are queued
+        asked = [0]
+        viewers += [asyncio.create_task(viewer(hub, archive.key, headers, 0, stop, asked)) for _ in range(60)]
+        await eventually(lambda: asked[0] == 60, what="every archive viewer to ask for its catch-up")
         processes |= descendants(hub.process.pid)
         acked_before = sum(map(len, ledger.acked.values()))
 

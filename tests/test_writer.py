@@ -3,7 +3,6 @@
 import asyncio
 import gc
 import sqlite3
-import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -11,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from core.epoch import now_ms
 from devices.models import Device
 from devices.services import DeviceIdentity
 from ingest.backends import (
@@ -28,7 +28,7 @@ from ingest.parsing import Reading as R
 from ingest.writer import GC_THRESHOLDS, Writer, WriterClosed, WriterConfig, collector_tune
 from tests.sinks import RecordingSink
 from tests.tcp_proxy import TcpProxy
-from tests.waiting import eventually
+from tests.waiting import Gate, eventually
 
 pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
 
@@ -38,7 +38,7 @@ class GatedBackend(PostgresBackend):
 
     def __init__(self, conninfo: str) -> None:
         super().__init__(conninfo)
-        self.gate = asyncio.Event()
+        self.gate = Gate()
         self.writes = 0
 
     async def write(self, batch: Batch, turn: Turn = ALONE) -> None:
@@ -52,8 +52,16 @@ def conninfo(**overrides) -> str:
 
 
 def readings(n: int, *, start: int | None = None, key: str = "t") -> list[R]:
-    t0 = start if start is not None else time.time_ns() // 1_000_000 - 100_000
+    t0 = start if start is not None else now_ms() - 100_000
     return [R(t0 + i, key, float(i)) for i in range(n)]
+
+
+async def waiting_for_a_lock() -> bool:
+    """A session of the test database waits for a row lock another transaction holds."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    async with await psycopg.AsyncConnection.connect(conninfo(), autocommit=True) as conn:
+        row = await (await conn.execute(query)).fetchone()
+    return row is not None and row[0] > 0
 
 
 @sync_to_async
@@ -74,11 +82,13 @@ async def test_no_future_resolves_before_commit_and_the_queue_is_bounded(make_de
     writer.start()
     futures = [await writer.submit(ident, readings(100, start=1_700_000_000_000 + i * 1000)) for i in range(3)]
     blocked = asyncio.create_task(writer.submit(ident, readings(100, start=1_700_000_100_000)))
-    await asyncio.sleep(0.2)
+    # Once the flush waits at the gate nothing can commit; `blocked` has run meanwhile (a submit without
+    # backpressure would have returned in its first step).
+    await eventually(lambda: backend.gate.waiting > 0, what="the flush to wait at the gate")
     assert not blocked.done(), "a full queue makes submit() wait (backpressure)"
     assert not any(f.done() for f in futures), "nothing is acknowledged before commit"
     assert writer.queued_rows == 300
-    backend.gate.set()
+    backend.gate.open()
     await asyncio.wait_for(asyncio.gather(*futures), 10)
     await asyncio.wait_for(await asyncio.wait_for(blocked, 10), 10)
     assert await stored(device.id) == 400
@@ -100,9 +110,8 @@ async def test_a_database_outage_delays_acks_and_loses_nothing(make_device):
     await asyncio.wait_for(await writer.submit(ident, readings(10, start=1_700_000_000_000)), 10)
     await proxy.cut()
     during = [await writer.submit(ident, readings(50, start=1_700_000_001_000 + i * 100)) for i in range(5)]
-    await asyncio.sleep(1.0)
+    await eventually(lambda: writer.stats["retries"] > 0, what="the writer to meet the outage")
     assert not any(f.done() for f in during), "nothing is acknowledged while the database is unreachable"
-    assert writer.stats["retries"] > 0
     await proxy.restore()
     await asyncio.wait_for(asyncio.gather(*during), 30)
     assert await stored(device.id) == 260
@@ -182,7 +191,7 @@ async def test_deleting_a_device_around_its_flush_leaves_no_reading_behind(make_
         await deleting.execute("DELETE FROM devices_device WHERE id = %s", [device.id])
         # A flush reaching the row while its deletion is not committed waits for it, then is refused.
         late = await writer.submit(ident, readings(5, start=1_700_000_000_000))
-        await asyncio.sleep(0.3)
+        await eventually(waiting_for_a_lock, what="the flush to wait for the deleting transaction's lock")
         assert not late.done(), "the flush waits for the deleting transaction"
         await deleting.commit()
     with pytest.raises(DevicesGone):

@@ -2,7 +2,6 @@
 come out as if the flushes had run one after the other; failures roll the one behind back; no deadlocks."""
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,8 @@ from ingest.parsing import Reading as R
 from ingest.writer import Writer, WriterConfig
 from tests.engines import refresh_aggregates
 from tests.sinks import RecordingSink
+from tests.test_writer import waiting_for_a_lock
+from tests.waiting import Gate, eventually
 
 pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
 
@@ -64,11 +65,13 @@ class HookedBackend(PostgresBackend):
         super().__init__(postgres_conninfo(connection.settings_dict))
         self.hooks = hooks
         self.writes = 0
+        self.rows_written = 0  # rows of every write begun, retries included
         self.in_flight = self.most_in_flight = 0
         self.committed: list[int] = []  # first ts of each committed batch, in commit order
 
     async def write(self, batch: Batch, turn: Turn = ALONE) -> None:
         self.writes += 1
+        self.rows_written += len(batch.rows)
         hooks = self.hooks(self.writes)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -107,6 +110,16 @@ def rollups_equal_raw_rows(*device_ids: int) -> None:
             assert got[4:] == pytest.approx(want[4:], rel=1e-12), (table, got, want)
 
 
+async def second_waits_for_first(backend: HookedBackend) -> None:
+    """The second flush is in the database, its statements waiting for a row the first one wrote (and has not
+    committed)."""
+
+    async def waiting() -> bool:
+        return backend.in_flight == 2 and await waiting_for_a_lock()
+
+    await eventually(waiting, what="the second flush to wait for the first one's rows")
+
+
 async def writer_with(backend: PostgresBackend, published: list | None = None) -> Writer:
     sink = RecordingSink(lambda committed: {device.key: [r.ts for r in rs] for device, rs in committed.items()})
     if published is not None:
@@ -121,18 +134,18 @@ async def test_two_flushes_in_flight_commit_ack_and_publish_in_order(make_device
     publishes only after the first, and a reading both carry (same ts) keeps the first flush's value."""
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
-    first_may_commit = asyncio.Event()
+    first_may_commit = Gate()
     backend = HookedBackend(lambda n: Hooks(before_commit=first_may_commit.wait) if n == 1 else Hooks())
     published: list[dict] = []
     writer = await writer_with(backend, published)
     first = await writer.submit(ident, readings(T0, 100, value=1.0))
-    await asyncio.sleep(0.1)  # the first flush is waiting to commit
+    await eventually(lambda: first_may_commit.waiting == 1, what="the first flush to wait to commit")
     # The second flush resends the first flush's newest reading with another value, then newer ones.
     second = await writer.submit(ident, [R(T0 + 99, "t", 2.0), *readings(T0 + 100, 99, value=3.0)])
-    await asyncio.sleep(0.3)
+    await second_waits_for_first(backend)
     assert backend.most_in_flight == 2, "both flushes are in the database at once"
     assert not first.done() and not second.done(), "neither is acked before its commit"
-    first_may_commit.set()
+    first_may_commit.open()
     await asyncio.wait_for(asyncio.gather(first, second), 10)
     assert backend.committed == [T0, T0 + 99], "commit order is flush order"
     await writer.drain()
@@ -152,14 +165,19 @@ async def test_a_failed_flush_takes_the_one_behind_it_back_and_both_are_retried_
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
 
+    first_began = asyncio.Event()
+
+    async def began() -> None:
+        first_began.set()
+
     async def lost_commit() -> None:
-        await asyncio.sleep(0.3)  # the second flush is in the database meanwhile
+        await second_waits_for_first(backend)
         raise psycopg.OperationalError("the connection was lost before COMMIT")
 
-    backend = HookedBackend(lambda n: Hooks(before_commit=lost_commit) if n == 1 else Hooks())
+    backend = HookedBackend(lambda n: Hooks(before_apply=began, before_commit=lost_commit) if n == 1 else Hooks())
     writer = await writer_with(backend)
     first = await writer.submit(ident, [*readings(T0, 99, value=1.0), R(T0 + 500, "t", 1.0)])
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(first_began.wait(), 10)  # the first flush is taken: the next submit is another flush
     second = await writer.submit(ident, [*readings(T0 + 100, 99, value=2.0), R(T0 + 500, "t", 2.0)])
     await asyncio.wait_for(asyncio.gather(first, second), 20)
     assert writer.stats["retries"] == 1
@@ -207,19 +225,25 @@ async def test_writers_with_crosswise_devices_and_resends_do_not_deadlock(make_d
     other's readings, released into the database at the same instant: no deadlock, no retry."""
     devices = [await sync_to_async(make_device)() for _ in range(6)]
     idents = [DeviceIdentity(d.id, d.key) for d in devices]
-    go = asyncio.Event()
+    go = Gate()
     backends = [HookedBackend(lambda n: Hooks(before_apply=go.wait)) for _ in range(2)]
     writers = [await writer_with(b) for b in backends]
     rounds = 8
+
+    def all_at_go(rows: int) -> bool:
+        """Every row submitted so far is in a write, and every write in flight waits for `go`."""
+        in_flight = sum(b.in_flight for b in backends)
+        return sum(b.rows_written for b in backends) >= rows and go.waiting == in_flight > 0
+
     for r in range(rounds):
-        go.clear()
+        go.close()
         futures = []
         for w, order in zip(writers, (idents, idents[::-1]), strict=True):
             for ident in order:
                 batch = [R(T0 + r, key, float(r)) for key in ("a", "b", "c", "d")]
                 futures.append(await w.submit(ident, batch if w is writers[0] else batch[::-1]))
-        await asyncio.sleep(0.05)  # both writers' flushes have copied their rows and wait for `go`
-        go.set()
+        await eventually(lambda r=r: all_at_go(2 * 6 * 4 * (r + 1)), what="both writers' flushes at `go`")
+        go.open()
         await asyncio.wait_for(asyncio.gather(*futures), 20)
     for w in writers:
         await w.drain()
@@ -238,20 +262,21 @@ async def test_backpressure_counts_rows_in_flight(make_device):
     """Rows of flushes still in the database count against max_pending_rows until they commit."""
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
-    gate = asyncio.Event()
+    gate = Gate()
+    backend = HookedBackend(lambda n: Hooks(before_commit=gate.wait))
     writer = Writer(
-        HookedBackend(lambda n: Hooks(before_commit=gate.wait)),
+        backend,
         config=WriterConfig(flush_interval=0.001, batch_rows=100, max_pending_rows=300),
         after_commit=[],
     )
     writer.start()
     futures = [await writer.submit(ident, readings(T0 + i * 100, 100)) for i in range(3)]
     blocked = asyncio.create_task(writer.submit(ident, readings(T0 + 10_000, 100)))
-    started = time.monotonic()
-    while time.monotonic() - started < 0.3:
-        await asyncio.sleep(0.02)
-        assert not blocked.done(), "two flushes in flight and one queued fill the 300-row budget"
-    gate.set()
+    # The first flush waits to commit, the second behind it: nothing can commit, and `blocked` has run
+    # meanwhile (a submit without backpressure would have returned in its first step).
+    await eventually(lambda: gate.waiting == 1 and backend.in_flight == 2, what="two flushes in flight")
+    assert not blocked.done(), "two flushes in flight and one queued fill the 300-row budget"
+    gate.open()
     await asyncio.wait_for(asyncio.gather(*futures), 10)
     await asyncio.wait_for(await asyncio.wait_for(blocked, 10), 10)
     await writer.drain()
