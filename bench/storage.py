@@ -3,10 +3,11 @@ uncompressed and TimescaleDB compressed, from one run on the same simulated flee
 
     .venv/bin/python bench/storage.py [--devices 50] [--days 30] [--interval 60] [--runs 9]
 
-1. The data: D devices reporting temperature, humidity and voltage (numbers with the precision sensors send:
-   a daily wave, a random walk and noise), plus a text `state`, every ~`--interval` s with jitter, and
-   gaps (a device offline for a while), over `--days` days ending now. Text values are not stored per
-   reading (only as latest values), so the readings table holds the three numeric keys.
+1. The data: D devices reporting temperature, humidity and voltage every ~`--interval` s, over `--days`
+   days ending now: a daily wave, a slow random walk and noise per key, at the resolution sensors send
+   (0.1 °C, 0.1 %RH, 1 mV), a sample timer that drifts (±0.1 %), and now and then a device offline for
+   hours. `--noisy` is the worst case for compression: values finer than their noise (0.01 °C under
+   σ 0.15), timing wandering ±30 %. (Text values are stored only as latest values, not per reading.)
 2. Per engine, a fresh database (`manage.py migrate` with HUB_TIMESCALE=auto: plain on the 5432 cluster,
    a hypertable with continuous aggregates on TimescaleDB's 5433), the devices registered, then every
    reading through the hub's own storage backend (`PostgresBackend.write`: COPY, INSERT, rollups, latest
@@ -29,22 +30,21 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
-from harness import ROOT, console, database_create, database_drop, hub_env, migrate, progress, table
+from harness import console, database_create, database_drop, hub_env, migrate, progress, table
 
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hub.settings")
 os.environ.setdefault("HUB_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")  # the dialect: PostgreSQL
 import django  # noqa: E402
 
 django.setup()
 
+from core.epoch import now_ms  # noqa: E402
 from ingest.backends import Batch, LatestRow, PostgresBackend  # noqa: E402
 from ingest.selectors import HistoryQuery, aggregate_statement, raw_statement  # noqa: E402
 
@@ -72,29 +72,43 @@ class Figures:
         return self.bytes_total / max(self.readings, 1)
 
 
-def fleet(devices: int, days: int, interval_s: float, end: int) -> Iterator[tuple[int, str, int, float]]:
+@dataclass(frozen=True)
+class Sensors:
+    """How the simulated devices report: resolution (decimals) and noise per key, and timing jitter."""
+
+    decimals: tuple[int, int, int]  # temperature, humidity, voltage
+    noise: tuple[float, float, float]  # standard deviation per sample
+    jitter: float  # each gap is the interval × (1 ± up to this)
+
+
+# Sensors as sold: temperature and humidity at 0.1 resolution (SHT3x/DHT22 class), supply voltage in mV, a
+# sample timer that drifts by up to ±0.1 % (tens of ms at a minute).
+TYPICAL = Sensors(decimals=(1, 1, 3), noise=(0.05, 0.2, 0.002), jitter=0.001)
+# The worst case for compression: finer resolution than the noise, and timing that wanders by ±30 %.
+NOISY = Sensors(decimals=(2, 1, 3), noise=(0.15, 0.4, 0.01), jitter=0.3)
+
+
+def fleet(devices: int, days: int, interval_s: float, sensors: Sensors, end: int) -> Iterator:
     """(device index, key, ts, value) of every numeric reading, in ts order across the fleet."""
     start = end - days * DAY_MS
-    streams = []
-    for d in range(devices):
-        rng = random.Random(d)
-        streams.append(_device_readings(d, rng, start, end, interval_s))
+    streams = [_device_readings(d, random.Random(d), start, end, interval_s, sensors) for d in range(devices)]
     yield from _merged(streams)
 
 
-def _device_readings(d: int, rng: random.Random, start: int, end: int, interval_s: float) -> Iterator:
+def _device_readings(d: int, rng: random.Random, start: int, end: int, interval_s: float, s: Sensors) -> Iterator:
+    """A daily wave, a slow random walk (weather) and noise per key; now and then offline for hours."""
     ts = start + rng.randrange(int(interval_s * 1000))
     walk = 0.0
     phase = rng.random() * 2 * math.pi
     drift = 3.3 + rng.gauss(0, 0.05)
     while ts < end:
         day = 2 * math.pi * ts / DAY_MS + phase
-        walk = max(-3.0, min(3.0, walk + rng.gauss(0, 0.05)))
-        yield ts, d, "temperature", round(21 + 3 * math.sin(day) + walk + rng.gauss(0, 0.15), 2)
-        yield ts, d, "humidity", round(45 + 10 * math.sin(day / 3) - walk + rng.gauss(0, 0.4), 1)
-        drift += rng.gauss(0, 0.0005)
-        yield ts, d, "voltage", round(drift + rng.gauss(0, 0.01), 3)
-        step = interval_s * 1000 * rng.uniform(0.7, 1.3)
+        walk = max(-3.0, min(3.0, walk + rng.gauss(0, 0.02)))
+        yield ts, d, "temperature", round(21 + 3 * math.sin(day) + walk + rng.gauss(0, s.noise[0]), s.decimals[0])
+        yield ts, d, "humidity", round(45 + 10 * math.sin(day / 3) - 2 * walk + rng.gauss(0, s.noise[1]), s.decimals[1])
+        drift -= abs(rng.gauss(0, 0.00002))  # a battery, slowly draining
+        yield ts, d, "voltage", round(drift + rng.gauss(0, s.noise[2]), s.decimals[2])
+        step = interval_s * 1000 * rng.uniform(1 - s.jitter, 1 + s.jitter)
         if rng.random() < 0.0005:  # offline for up to 6 hours now and then
             step += rng.uniform(0, 6 * 3_600_000)
         ts += int(step)
@@ -135,7 +149,9 @@ async def load(url: str, device_ids: list[int], args: argparse.Namespace, end: i
     started = time.perf_counter()
     with progress() as bar:
         task = bar.add_task("load", total=expected, status="readings")
-        for batch in batches(device_ids, fleet(len(device_ids), args.days, args.interval, end)):
+        for batch in batches(
+            device_ids, fleet(len(device_ids), args.days, args.interval, NOISY if args.noisy else TYPICAL, end)
+        ):
             if len(in_flight) >= 2:
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
@@ -227,7 +243,8 @@ def engine_run(name: str, admin: str, args: argparse.Namespace, end: int) -> lis
     db = f"hub_bench_storage_{name.replace(' ', '_')}_{os.getpid()}"
     url = database_create(db, admin)
     try:
-        migrate(hub_env(url, redis_url="redis://127.0.0.1:6379/13", prefix=f"benchstorage{os.getpid()}"))
+        env = hub_env(url, redis_url="redis://127.0.0.1:6379/13", prefix=f"benchstorage{os.getpid()}")
+        migrate({**env, "HUB_TIMESCALE_CHUNK_INTERVAL": args.chunk})
         with psycopg.connect(url) as conn:
             hypertable = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None
             if hypertable:  # the bench runs the policies' work itself, at known moments
@@ -258,13 +275,17 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--interval", type=float, default=60.0, help="mean seconds between a device's reports")
+    parser.add_argument(
+        "--noisy", action="store_true", help="values finer than their noise, timing ±30 %% (worst case)"
+    )
+    parser.add_argument("--chunk", default="1 day", help="HUB_TIMESCALE_CHUNK_INTERVAL of the TimescaleDB database")
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     for url in (PLAIN_ADMIN, TIMESCALE_ADMIN):
         host = url.split("@")[-1].split(":")[0].split("/")[0]
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise SystemExit(f"refusing non-loopback database {host!r}")
-    end = (time.time_ns() // 1_000_000) // 60_000 * 60_000
+    end = now_ms() // 60_000 * 60_000
     results = engine_run("PostgreSQL", PLAIN_ADMIN, args, end) + engine_run("TimescaleDB", TIMESCALE_ADMIN, args, end)
     plain = results[0]
     rows = []
@@ -286,7 +307,8 @@ def main() -> None:
             )
         )
     table(
-        f"storage: {args.devices} devices × {len(KEYS)} numeric keys, {args.days} days, ~{args.interval:g} s apart",
+        f"storage: {args.devices} devices × {len(KEYS)} numeric keys, {args.days} days, ~{args.interval:g} s apart"
+        + (" (--noisy)" if args.noisy else ""),
         (
             "engine",
             "readings",

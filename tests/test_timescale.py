@@ -5,7 +5,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import psycopg
@@ -13,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from core.epoch import from_epoch_ms
+from core.epoch import from_epoch_ms, now_ms
 from core.registry import current_runtime
 from core.timescale import EXTENSION_CREATED, READING_HYPERTABLE
 from devices.services import DeviceIdentity
@@ -117,7 +116,7 @@ def test_a_plain_postgresql_hub_converts_in_place_and_refuses_to_start_with_on_u
     assert refused.process.wait(timeout=60) != 0, "HUB_TIMESCALE=on refuses a database without TimescaleDB"
     assert "HUB_TIMESCALE=on, but" in refused.log.read_text() and "timescale_convert" in refused.log.read_text()
 
-    t0 = (time.time_ns() // 1_000_000 // HOUR - 30) * HOUR
+    t0 = (now_ms() // HOUR - 30) * HOUR
     rows = [(key, t0 + i * 60_000, float(i % 17)) for i in range(30 * 60) for key in ("a", "b")]
     write_readings(database, "conv-1", rows)
     expected = {
@@ -188,7 +187,7 @@ async def test_compressed_chunks_give_the_same_answers_and_take_late_readings_an
     one is stored once, and both show in the answers."""
     made = await sync_to_async(make_device)()
     device = DeviceIdentity(made.id, made.key)
-    t0 = (time.time_ns() // 1_000_000 // DAY - 3) * DAY  # three days ago: chunks a compression policy takes
+    t0 = (now_ms() // DAY - 3) * DAY  # three days ago: chunks a compression policy takes
     readings = [R(t0 + i * 7_000 + (i % 5) * 13, key, float((i * 37) % 101) / 7) for i in range(6_000) for key in "ab"]
     await store(device, readings)
     await sync_to_async(refresh_aggregates)()
