@@ -38,6 +38,13 @@ CONSUMER_LAG_SECONDS = Histogram(
     "hub_consumer_lag_seconds", "From commit to a consumer taking the readings", ["consumer"], buckets=_LATENCY_BUCKETS
 )
 CONSUMER_FAILURES = Counter("hub_consumer_failures", "Consumer calls that raised (logged, not retried)", ["consumer"])
+# Dashboard streams (dashboards/broadcast.py).
+STREAM_MESSAGES = Counter("hub_stream_messages", "Messages sent to dashboard streams")
+STREAM_MERGED = Counter("hub_stream_merged", "Stream messages that carried several ticks' readings (a viewer behind)")
+STREAM_SLOW_CLOSED = Counter("hub_stream_slow_closed", "Dashboard streams closed for not reading (4008)")
+STREAM_LAG_SECONDS = Histogram(
+    "hub_stream_lag_seconds", "From publishing a flush to handing it to the streams", buckets=_LATENCY_BUCKETS
+)
 # The MQTT bridge worker (its own process; served by `mqtt_bridge` on HUB_MQTT_METRICS_PORT). Its received,
 # stored and rejected readings are the hub_* counters above with transport="mqtt".
 BRIDGE_ACKED = Counter("hub_bridge_acked", "MQTT messages PUBACKed to the broker after commit (or rejection)")

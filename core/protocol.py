@@ -30,6 +30,7 @@ class ReadingsBatch(TypedDict):
 
     type: Literal["readings.batch"]
     device: str
+    at: int  # ms, when the publisher took the flush: the streams' fan-out lag is measured from it
     readings: list[WireReading]
 
 
@@ -74,7 +75,11 @@ class AlertEventPayload(TypedDict):
 
 
 class AlertEventMessage(TypedDict):
+    """Sent twice: to the `alerts` group for fleet pages and to the device's group for its pages. A process
+    follows both groups on one channel, so `audience` says which copy this is."""
+
     type: Literal["alert.event"]
+    audience: Literal["fleet", "device"]
     event: AlertEventPayload
 
 

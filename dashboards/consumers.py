@@ -1,14 +1,15 @@
 """Dashboard streams: a logged-in operator's WebSocket following one device, or the whole fleet, live.
 
-Device protocol (docs/stream-protocol.md): the server subscribes to the device's group, then the client sends
+Device protocol (docs/stream-protocol.md): the server follows the device's group, then the client sends
 `{"since": <ts of the newest reading it has>}`; the server answers with the readings committed after it
-(`history`), then forwards live readings, dropping the ones the history already carried. Sends go through
-a bounded queue: a browser that stops reading is closed (4008) instead of growing the hub's memory. Group
-names, message shapes and close codes: core/protocol.py.
+(`history`), then forwards live readings, dropping the ones the history already carried. Streams do not
+subscribe to the channel layer themselves: the process's `Broadcaster` (dashboards/broadcast.py) follows the
+groups for them and hands each stream messages encoded once per tick; sends go through the stream's bounded
+`Outbox`, so a browser that stops reading is closed (4008) instead of growing the hub's memory. Group names,
+message shapes and close codes: core/protocol.py.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,23 +20,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from redis.exceptions import RedisError
 
-from core import metrics
 from core.logs import ThrottledLog
-from core.protocol import (
-    ALERTS_GROUP,
-    FLEET_GROUP,
-    AlertEventMessage,
-    Close,
-    FleetDigest,
-    ReadingsBatch,
-    ReadingsGap,
-    WireReading,
-    device_group,
-)
+from core.protocol import ALERTS_GROUP, FLEET_GROUP, Close, WireReading, device_group
 from core.registry import current_runtime
-from dashboards.watchdog import OpenStreams
+from dashboards.broadcast import FRAGMENT_READINGS, Broadcaster, Outbox
 from devices.models import Device
 from ingest.selectors import readings_since
 
@@ -56,29 +45,18 @@ def unseen(readings: list[WireReading], seen: set[Identity]) -> list[WireReading
 
 
 class BoundedStreamConsumer(AsyncWebsocketConsumer):
-    """Session-authenticated stream whose sends go through a bounded queue (a slow browser is closed)."""
+    """A session-authenticated stream fed by the process's broadcaster through a bounded outbox."""
 
-    groups_joined: tuple[str, ...] = ()
-    streams: OpenStreams | None = None
-    sender: asyncio.Task[None] | None = None
-    closing: asyncio.Task[None] | None = None  # the one close of a browser that stopped reading
-
-    async def __call__(self, scope, receive, send) -> None:
-        # Channels subscribes the consumer's own channel before any handler runs; with Redis away that raises
-        # before `connect`. Refuse the stream (the browser backs off and retries) instead of a 500 traceback.
-        try:
-            await super().__call__(scope, receive, send)
-        except (RedisError, OSError) as exc:
-            _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": Close.STREAM_INTERRUPTED})
+    # No channel of its own on the layer (no per-socket subscription or receive task): the broadcaster
+    # follows the groups for every stream of the process.
+    channel_layer_alias = "no-channel-layer"
+    broadcaster: Broadcaster | None = None
+    outbox: Outbox | None = None
 
     async def dispatch(self, message) -> None:
-        # Channels hops to its one database thread (close_old_connections) before every message. A stream gets a
-        # message per flush of its device: with hundreds of viewers those hops queue behind the catch-up queries,
-        # and a stream takes its disconnect only when its hop comes (at SIGTERM uvicorn waited for them). No
-        # handler here touches the ORM but through database_sync_to_async, which closes stale connections itself
-        # (ingest/consumers.py skips the hop for the same reason).
+        # Channels hops to its one database thread (close_old_connections) before every message; nothing here
+        # touches the ORM but through database_sync_to_async, which closes stale connections itself. Skipping
+        # the hop keeps a stream's disconnect from queueing behind other streams' catch-up queries.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -97,52 +75,49 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         return True
 
     async def subscribe(self, *groups: str) -> bool:
-        """Start the sender, then join the groups (before any database query, so nothing slips between).
-        False (and the socket closed with 4011, so the browser retries) when the channel layer is down."""
-        self.outbox: asyncio.Queue[str] = asyncio.Queue(settings.HUB_STREAM_QUEUE_MESSAGES)
-        self.sender = asyncio.create_task(self._send_loop())
-        self.groups_joined = groups
-        metrics.CONNECTED_DASHBOARDS.inc()
+        """Follow the groups (before any database query, so nothing slips between). False (and the socket
+        closed with 4011, so the browser retries) when the channel layer is down."""
+        self.outbox = Outbox(
+            self._send_text,
+            self.too_slow,
+            max_chars=settings.HUB_STREAM_MAX_PENDING_KIB * 1024,
+            stall=settings.HUB_STREAM_STALL_SECONDS,
+        )
+        broadcaster = current_runtime().broadcaster
         try:
-            for group in groups:
-                await self.channel_layer.group_add(group, self.channel_name)
+            await broadcaster.follow(self, *groups)
         except Exception as exc:
             _layer_down.warning("dashboard stream refused: channel layer unavailable (%r)", exc)
             await self.close(code=Close.STREAM_INTERRUPTED)
             return False
-        self.streams = current_runtime().streams
-        self.streams.opened(self)
+        self.broadcaster = broadcaster
         return True
 
     def post(self, payload: dict) -> None:
-        try:
-            self.outbox.put_nowait(orjson.dumps(payload).decode())
-        except asyncio.QueueFull:
-            if self.closing is None:
-                self.closing = asyncio.get_running_loop().create_task(self.too_slow())
+        """A message for this stream only (encoded here: subscribed, history)."""
+        self.take_message(orjson.dumps(payload).decode())
 
-    async def too_slow(self) -> None:
-        await self.close(code=Close.TOO_SLOW)
+    def take_message(self, text: str) -> None:
+        if self.outbox is not None:
+            self.outbox.add(text)
 
-    async def _send_loop(self) -> None:
-        while True:  # cancelled by disconnect
-            await self.send(text_data=await self.outbox.get())
+    def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
+        if self.outbox is not None:
+            self.outbox.add(fragment, fragment=True)
 
-    async def alert_event(self, message: AlertEventMessage) -> None:
-        self.post({"type": "alert", "event": message["event"]})
+    def too_slow(self) -> None:
+        """The outbox overflowed: this browser stopped reading. Close (4008); it catches up when it returns."""
+        asyncio.get_running_loop().create_task(self.close(code=Close.TOO_SLOW))
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def disconnect(self, code: int) -> None:
-        if self.streams is not None:
-            self.streams.closed(self)
-        if self.groups_joined:
-            metrics.CONNECTED_DASHBOARDS.dec()
-            for group in self.groups_joined:
-                with contextlib.suppress(Exception):
-                    await self.channel_layer.group_discard(group, self.channel_name)
-            self.groups_joined = ()
-        if self.sender is not None:
-            self.sender.cancel()
-            await asyncio.gather(self.sender, return_exceptions=True)
+        if self.outbox is not None:
+            self.outbox.discard()
+        if self.broadcaster is not None:
+            broadcaster, self.broadcaster = self.broadcaster, None
+            await broadcaster.unfollow(self)
 
 
 class DeviceStreamConsumer(BoundedStreamConsumer):
@@ -165,10 +140,10 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
             await self.close(code=Close.UNKNOWN_DEVICE)
             return
         self.caught_up = False
-        self.held: list[list] = []  # live readings that arrive before the catch-up is sent
+        self.held: list[WireReading] = []  # live readings that arrive before the catch-up is sent
         self.seen: set[Identity] = set()
         self.seen_until = 0.0
-        if await self.subscribe(device_group(key)):  # subscribe first, then query
+        if await self.subscribe(device_group(key)):  # follow first, then query
             self.post({"type": "subscribed", "device": key})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -195,27 +170,25 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         self.seen_until = time.monotonic() + _DEDUPE_SECONDS
         self.post({"type": "history", "since": since, "readings": history})
         held, self.held, self.caught_up = self.held, [], True
-        self._forward(held)
+        for i in range(0, len(held), FRAGMENT_READINGS):
+            chunk = held[i : i + FRAGMENT_READINGS]
+            self.take_readings(orjson.dumps(chunk).decode()[1:-1], chunk)
 
-    async def readings_batch(self, message: ReadingsBatch) -> None:
-        if self.caught_up:
-            self._forward(message["readings"])
-        elif len(self.held) < settings.HUB_STREAM_CATCHUP_LIMIT:
-            self.held.extend(message["readings"])
-        else:
-            await self.too_slow()
-
-    async def readings_gap(self, message: ReadingsGap) -> None:
-        """The publisher dropped readings of this device: reconnect and catch up from the database."""
-        await self.close(code=Close.STREAM_INTERRUPTED)
-
-    def _forward(self, readings: list[list]) -> None:
+    def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
+        if not self.caught_up:
+            if len(self.held) + len(readings) > settings.HUB_STREAM_CATCHUP_LIMIT:
+                self.too_slow()
+            else:
+                self.held.extend(readings)
+            return
         if self.seen and time.monotonic() < self.seen_until:
-            readings = unseen(readings, self.seen)
+            fresh = unseen(readings, self.seen)  # shared with other streams: re-encoded only when it differs
+            if len(fresh) != len(readings):
+                fragment = orjson.dumps(fresh).decode()[1:-1] if fresh else ""
         else:
             self.seen = set()
-        if readings:
-            self.post({"type": "readings", "readings": readings})
+        if fragment:
+            super().take_readings(fragment, readings)
 
 
 class FleetStreamConsumer(BoundedStreamConsumer):
@@ -226,9 +199,6 @@ class FleetStreamConsumer(BoundedStreamConsumer):
             return
         if await self.subscribe(FLEET_GROUP, ALERTS_GROUP):
             self.post({"type": "subscribed"})
-
-    async def fleet_digest(self, message: FleetDigest) -> None:
-        self.post({"type": "fleet", "devices": message["devices"]})
 
 
 @database_sync_to_async

@@ -5,61 +5,21 @@ itself but the messages published meanwhile are gone, and the core layer forgets
 every HUB_STREAM_WATCHDOG_SECONDS the watchdog asks each Redis server for its run id (a restart changes
 it) and sends itself a message through the layer. When either fails, live messages may have been lost:
 every open stream of this process is closed with 4011, and its browser reconnects with `since` and
-catches up from the database (docs/stream-protocol.md). Every HUB_STREAM_REJOIN_SECONDS it also re-adds
-each open stream to its groups, because the core layer drops members after `group_expiry`.
+catches up from the database (docs/stream-protocol.md). Every HUB_STREAM_REJOIN_SECONDS it also joins the
+broadcaster's groups again, because the core layer drops members after `group_expiry`.
 """
 
 import asyncio
 import contextlib
 import logging
-import weakref
-from typing import Protocol
 
 import redis.asyncio as redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core.protocol import Close
+from dashboards.broadcast import Broadcaster
 
 logger = logging.getLogger(__name__)
-
-
-class Stream(Protocol):
-    channel_name: str
-    groups_joined: tuple[str, ...]
-
-    async def close(self, code: int | None = None, reason: str | None = None) -> None: ...
-
-
-class OpenStreams:
-    """This process's open dashboard streams (owned by the hub runtime; weak: a stream that is gone is gone)."""
-
-    def __init__(self) -> None:
-        self._open: weakref.WeakSet[Stream] = weakref.WeakSet()
-
-    def opened(self, stream: Stream) -> None:
-        self._open.add(stream)
-
-    def closed(self, stream: Stream) -> None:
-        self._open.discard(stream)
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    async def interrupt(self) -> int:
-        """Close every open stream with 4011 (they reconnect and catch up)."""
-        streams = list(self._open)
-        self._open.clear()
-        for stream in streams:
-            with contextlib.suppress(Exception):
-                await stream.close(code=Close.STREAM_INTERRUPTED)
-        return len(streams)
-
-    async def rejoin(self) -> None:
-        layer = get_channel_layer()
-        for stream in list(self._open):
-            for group in stream.groups_joined:
-                await layer.group_add(group, stream.channel_name)
 
 
 class LayerProbe:
@@ -108,7 +68,7 @@ class LayerProbe:
             await client.aclose()
 
 
-async def layer_watchdog(streams: OpenStreams) -> None:
+async def layer_watchdog(streams: Broadcaster) -> None:
     """Run for the life of the process (a loop of the hub runtime)."""
     interval = settings.HUB_STREAM_WATCHDOG_SECONDS
     probe = LayerProbe(timeout=max(5.0, interval * 3)) if settings.REDIS_URLS else None

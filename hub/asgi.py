@@ -63,7 +63,7 @@ async def lifespan(receive, send) -> None:
     stack = contextlib.AsyncExitStack()
     await receive()  # lifespan.startup
     try:
-        await stack.enter_async_context(hub_runtime(role="web"))
+        await stack.enter_async_context(hub_runtime(role=settings.HUB_ROLE))
     except Exception as exc:
         logger.exception("hub start-up failed")
         await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})

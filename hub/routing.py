@@ -3,6 +3,7 @@
 from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
 from django.urls import path, re_path
 
 from dashboards.consumers import DeviceStreamConsumer, FleetStreamConsumer
@@ -16,15 +17,18 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
         await self.close()
 
 
-websocket_urlpatterns = [
-    path(
-        "ws/v1/devices/<slug:key>/stream",
-        AllowedHostsOriginValidator(AuthMiddlewareStack(DeviceStreamConsumer.as_asgi())),
-    ),
-    path(
-        "ws/v1/fleet/stream",
-        AllowedHostsOriginValidator(AuthMiddlewareStack(FleetStreamConsumer.as_asgi())),
-    ),
-    path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi()),
-    re_path(r"", NoRouteConsumer.as_asgi()),
-]
+def websocket_routes(role: str) -> list:
+    """The WebSocket paths a process of this HUB_ROLE serves; any other path is refused at the handshake."""
+    streams = [
+        path(
+            "ws/v1/devices/<slug:key>/stream",
+            AllowedHostsOriginValidator(AuthMiddlewareStack(DeviceStreamConsumer.as_asgi())),
+        ),
+        path("ws/v1/fleet/stream", AllowedHostsOriginValidator(AuthMiddlewareStack(FleetStreamConsumer.as_asgi()))),
+    ]
+    ingest = [path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi())]
+    served = (streams if role in ("all", "stream") else []) + (ingest if role in ("all", "ingest") else [])
+    return [*served, re_path(r"", NoRouteConsumer.as_asgi())]
+
+
+websocket_urlpatterns = websocket_routes(settings.HUB_ROLE)

@@ -29,7 +29,8 @@ from alerts.webhooks import webhook_loop
 from core.db import dialect, postgres_conninfo
 from core.registry import runtime_install, runtime_uninstall
 from core.timescale import TimescaleUnavailable, timescale_required
-from dashboards.watchdog import OpenStreams, layer_watchdog
+from dashboards.broadcast import Broadcaster
+from dashboards.watchdog import layer_watchdog
 from ingest.backends import backend_for
 from ingest.commits import CommitQueue
 from ingest.fanout import Publisher
@@ -40,8 +41,11 @@ from ingest.writer import Writer, WriterConfig
 
 logger = logging.getLogger(__name__)
 
-# web: the ASGI server (every part); bridge: an MQTT bridge worker (ingest and its consumers only).
-Role = Literal["web", "bridge"]
+# all: a `serve` process doing everything (the default); ingest: devices and what follows their commits;
+# stream: the dashboards' live streams; bridge: an MQTT bridge worker (ingest and its consumers, no loops).
+Role = Literal["all", "ingest", "stream", "bridge"]
+INGESTS = ("all", "ingest", "bridge")
+STREAMS = ("all", "stream")
 
 
 def writer_config() -> WriterConfig:
@@ -56,7 +60,7 @@ def writer_config() -> WriterConfig:
 class HubRuntime:
     """Every long-lived part of one hub process. Build it in a running event loop; `hub_runtime()` runs it."""
 
-    def __init__(self, *, role: Role = "web") -> None:
+    def __init__(self, *, role: Role = "all") -> None:
         self.role = role
         self.dialect = dialect()
         self.publisher = Publisher.from_settings()
@@ -67,7 +71,7 @@ class HubRuntime:
         self.writer = Writer(backend_for(self.dialect), config=writer_config(), after_commit=self.consumers)
         self.ingest = Ingest.from_settings(self.writer)
         self.sockets = OpenSockets()
-        self.streams = OpenStreams()
+        self.broadcaster = Broadcaster.from_settings()
         # Reads that stream (CSV export) take a connection of their own pool, never the writer's.
         self.reads: AsyncConnectionPool | None = None
         if self.dialect.vendor == "postgresql":
@@ -76,16 +80,15 @@ class HubRuntime:
         self._loops: list[asyncio.Task[None]] = []
 
     def _loop_factories(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
-        if self.role != "web":
-            return {}
-        loops = {
-            "hub-token-recheck": lambda: revocation_loop(self.sockets),
-            "hub-alert-silence": lambda: silence_loop(self.alerts),
-            "hub-alert-webhooks": webhook_loop,
-            "hub-layer-watchdog": lambda: layer_watchdog(self.streams),
-        }
-        if retention_configured():
-            loops["hub-retention"] = retention_loop
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+        if self.role in ("all", "ingest"):
+            loops["hub-token-recheck"] = lambda: revocation_loop(self.sockets)
+            loops["hub-alert-silence"] = lambda: silence_loop(self.alerts)
+            loops["hub-alert-webhooks"] = webhook_loop
+            if retention_configured():
+                loops["hub-retention"] = retention_loop
+        if self.role in STREAMS:
+            loops["hub-layer-watchdog"] = lambda: layer_watchdog(self.broadcaster)
         return loops
 
     async def start(self) -> None:
@@ -93,9 +96,12 @@ class HubRuntime:
         await _storage_checked()
         if self.reads is not None:
             await self.reads.open(wait=False)
-        for queue in self.consumers:
-            queue.start()
-        self.writer.start()
+        if self.role in INGESTS:  # the other roles build the ingest parts but never start them
+            for queue in self.consumers:
+                queue.start()
+            self.writer.start()
+        if self.role in STREAMS:
+            await self.broadcaster.start()
         for name, loop in self._loop_factories().items():
             self._loops.append(asyncio.create_task(loop(), name=name))
 
@@ -108,6 +114,7 @@ class HubRuntime:
             # the call returns: the writer's drain does not wait for it.
             await asyncio.wait(self._loops, timeout=1.0)
         self._loops.clear()
+        await self.broadcaster.close()
         await self.writer.drain()
         logger.info("writer drained")
         for queue in self.consumers:
@@ -129,7 +136,7 @@ async def _storage_checked() -> None:
 
 
 @contextlib.asynccontextmanager
-async def hub_runtime(*, role: Role = "web") -> AsyncIterator[HubRuntime]:
+async def hub_runtime(*, role: Role = "all") -> AsyncIterator[HubRuntime]:
     """Build, start and install this process's runtime; stop it on the way out."""
     runtime = HubRuntime(role=role)
     try:

@@ -126,6 +126,11 @@ if REDIS_URLS:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# What a `serve` process does (docs/deployment.md, "Roles"): all (the default), ingest (devices: WebSocket and
+# HTTP ingest, the writer, alerts) or stream (the dashboards' live WebSockets), so viewers never share an
+# event loop with device acks. `serve --role` sets it.
+HUB_ROLE = env_choice("HUB_ROLE", "all", ("all", "ingest", "stream"))
+
 # MQTT broker of the bridge (docs/mqtt.md); when set, /readyz also checks it.
 HUB_MQTT_URL = env_optional("HUB_MQTT_URL")
 
@@ -187,7 +192,11 @@ HUB_ALERT_WEBHOOK_POLL_SECONDS = env_float("HUB_ALERT_WEBHOOK_POLL_SECONDS", 0.5
 # Dashboards (docs/dashboards.md, docs/stream-protocol.md).
 HUB_ONLINE_WINDOW_SECONDS = env_int("HUB_ONLINE_WINDOW_SECONDS", 120, minimum=1)
 HUB_STREAM_CATCHUP_LIMIT = env_int("HUB_STREAM_CATCHUP_LIMIT", 20_000, minimum=1)
-HUB_STREAM_QUEUE_MESSAGES = env_int("HUB_STREAM_QUEUE_MESSAGES", 1_000, minimum=1)
+# Live readings reach a stream at most once per tick (merged meanwhile); a stream whose socket takes nothing
+# for the stall time while more waits, or with the bound waiting, has stopped reading: 4008 (dashboards/broadcast.py).
+HUB_STREAM_TICK_MS = env_int("HUB_STREAM_TICK_MS", 100, minimum=1)
+HUB_STREAM_STALL_SECONDS = env_float("HUB_STREAM_STALL_SECONDS", 10.0, minimum=0.1)
+HUB_STREAM_MAX_PENDING_KIB = env_int("HUB_STREAM_MAX_PENDING_KIB", 16 * 1024, minimum=1)
 # Dashboard streams survive channel-layer trouble (dashboards/watchdog.py): probe every N s; re-add open
 # streams to their groups every M s (must stay below the core layer's HUB_GROUP_EXPIRY).
 HUB_STREAM_WATCHDOG_SECONDS = env_float("HUB_STREAM_WATCHDOG_SECONDS", 1.0, minimum=0.05)

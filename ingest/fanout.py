@@ -61,11 +61,12 @@ class Publisher:
         if self._layer is None:
             return
         self._digests.add(committed)
+        at = now_ms()
         await self._send_all(
             [
                 (
                     device_group(device.key),
-                    ReadingsBatch(type="readings.batch", device=device.key, readings=readings_to_wire(readings)),
+                    ReadingsBatch(type="readings.batch", device=device.key, at=at, readings=readings_to_wire(readings)),
                 )
                 for device, readings in committed.items()
             ]
@@ -80,8 +81,12 @@ class Publisher:
 
     async def alert_event(self, event: AlertEventPayload) -> None:
         """The fleet page follows every alert; a device page follows its device's group."""
-        message = AlertEventMessage(type="alert.event", event=event)
-        await self._send_all([(ALERTS_GROUP, message), (device_group(event["device"]), message)])
+        await self._send_all(
+            [
+                (ALERTS_GROUP, AlertEventMessage(type="alert.event", audience="fleet", event=event)),
+                (device_group(event["device"]), AlertEventMessage(type="alert.event", audience="device", event=event)),
+            ]
+        )
 
     async def fleet_digest(self, devices: dict[str, DeviceDigest]) -> None:
         await self._send_all([(FLEET_GROUP, FleetDigest(type="fleet.digest", devices=devices))])

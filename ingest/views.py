@@ -23,6 +23,12 @@ def _error(status: int, code: str, message: str, **extra: object) -> JsonRespons
 @csrf_exempt
 @require_POST
 async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
+    if settings.HUB_ROLE == "stream":
+        return _error(
+            421,
+            "misdirected",
+            "this hub process serves dashboard streams (HUB_ROLE=stream); send telemetry to an ingest process",
+        )
     device = await device_authenticate(token=token)
     if device is None:
         return _error(401, "unauthorized", "unknown device token")

@@ -1,3 +1,5 @@
+import os
+
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -12,8 +14,18 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--workers", type=int, default=1)
+        parser.add_argument(
+            "--role",
+            choices=["all", "ingest", "stream"],
+            help="what this server does (HUB_ROLE, default all): ingest serves devices, stream the dashboards' "
+            "live streams; a load balancer routes /ws/v1/devices/*/stream and /ws/v1/fleet/stream to stream",
+        )
 
-    def handle(self, *args, host: str, port: int, workers: int, **options) -> None:
+    def handle(self, *args, host: str, port: int, workers: int, role: str | None, **options) -> None:
+        if role:  # this process's settings, and the workers' (they read HUB_ROLE at start)
+            settings.HUB_ROLE = os.environ["HUB_ROLE"] = role
+        if settings.HUB_ROLE != "all" and not settings.REDIS_URLS:
+            raise CommandError(f"--role {settings.HUB_ROLE} needs HUB_REDIS_URL: streams and ingest meet on Redis")
         if workers > 1 and not settings.REDIS_URLS:
             raise CommandError("--workers > 1 needs HUB_REDIS_URL: the in-memory channel layer is per process")
         if workers > 1:

@@ -1,0 +1,286 @@
+"""Live fan-out to dashboard streams whose cost does not grow with viewers × messages.
+
+One `Broadcaster` per process is the only subscriber on the channel layer: it joins a group when the first
+local stream follows it and leaves with the last. Committed readings that arrive for a device are merged
+and, once per tick (HUB_STREAM_TICK_MS, 100 ms: ≤ 10 updates/s per device stream), encoded once and handed
+to every stream following that device. Each stream has an `Outbox`: while its socket is busy, what arrives
+merges into fewer, larger messages (never dropped); a stream whose socket takes nothing for
+HUB_STREAM_STALL_SECONDS (or with more than HUB_STREAM_MAX_PENDING_KIB waiting) has stopped reading and is
+closed with 4008, and its browser catches up from the database. No task exists
+for an idle stream, and no queue or chain of tasks grows with how far behind the slowest viewer is.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import orjson
+from channels.layers import BaseChannelLayer
+
+from core import metrics
+from core.epoch import now_ms
+from core.logs import ThrottledLog
+from core.protocol import ALERTS_GROUP, FLEET_GROUP, Close, WireReading, device_group
+
+logger = logging.getLogger(__name__)
+
+# A stream message stays under ~256 KiB however far behind its viewer is (clients cap messages: websockets at
+# 1 MiB by default): readings are encoded in fragments of at most 1,000 and merged up to that size.
+FRAGMENT_READINGS = 1_000
+MESSAGE_CHARS = 256 * 1024
+
+
+class Stream(Protocol):
+    """What the broadcaster needs of a dashboard stream (dashboards/consumers.py)."""
+
+    def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
+        """Readings of its device, `fragment` their JSON array without its brackets (shared, encoded once)."""
+
+    def take_message(self, text: str) -> None:
+        """A whole message (an alert event, a fleet digest), encoded once for every follower."""
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+class Outbox:
+    """One stream's pending output, sent in order by a task that exists only while there is something to send.
+
+    Readings queued back to back leave as one `readings` message (their fragments joined, no re-encoding):
+    a viewer whose socket is slower than the ticks gets fewer, larger messages. A viewer whose socket has not
+    taken a message for `stall` seconds, or with more than `max_chars` waiting, has stopped reading and is
+    closed. (Fragments are shared between streams: what waits costs little per viewer.)
+    """
+
+    def __init__(
+        self, send: Callable[[str], Awaitable[None]], overflow: Callable[[], None], *, max_chars: int, stall: float
+    ) -> None:
+        self._send = send
+        self._overflow = overflow
+        self._max_chars = max_chars
+        self._stall = stall
+        self._items: deque[tuple[bool, str]] = deque()  # (is a readings fragment, text)
+        self._chars = 0
+        self._sender: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def add(self, text: str, *, fragment: bool = False) -> None:
+        if self.closed:
+            return
+        self._items.append((fragment, text))
+        self._chars += len(text)
+        if self._sender is None:  # idle: whatever size, it goes out now
+            self._sender = asyncio.get_running_loop().create_task(self._drain())
+        elif self._chars > self._max_chars:  # the memory bound: this much waits behind a send
+            self._stopped_reading()
+
+    def _stopped_reading(self) -> None:
+        if not self.closed:
+            self.discard()
+            metrics.STREAM_SLOW_CLOSED.inc()
+            self._overflow()
+
+    def discard(self) -> None:
+        """Nothing more is sent (the stream is closing)."""
+        self.closed = True
+        self._items.clear()
+        self._chars = 0
+        if self._sender is not None:
+            self._sender.cancel()
+            self._sender = None
+
+    def _next(self) -> str:
+        fragment, text = self._items.popleft()
+        self._chars -= len(text)
+        if not fragment:
+            return text
+        parts, size = [text], len(text)
+        while self._items and self._items[0][0] and size + len(self._items[0][1]) < MESSAGE_CHARS:
+            parts.append(self._items.popleft()[1])
+            self._chars -= len(parts[-1])
+            size += len(parts[-1])
+        if len(parts) > 1:
+            metrics.STREAM_MERGED.inc()
+        return '{"type":"readings","readings":[' + ",".join(parts) + "]}"
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._items:
+                # A socket that takes nothing for `stall` seconds belongs to a browser that stopped reading.
+                watch = loop.call_later(self._stall, self._stopped_reading)
+                try:
+                    await self._send(self._next())
+                finally:
+                    watch.cancel()
+                metrics.STREAM_MESSAGES.inc()
+        except Exception:  # the socket went away: disconnect cleans up
+            self._items.clear()
+            self._chars = 0
+        finally:
+            self._sender = None
+
+
+class Broadcaster:
+    """This process's one channel-layer subscriber for every dashboard stream it serves."""
+
+    def __init__(self, layer: BaseChannelLayer | None, *, tick_seconds: float) -> None:
+        self._layer = layer
+        self._tick = tick_seconds
+        self._channel: str | None = None
+        self._followers: dict[str, set[Stream]] = {}  # group -> local streams
+        self._pending: dict[str, list[WireReading]] = {}  # device key -> readings not yet handed out
+        self._oldest: dict[str, int] = {}  # device key -> `at` of its oldest pending batch
+        self._arrived = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+        self._receiver: asyncio.Task[None] | None = None
+        self._failures = ThrottledLog(logger)
+
+    @classmethod
+    def from_settings(cls) -> "Broadcaster":
+        from channels.layers import get_channel_layer
+        from django.conf import settings
+
+        return cls(get_channel_layer(), tick_seconds=settings.HUB_STREAM_TICK_MS / 1000)
+
+    async def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._hand_out(), name="hub-stream-tick")
+
+    async def close(self) -> None:
+        tasks = [task for task in (self._ticker, self._receiver) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ticker = self._receiver = None
+
+    async def _subscribed(self) -> str:
+        """This process's channel on the layer, made (and listened to) when a stream first needs it: Redis may
+        be down when the process starts, and after a layer interruption a fresh one replaces it."""
+        if self._layer is None:
+            raise RuntimeError("no channel layer: live streams are not served by this process")
+        if self._channel is None:
+            channel = await self._layer.new_channel()
+            if self._channel is None:  # another stream may have made it meanwhile
+                self._channel = channel
+                self._receiver = asyncio.get_running_loop().create_task(self._receive(channel), name="hub-streams")
+        return self._channel
+
+    # Streams -------------------------------------------------------------------------------------------
+
+    async def follow(self, stream: Stream, *groups: str) -> None:
+        """Join the groups for this stream (the layer's join on the first follower); raises if the layer does."""
+        channel = await self._subscribed()
+        for group in groups:
+            followers = self._followers.setdefault(group, set())
+            if not followers:
+                try:
+                    await self._layer.group_add(group, channel)
+                except Exception:
+                    self._followers.pop(group, None)
+                    raise
+            followers.add(stream)
+        metrics.CONNECTED_DASHBOARDS.inc()
+
+    async def unfollow(self, stream: Stream) -> None:
+        channel, emptied = self._channel, []
+        for group, followers in list(self._followers.items()):
+            if stream in followers:
+                followers.discard(stream)
+                if not followers:
+                    del self._followers[group]
+                    emptied.append(group)
+        metrics.CONNECTED_DASHBOARDS.dec()
+        if channel is not None:
+            for group in emptied:
+                with contextlib.suppress(Exception):
+                    await self._layer.group_discard(group, channel)
+
+    def __len__(self) -> int:
+        return len({stream for followers in self._followers.values() for stream in followers})
+
+    async def interrupt(self) -> int:
+        """Close every stream with 4011 (live messages may have been lost: they reconnect and catch up), and
+        start over with a fresh channel: whatever the layer held for the old one is not to be trusted."""
+        streams = {stream for followers in self._followers.values() for stream in followers}
+        self._followers.clear()
+        self._pending.clear()
+        self._oldest.clear()
+        self._channel = None
+        if self._receiver is not None:
+            self._receiver.cancel()
+            self._receiver = None
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await stream.close(code=Close.STREAM_INTERRUPTED)
+        return len(streams)
+
+    async def rejoin(self) -> None:
+        """Join every followed group again (the core layer forgets members after its group expiry)."""
+        if self._channel is not None:
+            for group in list(self._followers):
+                await self._layer.group_add(group, self._channel)
+
+    # The layer -----------------------------------------------------------------------------------------
+
+    async def _receive(self, channel: str) -> None:
+        while channel == self._channel:
+            try:
+                message = await self._layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: the watchdog closes the streams and resets the channel
+                self._failures.warning("dashboard streams: channel layer receive failed (%r)", exc, exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            self._dispatch(message)
+
+    def _dispatch(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "readings.batch":
+            key = message["device"]
+            if device_group(key) in self._followers:
+                self._pending.setdefault(key, []).extend(message["readings"])
+                self._oldest.setdefault(key, message.get("at", now_ms()))
+                self._arrived.set()
+        elif kind == "readings.gap":
+            for stream in list(self._followers.get(device_group(message["device"]), ())):
+                asyncio.get_running_loop().create_task(stream.close(code=Close.STREAM_INTERRUPTED))
+        elif kind == "alert.event":
+            event = message["event"]
+            group = ALERTS_GROUP if message.get("audience") == "fleet" else device_group(event["device"])
+            self._to_all(group, {"type": "alert", "event": event})
+        elif kind == "fleet.digest":
+            self._to_all(FLEET_GROUP, {"type": "fleet", "devices": message["devices"]})
+
+    def _to_all(self, group: str, payload: dict) -> None:
+        followers = self._followers.get(group)
+        if followers:
+            text = orjson.dumps(payload).decode()  # once, whatever the number of followers
+            for stream in list(followers):
+                stream.take_message(text)
+
+    async def _hand_out(self) -> None:
+        """Every tick, each device's merged readings: encoded once, handed to each of its streams."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            started = loop.time()
+            pending, oldest = self._pending, self._oldest
+            self._pending, self._oldest = {}, {}
+            now = now_ms()
+            for key, readings in pending.items():
+                followers = self._followers.get(device_group(key))
+                if not followers:
+                    continue
+                metrics.STREAM_LAG_SECONDS.observe(max(0, now - oldest[key]) / 1000)
+                for i in range(0, len(readings), FRAGMENT_READINGS):
+                    chunk = readings[i : i + FRAGMENT_READINGS]
+                    fragment = orjson.dumps(chunk).decode()[1:-1]
+                    for stream in list(followers):
+                        stream.take_readings(fragment, chunk)
+            # At most one hand-out per tick: a stream follows its device at ≤ 1/tick updates per second, and
+            # a process that falls behind hands out more readings per tick instead of more ticks.
+            await asyncio.sleep(max(0.0, self._tick - (loop.time() - started)))
