@@ -131,6 +131,8 @@ class Broadcaster:
         self._tick = tick_seconds
         self._channel: str | None = None
         self._followers: dict[str, set[Stream]] = {}  # group -> local streams
+        self._joined: set[str] = set()  # groups the channel is in on the layer
+        self._membership = asyncio.Lock()
         self._pending: dict[str, list[WireReading]] = {}  # device key -> readings not yet handed out
         self._oldest: dict[str, int] = {}  # device key -> `at` of its oldest pending batch
         self._arrived = asyncio.Event()
@@ -170,32 +172,31 @@ class Broadcaster:
     # Streams -------------------------------------------------------------------------------------------
 
     async def follow(self, stream: Stream, *groups: str) -> None:
-        """Join the groups for this stream (the layer's join on the first follower); raises if the layer does."""
-        channel = await self._subscribed()
-        for group in groups:
-            followers = self._followers.setdefault(group, set())
-            if not followers:
-                try:
+        """Join the groups for this stream (the layer's join on the first follower); raises if the layer does.
+
+        Joins and leaves take turns (`_membership`): a leave still on its way to Redis must not undo the join
+        of a stream that follows the same group meanwhile."""
+        async with self._membership:
+            channel = await self._subscribed()
+            for group in groups:
+                if group not in self._joined:
                     await self._layer.group_add(group, channel)
-                except Exception:
-                    self._followers.pop(group, None)
-                    raise
-            followers.add(stream)
+                    self._joined.add(group)
+            for group in groups:
+                self._followers.setdefault(group, set()).add(stream)
         metrics.CONNECTED_DASHBOARDS.inc()
 
     async def unfollow(self, stream: Stream) -> None:
-        channel, emptied = self._channel, []
-        for group, followers in list(self._followers.items()):
-            if stream in followers:
+        metrics.CONNECTED_DASHBOARDS.dec()
+        async with self._membership:
+            for group, followers in list(self._followers.items()):
                 followers.discard(stream)
                 if not followers:
                     del self._followers[group]
-                    emptied.append(group)
-        metrics.CONNECTED_DASHBOARDS.dec()
-        if channel is not None:
-            for group in emptied:
-                with contextlib.suppress(Exception):
-                    await self._layer.group_discard(group, channel)
+                    if group in self._joined and self._channel is not None:
+                        self._joined.discard(group)
+                        with contextlib.suppress(Exception):
+                            await self._layer.group_discard(group, self._channel)
 
     def __len__(self) -> int:
         return len({stream for followers in self._followers.values() for stream in followers})
@@ -205,6 +206,7 @@ class Broadcaster:
         start over with a fresh channel: whatever the layer held for the old one is not to be trusted."""
         streams = {stream for followers in self._followers.values() for stream in followers}
         self._followers.clear()
+        self._joined.clear()
         self._pending.clear()
         self._oldest.clear()
         self._channel = None
@@ -219,7 +221,7 @@ class Broadcaster:
     async def rejoin(self) -> None:
         """Join every followed group again (the core layer forgets members after its group expiry)."""
         if self._channel is not None:
-            for group in list(self._followers):
+            for group in list(self._joined):
                 await self._layer.group_add(group, self._channel)
 
     # The layer -----------------------------------------------------------------------------------------

@@ -106,18 +106,26 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             self.outbox.add(fragment, fragment=True)
 
     def too_slow(self) -> None:
-        """The outbox overflowed: this browser stopped reading. Close (4008); it catches up when it returns."""
-        asyncio.get_running_loop().create_task(self.close(code=Close.TOO_SLOW))
+        """This browser stopped reading: stop following at once (the close itself waits for its socket to take
+        the close frame), close with 4008; it catches up from the database when it returns."""
+        asyncio.get_running_loop().create_task(self._close_too_slow())
 
-    async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
+    async def _close_too_slow(self) -> None:
+        await self._leave()
+        await self.close(code=Close.TOO_SLOW)
 
-    async def disconnect(self, code: int) -> None:
+    async def _leave(self) -> None:
         if self.outbox is not None:
             self.outbox.discard()
         if self.broadcaster is not None:
             broadcaster, self.broadcaster = self.broadcaster, None
             await broadcaster.unfollow(self)
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def disconnect(self, code: int) -> None:
+        await self._leave()
 
 
 class DeviceStreamConsumer(BoundedStreamConsumer):
