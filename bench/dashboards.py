@@ -1,21 +1,32 @@
 """Dashboard fan-out under ingest: V logged-in viewers follow D devices that send R readings/s in total.
 
 Each reading carries its send time (wall clock, seconds) as its value, so every viewer measures
-device -> hub -> commit -> channel layer -> browser socket latency for every reading it receives. Prints
-latency p50/p99, stream messages/s and readings/s delivered, and per-viewer completeness against the
-database (missing and duplicate readings), with the hub's CPU. One hub process, PostgreSQL + Redis,
-loopback only.
+device -> hub -> commit -> channel layer -> browser socket latency for every reading it receives. One run
+prints every scenario beside its no-viewer reference (the same rate, no viewers: the devices' send->ack p99
+that viewers must not raise), per-viewer completeness against the database (missing and duplicate
+readings), and the hubs' CPU; then a sweep of viewers upward at one rate until the p99 passes 250 ms (the
+fan-out's capacity), and the memory of idle streams. Loopback only.
 
-    .venv/bin/python bench/dashboards.py [--devices 10 --viewers 100 --rate 1000 --seconds 20 --batch 1]
+    .venv/bin/python bench/dashboards.py                                  # the issue's scenarios, split roles
+    .venv/bin/python bench/dashboards.py --scenarios 100@1000 --no-sweep --no-idle
+    .venv/bin/python bench/dashboards.py --topology one                   # one `serve` process does all
+    .venv/bin/python bench/dashboards.py --baseline f1f12d6 --no-sweep    # and that revision's code, one process
+
+Topologies: `split` (default) runs two hub processes on this 2-core machine, `serve --role ingest` for the
+devices and `serve --role stream` for the viewers, as docs/deployment.md routes them; `one` runs a single
+`serve` (the old code's only shape, so --baseline uses it).
 """
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import orjson
@@ -23,13 +34,15 @@ import psycopg
 import websockets
 from harness import (
     ROOT,
+    HubProcess,
+    baseline_tree,
     bench_database,
-    console,
     cpu_seconds,
     devices_copy,
-    hubs_running,
+    hub_start,
     p50_p99,
     progress,
+    rss_kib,
     table,
 )
 
@@ -37,6 +50,7 @@ from core.epoch import now_ms
 from ingest.client import DeviceClient, Handled
 
 OPERATOR, PASSWORD = "bench-operator", "bench-operator-password"
+P99_LIMIT_MS = 250.0
 
 
 @dataclass
@@ -48,9 +62,45 @@ class Viewer:
     closed: int | None = None
 
 
-def operator_create(env: dict[str, str]) -> None:
+@dataclass
+class Topology:
+    """Where devices send (ingest) and where viewers connect (stream): one process, or one of each role."""
+
+    ingest: HubProcess
+    stream: HubProcess
+    code: str = "this tree"
+
+    @property
+    def processes(self) -> list[HubProcess]:
+        return [self.ingest] if self.ingest is self.stream else [self.ingest, self.stream]
+
+    @property
+    def pids(self) -> list[int]:
+        return [hub.process.pid for hub in self.processes]
+
+    @property
+    def shape(self) -> str:
+        return "1 process (all)" if self.ingest is self.stream else "2 processes (ingest + stream)"
+
+
+@contextlib.contextmanager
+def topology(env: dict[str, str], shape: str, root: Path = ROOT, code: str = "this tree") -> Iterator[Topology]:
+    if shape == "one":
+        hubs = [HubProcess(env, root=root)]
+    else:
+        hubs = [HubProcess({**env, "HUB_ROLE": "ingest"}, root=root), HubProcess({**env, "HUB_ROLE": "stream"})]
+    try:
+        for hub in hubs:
+            hub_start(hub)
+        yield Topology(hubs[0], hubs[-1], code)
+    finally:
+        for hub in hubs:
+            hub.stop()
+
+
+def operator_create(env: dict[str, str], root: Path = ROOT) -> None:
     command = [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", OPERATOR, "--email", ""]
-    subprocess.run(command, cwd=ROOT, env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD}, check=True)
+    subprocess.run(command, cwd=root, env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD}, check=True)
 
 
 async def session_cookie(http: str) -> str:
@@ -64,13 +114,13 @@ async def session_cookie(http: str) -> str:
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
-async def watch(ws_base: str, http: str, cookie: str, viewer: Viewer, ready: list[int], stop: asyncio.Event) -> None:
-    headers = {"Cookie": cookie, "Origin": http}
-    url = f"{ws_base}/ws/v1/devices/{viewer.device}/stream"
-    async with websockets.connect(url, additional_headers=headers, max_queue=None) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+async def watch(hub: HubProcess, cookie: str, viewer: Viewer, ready: list[int], stop: asyncio.Event) -> None:
+    headers = {"Cookie": cookie, "Origin": hub.http}
+    url = f"{hub.ws}/ws/v1/devices/{viewer.device}/stream"
+    async with websockets.connect(url, additional_headers=headers, max_queue=None, max_size=None) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
         await ws.send(orjson.dumps({"since": now_ms()}).decode())
-        assert orjson.loads(await ws.recv())["type"] == "history"
+        assert orjson.loads(await ws.recv())["type"] == "history"  # noqa: S101
         ready[0] += 1
         try:
             while not stop.is_set():
@@ -91,14 +141,14 @@ async def watch(ws_base: str, http: str, cookie: str, viewer: Viewer, ready: lis
 
 
 async def device(
-    ws_base: str, token: str, rate: float, batch: int, sent: list[int], acks: list[float], stop: asyncio.Event
+    hub: HubProcess, token: str, rate: float, batch: int, sent: list[int], acks: list[float], stop: asyncio.Event
 ) -> None:
     """`rate` readings/s in frames of `batch`, on an absolute schedule; acks are timed, not awaited."""
 
     def handled(frame: Handled) -> None:
         acks.append(frame.latency)  # each frame's send→ack time (the commit part of the latency)
 
-    async with DeviceClient.connect(ws_base, token, on_handled=handled, max_queue=None) as client:
+    async with DeviceClient.connect(hub.ws, token, on_handled=handled, max_queue=None) as client:
         interval = batch / rate
         next_at = time.monotonic()
         last_ts = 0
@@ -114,97 +164,215 @@ async def device(
         await asyncio.sleep(1.0)  # let the last acks and fan-out arrive (within the measured duration, as always)
 
 
-def stored_per_device(url: str) -> dict[str, set[int]]:
+def stored_since(url: str, since: int) -> dict[str, set[int]]:
     query = (
         "SELECT d.key, (extract(epoch FROM r.ts) * 1000)::bigint FROM ingest_reading r"
-        " JOIN devices_device d ON d.id = r.device_id"
+        " JOIN devices_device d ON d.id = r.device_id WHERE r.ts >= to_timestamp(%s / 1000.0)"
     )
     stored: dict[str, set[int]] = {}
     with psycopg.connect(url) as conn:
-        for key, ts in conn.execute(query):
+        for key, ts in conn.execute(query, [since]):
             stored.setdefault(key, set()).add(ts)
     return stored
 
 
-async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
-    devices = devices_copy(env["HUB_DATABASE_URL"], args.devices, prefix="dash")
-    operator_create(env)
-    with hubs_running(env) as (hub,):
-        http = f"http://127.0.0.1:{hub.port}"
-        cookie = await session_cookie(http)
-        viewers = [Viewer(devices[i % len(devices)].key) for i in range(args.viewers)]
-        stop_viewers, stop_devices = asyncio.Event(), asyncio.Event()
-        ready, sent, acks = [0], [0], []
-        with progress() as bar:
-            task = bar.add_task("viewers subscribed", total=len(viewers), status="")
-            watchers = [asyncio.create_task(watch(hub.ws, http, cookie, v, ready, stop_viewers)) for v in viewers]
-            while ready[0] < len(viewers):
-                bar.update(task, completed=ready[0])
-                await asyncio.sleep(0.1)
-            bar.update(task, completed=ready[0])
-            per_device = args.rate / args.devices
-            started, cpu_before = time.monotonic(), cpu_seconds([hub.process.pid])
-            senders = [
-                asyncio.create_task(device(hub.ws, d.token, per_device, args.batch, sent, acks, stop_devices))
-                for d in devices
-            ]
-            task = bar.add_task("streaming", total=args.seconds, status="")
-            while (elapsed := time.monotonic() - started) < args.seconds:
-                delivered = sum(len(v.received) for v in viewers)
-                bar.update(task, completed=elapsed, status=f"sent {sent[0]:,}, delivered {delivered:,}")
-                await asyncio.sleep(0.25)
-            stop_devices.set()
-            await asyncio.gather(*senders)
-            duration = time.monotonic() - started
-            hub_cpu = cpu_seconds([hub.process.pid]) - cpu_before
-            await asyncio.sleep(1.0)
-            stop_viewers.set()
-            await asyncio.gather(*watchers)
+@dataclass
+class Result:
+    code: str
+    shape: str
+    viewers: int
+    rate: float
+    seconds: float
+    sent: int = 0
+    stored: int = 0
+    p50: float = 0.0
+    p99: float = 0.0
+    ack_p99: float = 0.0
+    messages_per_s: float = 0.0
+    delivered_per_s: float = 0.0
+    missing: int = 0
+    duplicates: int = 0
+    closed: int = 0
+    cpu: float = 0.0
 
-    stored = stored_per_device(env["HUB_DATABASE_URL"])
-    stored_total = sum(map(len, stored.values()))
-    missing = sum(len(stored.get(v.device, set()) - set(v.received)) for v in viewers)
-    duplicates = sum(len(v.received) - len(set(v.received)) for v in viewers)
+    @property
+    def complete(self) -> bool:
+        return self.missing == self.duplicates == self.closed == 0 and self.sent == self.stored
+
+
+async def scenario(top: Topology, url: str, devices: list, cookie: str, viewers: int, rate: float, args) -> Result:
+    """V viewers spread over the devices, the devices sending `rate` readings/s for `args.seconds`."""
+    result = Result(top.code, top.shape, viewers, rate, args.seconds)
+    watching = [Viewer(devices[i % len(devices)].key) for i in range(viewers)]
+    stop_viewers, stop_devices = asyncio.Event(), asyncio.Event()
+    ready, sent, acks = [0], [0], []
+    label = f"{top.code}, {viewers:,} viewers @ {rate:,.0f}/s"
+    with progress() as bar:
+        task = bar.add_task(f"{label}: subscribing", total=max(1, viewers), status="")
+        watchers = [asyncio.create_task(watch(top.stream, cookie, v, ready, stop_viewers)) for v in watching]
+        while ready[0] < viewers:
+            if any(w.done() for w in watchers):
+                raise SystemExit(f"a viewer failed to subscribe: {next(w for w in watchers if w.done()).exception()}")
+            bar.update(task, completed=ready[0])
+            await asyncio.sleep(0.1)
+        since = now_ms()
+        started, cpu_before = time.monotonic(), cpu_seconds(top.pids)
+        senders = [
+            asyncio.create_task(device(top.ingest, d.token, rate / len(devices), args.batch, sent, acks, stop_devices))
+            for d in devices
+        ]
+        task = bar.add_task(f"{label}: streaming", total=args.seconds, status="")
+        while (elapsed := time.monotonic() - started) < args.seconds:
+            delivered = sum(len(v.received) for v in watching)
+            bar.update(task, completed=elapsed, status=f"sent {sent[0]:,}, delivered {delivered:,}")
+            await asyncio.sleep(0.25)
+        stop_devices.set()
+        await asyncio.gather(*senders)
+        duration = time.monotonic() - started
+        result.cpu = (cpu_seconds(top.pids) - cpu_before) / duration
+        await asyncio.sleep(1.0)
+        stop_viewers.set()
+        await asyncio.gather(*watchers)
+    stored = stored_since(url, since)
+    result.sent, result.stored = sent[0], sum(map(len, stored.values()))
+    result.missing = sum(len(stored.get(v.device, set()) - set(v.received)) for v in watching)
+    result.duplicates = sum(len(v.received) - len(set(v.received)) for v in watching)
+    result.closed = sum(v.closed is not None for v in watching)
     # Latency after a warm-up second, so connection set-up does not count.
-    latencies = [ms * 1000 for v in viewers for ms in v.latencies[int(len(v.latencies) / args.seconds) :]]
-    p50, p99 = p50_p99(latencies)
-    messages = sum(v.messages for v in viewers)
-    delivered = sum(len(v.received) for v in viewers)
-    closed = [v.closed for v in viewers if v.closed is not None]
-    table(
-        f"dashboards: {args.viewers} viewers on {args.devices} devices, {args.rate:g} readings/s "
-        f"in frames of {args.batch}, {duration:.1f} s",
-        ["figure", "value"],
-        [
-            ["readings sent / stored", f"{sent[0]:,} / {stored_total:,}"],
-            ["device→viewer latency p50 / p99", f"{p50:.1f} ms / {p99:.1f} ms"],
-            [
-                "of which send→ack (commit) p50 / p99",
-                "{:.1f} ms / {:.1f} ms".format(*(1000 * x for x in p50_p99(acks))),
-            ],
-            ["stream messages/s (all viewers)", f"{messages / duration:,.0f}"],
-            ["readings delivered/s (all viewers)", f"{delivered / duration:,.0f}"],
-            ["missing / duplicate readings (all viewers)", f"{missing:,} / {duplicates:,}"],
-            ["viewers closed early", f"{len(closed)} {closed[:5] if closed else ''}"],
-            ["hub CPU (cores)", f"{hub_cpu / duration:.2f}"],
-        ],
-    )
-    if missing or duplicates or closed:
-        sys.exit(1)
+    latencies = [s * 1000 for v in watching for s in v.latencies[int(len(v.latencies) / args.seconds) :]]
+    result.p50, result.p99 = p50_p99(latencies) if latencies else (0.0, 0.0)
+    result.ack_p99 = p50_p99(acks)[1] * 1000
+    result.messages_per_s = sum(v.messages for v in watching) / duration
+    result.delivered_per_s = sum(len(v.received) for v in watching) / duration
+    return result
+
+
+def result_row(r: Result, reference: Result | None) -> list[str]:
+    ratio = f" ({r.ack_p99 / reference.ack_p99:.2f}×)" if reference and reference.ack_p99 else ""
+    return [
+        r.code,
+        r.shape,
+        f"{r.viewers:,}",
+        f"{r.rate:,.0f}",
+        f"{r.p50:.1f} / {r.p99:.1f}" if r.viewers else "–",
+        f"{r.ack_p99:.1f}{ratio}",
+        f"{r.messages_per_s:,.0f}",
+        f"{r.delivered_per_s:,.0f}",
+        f"{r.sent:,} / {r.stored:,}",
+        f"{r.missing:,} / {r.duplicates:,} / {r.closed}",
+        f"{r.cpu:.2f}",
+    ]
+
+
+COLUMNS = [
+    "code",
+    "hub",
+    "viewers",
+    "readings/s",
+    "device→viewer p50 / p99 ms",
+    "send→ack p99 ms (÷ no viewers)",
+    "stream msgs/s",
+    "readings delivered/s",
+    "sent / stored",
+    "missing / dup / closed",
+    "hub cores",
+]
+
+
+async def idle_memory(top: Topology, cookie: str, devices: list, count: int, path: str) -> float:
+    """KiB of the stream process's RSS per open, idle stream (`count` of them on `path`)."""
+    hub = top.stream
+    before = rss_kib(hub.process.pid)
+    headers = {"Cookie": cookie, "Origin": hub.http}
+    sockets = []
+    try:
+        for i in range(count):
+            url = f"{hub.ws}{path.format(key=devices[i % len(devices)].key)}"
+            ws = await websockets.connect(url, additional_headers=headers, max_size=None)
+            sockets.append(ws)
+            assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
+        await asyncio.sleep(2.0)  # let the process settle (the figure is a snapshot, not a wait)
+        return (rss_kib(hub.process.pid) - before) / count
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def run_code(args, env: dict[str, str], root: Path, code: str, shape: str) -> tuple[list, list, list]:
+    url = env["HUB_DATABASE_URL"]
+    devices = devices_copy(url, args.devices, prefix="dash")
+    operator_create(env, root)
+    rows, curve, idle = [], [], []
+    with topology(env, shape, root, code) as top:
+        cookie = await session_cookie(top.stream.http)
+        references: dict[float, Result] = {}
+        for viewers, rate in args.scenarios:
+            if rate not in references:
+                references[rate] = await scenario(top, url, devices, cookie, 0, rate, args)
+                rows.append(result_row(references[rate], None))
+            rows.append(result_row(await scenario(top, url, devices, cookie, viewers, rate, args), references[rate]))
+        if args.sweep:
+            reference = references.get(args.sweep_rate) or await scenario(
+                top, url, devices, cookie, 0, args.sweep_rate, args
+            )
+            for viewers in args.sweep:
+                r = await scenario(top, url, devices, cookie, viewers, args.sweep_rate, args)
+                curve.append(result_row(r, reference) + ["yes" if r.p99 <= P99_LIMIT_MS and r.complete else "NO"])
+                if r.p99 > P99_LIMIT_MS or not r.complete:
+                    break
+        if args.idle:
+            per_device = await idle_memory(top, cookie, devices, args.idle, "/ws/v1/devices/{key}/stream")
+            idle.append([code, f"{args.idle:,} device streams", f"{per_device:.1f} KiB"])
+            fleet = devices_copy(url, args.fleet_devices, prefix="fleet")
+            per_fleet = await idle_memory(top, cookie, fleet, args.idle_fleet, "/ws/v1/fleet/stream")
+            idle.append([code, f"{args.idle_fleet:,} fleet streams ({args.fleet_devices + args.devices:,} devices)",
+                         f"{per_fleet:.1f} KiB"])  # fmt: skip
+    return rows, curve, idle
+
+
+def scenario_list(text: str) -> list[tuple[int, float]]:
+    pairs = []
+    for item in text.split(","):
+        viewers, rate = item.split("@")
+        pairs.append((int(viewers), float(rate)))
+    return pairs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10)
-    parser.add_argument("--viewers", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=1000.0, help="readings per second, all devices together")
+    parser.add_argument("--scenarios", type=scenario_list, default="1000@2000,2000@1000", help="VIEWERS@RATE,...")
     parser.add_argument("--batch", type=int, default=1, help="readings per device frame")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--topology", choices=["split", "one"], default="split")
+    parser.add_argument("--sweep", type=lambda t: [int(v) for v in t.split(",")], default="500,1000,2000,3000,4000")
+    parser.add_argument("--sweep-rate", type=float, default=1000.0)
+    parser.add_argument("--no-sweep", dest="sweep", action="store_const", const=[])
+    parser.add_argument("--idle", type=int, default=1000, help="idle device streams to weigh (0: none)")
+    parser.add_argument("--idle-fleet", type=int, default=200, help="idle fleet streams to weigh")
+    parser.add_argument("--fleet-devices", type=int, default=10_000, help="devices registered for the fleet streams")
+    parser.add_argument("--no-idle", dest="idle", action="store_const", const=0)
+    parser.add_argument("--baseline", metavar="REV", help="also run the scenarios on this revision (one process)")
     parser.add_argument("--redis", default=os.environ.get("HUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
-    console.print(f"[bold]dashboards[/]: {args.viewers} viewers, {args.devices} devices, {args.rate:g} readings/s")
+    rows, curve, idle = [], [], []
     with bench_database("dashboards", redis_url=args.redis) as env:
-        asyncio.run(run(args, env))
+        r, c, i = asyncio.run(run_code(args, env, ROOT, "this tree", args.topology))
+        rows, curve, idle = rows + r, curve + c, idle + i
+        if args.baseline:
+            with baseline_tree(args.baseline, env, args.redis) as (root, base_env):
+                base_args = argparse.Namespace(**{**vars(args), "sweep": [], "idle": 0})
+                r, _, _ = asyncio.run(run_code(base_args, base_env, root, args.baseline, "one"))
+                rows += r
+    title = f"dashboards: {args.devices} devices, frames of {args.batch}, {args.seconds:g} s per scenario"
+    table(title, COLUMNS, rows)
+    if curve:
+        table(
+            f"fan-out capacity at {args.sweep_rate:,.0f} readings/s (p99 ≤ {P99_LIMIT_MS:g} ms)",
+            [*COLUMNS, "ok"],
+            curve,
+        )
+    if idle:
+        table("idle streams: stream process RSS per socket", ["code", "streams", "RSS per socket"], idle)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,19 @@ def database_backend_pids(url: str) -> list[int]:
     with psycopg.connect(url) as conn:
         query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         return [row[0] for row in conn.execute(query)]
+
+
+@contextmanager
+def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """REV's files in a temporary directory (`git archive`) and a scratch database migrated by that code."""
+    root = Path(tempfile.mkdtemp(prefix="hub-baseline-"))
+    name = f"hub_bench_base_{os.getpid()}"
+    try:
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)  # noqa: S607
+        base_env = hub_env(database_create(name), redis_url=redis_url, prefix=f"{env['HUB_CHANNEL_PREFIX']}base")
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=base_env, check=True)
+        yield root, base_env
+    finally:
+        database_drop(name)
+        shutil.rmtree(root, ignore_errors=True)

@@ -23,29 +23,21 @@ import asyncio
 import contextlib
 import itertools
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 import uvloop
 from harness import (
-    ROOT,
     BenchDevice,
+    baseline_tree,
     bench_database,
     console,
     cpu_seconds,
     database_backend_pids,
-    database_create,
-    database_drop,
     devices_copy,
-    hub_env,
     hubs_running,
     machine_busy_seconds,
     p50_p99,
@@ -320,22 +312,6 @@ class Setup:
     url: str
     devices: list[BenchDevice]
     hubs: list[HubProcess] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
-    """REV's files in a temporary directory (`git archive`) and a scratch database migrated by that code."""
-    root = Path(tempfile.mkdtemp(prefix="hub-baseline-"))
-    name = f"hub_bench_ingestbase_{os.getpid()}"
-    try:
-        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
-        base_env = hub_env(database_create(name), redis_url=redis_url, prefix=f"{env['HUB_CHANNEL_PREFIX']}base")
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=base_env, check=True)
-        yield root, base_env
-    finally:
-        database_drop(name)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def run(args: argparse.Namespace) -> int:
