@@ -119,8 +119,12 @@ if REDIS_URLS:
     _hosts = [{"address": url, "socket_timeout": 10} for url in REDIS_URLS]
     CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": _hosts, "prefix": _prefix}}}
     if CHANNEL_LAYER_KIND == "core":
+        _capacity = env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1)
         CHANNEL_LAYERS["default"]["CONFIG"].update(
-            capacity=env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1),
+            capacity=_capacity,
+            # The one channel a process's dashboard streams share (dashboards/broadcast.py) carries every
+            # followed device's messages: the core layer would drop past `capacity`, silently.
+            channel_capacity={"hub-streams.*": 100 * _capacity},
             group_expiry=env_int("HUB_GROUP_EXPIRY", 86400, minimum=1),
         )
 else:
