@@ -163,7 +163,7 @@ class Broadcaster:
         if self._layer is None:
             raise RuntimeError("no channel layer: live streams are not served by this process")
         if self._channel is None:
-            channel = await self._layer.new_channel("hub-streams")  # its own capacity on the core layer (settings)
+            channel = await self._layer.new_channel()
             if self._channel is None:  # another stream may have made it meanwhile
                 self._channel = channel
                 self._receiver = asyncio.get_running_loop().create_task(self._receive(channel), name="hub-streams")

@@ -122,9 +122,10 @@ if REDIS_URLS:
         _capacity = env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1)
         CHANNEL_LAYERS["default"]["CONFIG"].update(
             capacity=_capacity,
-            # The one channel a process's dashboard streams share (dashboards/broadcast.py) carries every
-            # followed device's messages: the core layer would drop past `capacity`, silently.
-            channel_capacity={"hub-streams.*": 100 * _capacity},
+            # A process's own channels are its dashboard streams' shared one (dashboards/broadcast.py), which
+            # carries every followed device's messages, and the watchdog's: the core layer would drop past
+            # `capacity`, silently. (Its receive serves one prefix per process: both keep "specific".)
+            channel_capacity={"specific.*": 100 * _capacity},
             group_expiry=env_int("HUB_GROUP_EXPIRY", 86400, minimum=1),
         )
 else:
