@@ -135,6 +135,9 @@ else:
 # HTTP ingest, the writer, alerts) or stream (the dashboards' live WebSockets), so viewers never share an
 # event loop with device acks. `serve --role` sets it.
 HUB_ROLE = env_choice("HUB_ROLE", "all", ("all", "ingest", "stream"))
+# A stream process lowers its own CPU priority by this much (nice), so on a shared machine the devices'
+# acks and the database win the CPU over the viewers' fan-out. 0 leaves it alone.
+HUB_STREAM_NICE = env_int("HUB_STREAM_NICE", 5)
 
 # MQTT broker of the bridge (docs/mqtt.md); when set, /readyz also checks it.
 HUB_MQTT_URL = env_optional("HUB_MQTT_URL")
