@@ -13,53 +13,14 @@
   const ZOOM_DEBOUNCE_MS = 400;
   const GAP_FACTOR = 3; // a silence this many times the usual spacing breaks the line
   const MARKERS_UP_TO = 150; // sparse series also show their points
-  const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
   const state = Object.assign({}, config.choices); // keys, range, start, end, agg, interval (null: auto)
   let picked = {start: state.start, end: state.end, range: state.range}; // double-click returns to it
   let inFlight = null; // AbortController of the current request
   let zoomTimer = null;
 
-  const pad = (n, width) => String(n).padStart(width || 2, "0");
+  const {fromLocal, toPlotly, toLocalInput, zoomOf, themed, formatInterval, COLORS} = window.HubCharts; // charts.js
 
-  // "YYYY-MM-DDTHH:MM:SS" in local time, for <input type="datetime-local">.
-  function toLocalInput(ms) {
-    const d = new Date(ms);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}` +
-      `T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  }
-
-  // "YYYY-MM-DD[ T]HH:MM[:SS[.fff]]" read as local wall-clock time -> UTC ms (null if malformed).
-  // Plotly reports date-axis ranges in this form, in the same local time it draws Date objects in.
-  function fromLocal(text) {
-    const m = /^(\d{4})-(\d\d)-(\d\d)(?:[ T](\d\d)(?::(\d\d)(?::(\d\d)(?:\.(\d+))?)?)?)?$/.exec(String(text).trim());
-    if (!m) return null;
-    const ms = m[7] ? Math.round(Number(`0.${m[7]}`) * 1000) : 0;
-    const d = new Date(+m[1], +m[2] - 1, +m[3], +(m[4] || 0), +(m[5] || 0), +(m[6] || 0), ms);
-    return Number.isNaN(d.getTime()) ? null : d.getTime();
-  }
-
-  function fromPlotly(value) {
-    if (typeof value === "number") { // Plotly's internal ms: UTC fields hold the local wall clock
-      const d = new Date(value);
-      return new Date(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate(), d.getUTCHours(),
-        d.getUTCMinutes(), d.getUTCSeconds(), d.getUTCMilliseconds()).getTime();
-    }
-    return fromLocal(value);
-  }
-
-  function toPlotly(ms) {
-    const d = new Date(ms);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
-  }
-
-  function formatInterval(ms) {
-    for (const [unit, size] of [["d", 86400000], ["h", 3600000], ["min", 60000], ["s", 1000]]) {
-      if (ms % size === 0) return `${ms / size} ${unit}`;
-    }
-    return `${ms} ms`;
-  }
 
   // The API parameters of the current choices (interval left out when "auto": the API picks and echoes it).
   function apiParams() {
@@ -232,7 +193,7 @@
       layout[index === 0 ? "yaxis" : `yaxis${index + 1}`] = {title: {text: key}};
       count += body.data[key].length;
     });
-    Plotly.react(chart, traces, layout, {responsive: true, displaylogo: false});
+    Plotly.react(chart, traces, themed(layout), {responsive: true, displaylogo: false});
     const what = body.agg === "NONE" ? "raw points" : `${body.agg} every ${formatInterval(body.interval)}`;
     const full = body.agg === "NONE" && keys.some((k) => body.data[k].length >= config.maxLimit);
     setStatus(`${count.toLocaleString()} points, ${what}` +
@@ -242,24 +203,11 @@
 
   // Zoom: Plotly reports the new x range in local time; re-query it (debounced) so the answer is finer.
   function onRelayout(event) {
-    let start;
-    let end;
-    if (event["xaxis.autorange"]) {
-      start = picked.start;
-      end = picked.end;
-    } else if ("xaxis.range[0]" in event) {
-      start = fromPlotly(event["xaxis.range[0]"]);
-      end = fromPlotly(event["xaxis.range[1]"]);
-    } else if (Array.isArray(event["xaxis.range"])) {
-      start = fromPlotly(event["xaxis.range"][0]);
-      end = fromPlotly(event["xaxis.range"][1]);
-    } else {
-      return; // y-only zoom, legend clicks, resizes: nothing to re-query
-    }
-    if (start === null || end === null || start >= end) return;
-    state.start = Math.floor(start);
-    state.end = Math.ceil(end);
-    state.range = event["xaxis.autorange"] ? picked.range : "custom";
+    const zoom = zoomOf(event);
+    if (!zoom) return;
+    state.start = zoom.reset ? picked.start : zoom.start;
+    state.end = zoom.reset ? picked.end : zoom.end;
+    state.range = zoom.reset ? picked.range : "custom";
     showRangeInputs();
     clearTimeout(zoomTimer);
     zoomTimer = setTimeout(load, ZOOM_DEBOUNCE_MS);
