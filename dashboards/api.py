@@ -1,10 +1,12 @@
-"""History API: `GET /api/v1/devices/<KEY>/telemetry` (JSON or CSV) and `GET /api/v1/devices/<KEY>/latest`."""
+"""History API: `GET /api/v1/devices/<KEY>/telemetry` (JSON or CSV), `GET /api/v1/devices/<KEY>/latest` and
+`GET /api/v1/devices/<KEY>/window` (a live chart's decimated window)."""
 
+from django import forms
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
 from dashboards.auth import operator_of
-from dashboards.forms import HistoryParams
+from dashboards.forms import HistoryParams, WindowParams
 from devices.models import Device
 from ingest.selectors import (
     HistoryQuery,
@@ -13,6 +15,8 @@ from ingest.selectors import (
     readings_aggregate,
     readings_latest,
     readings_raw,
+    readings_window,
+    window_interval,
 )
 
 
@@ -27,6 +31,20 @@ def _device_or_error(request: HttpRequest, key: str) -> Device | JsonResponse:
     return device if device is not None else _error(404, "unknown_device", f"no device {key!r}")
 
 
+def _invalid(form: forms.Form) -> JsonResponse:
+    parameter, messages = next(iter(form.errors.items()))
+    return _error(400, "invalid_parameter", f"{parameter}: {messages[0]}", parameter=parameter)
+
+
+def _keys_or_error(device: Device, asked: list[str]) -> list[str] | JsonResponse:
+    """The asked keys (all the device's numeric keys if none), or an error naming one it never reported."""
+    known = keys_of_device(device.id)
+    unknown = [k for k in asked if k not in known]
+    if unknown:
+        return _error(400, "unknown_key", f"device {device.key!r} has no numeric key {unknown[0]!r}", parameter="keys")
+    return asked or known
+
+
 @require_GET
 def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> HttpResponse:
     device = _device_or_error(request, key)
@@ -34,14 +52,11 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
         return device
     form = HistoryParams(request.GET, csv=fmt == "csv")
     if not form.is_valid():
-        parameter, messages = next(iter(form.errors.items()))
-        return _error(400, "invalid_parameter", f"{parameter}: {messages[0]}", parameter=parameter)
+        return _invalid(form)
     params = form.cleaned_data
-    known = keys_of_device(device.id)
-    keys = params["keys"] or known
-    unknown = [k for k in keys if k not in known]
-    if unknown:
-        return _error(400, "unknown_key", f"device {key!r} has no numeric key {unknown[0]!r}", parameter="keys")
+    keys = _keys_or_error(device, params["keys"])
+    if isinstance(keys, JsonResponse):
+        return keys
     query = HistoryQuery(
         device_id=device.id,
         keys=tuple(keys),
@@ -59,6 +74,30 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
     data = readings_raw(query) if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
     meta = {"start": query.start, "end": query.end, "agg": query.agg, "interval": query.interval}
     return JsonResponse({"device": device.key, **meta, "data": data})
+
+
+@require_GET
+def telemetry_window(request: HttpRequest, key: str) -> JsonResponse:
+    """A live chart's window: per key min/max buckets of about one pixel for the older part, then the newest
+    raw readings (ingest/selectors.py readings_window); `newest` is where the live stream takes over."""
+    device = _device_or_error(request, key)
+    if isinstance(device, JsonResponse):
+        return device
+    form = WindowParams(request.GET)
+    if not form.is_valid():
+        return _invalid(form)
+    params = form.cleaned_data
+    keys = _keys_or_error(device, params["keys"])
+    if isinstance(keys, JsonResponse):
+        return keys
+    start, end = params["start"], params["end"]
+    interval = window_interval(start, end, params["px"])
+    window = readings_window(device_id=device.id, keys=keys, start=start, end=end, interval=interval)
+    series = {k: {"buckets": s.buckets, "raw": s.raw, "split": s.split} for k, s in window.items()}
+    newest = max((s.raw[-1][0] for s in window.values() if s.raw), default=None)
+    return JsonResponse(
+        {"device": device.key, "start": start, "end": end, "interval": interval, "newest": newest, "series": series}
+    )
 
 
 @require_GET

@@ -60,3 +60,26 @@ class HistoryParams(forms.Form):
         elif -(-(end - start) // data["interval"]) > settings.HUB_HISTORY_MAX_BUCKETS:
             self.add_error("interval", f"more than {settings.HUB_HISTORY_MAX_BUCKETS} buckets; use a larger interval")
         return data
+
+
+class WindowParams(forms.Form):
+    """A live chart's window (`/api/v1/devices/<KEY>/window`): keys, [start, end) and the chart's width."""
+
+    keys = forms.CharField(required=False, max_length=2000)
+    start = forms.IntegerField(min_value=0)
+    end = forms.IntegerField(min_value=0)
+    px = forms.IntegerField(required=False, min_value=10, max_value=4000)
+
+    def clean_keys(self) -> list[str]:
+        return [k.strip() for k in self.cleaned_data["keys"].split(",") if k.strip()]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors:
+            return data
+        if data["start"] >= data["end"]:
+            self.add_error("start", "must be before end")
+        elif data["end"] - data["start"] > settings.HUB_HISTORY_MAX_RANGE_DAYS * DAY_MS:
+            self.add_error("end", f"the range is limited to {settings.HUB_HISTORY_MAX_RANGE_DAYS} days")
+        data["px"] = data["px"] or 1000
+        return data

@@ -1,35 +1,132 @@
 """Read-side queries for the dashboards: compositions of the readings selectors (ingest/selectors.py),
 the device registry and open alerts."""
 
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
-from alerts.selectors import alerts_open_by_device
+from alerts.selectors import SEVERITY_ORDER, alerts_open_by_device
 from core.epoch import epoch_ms
+from devices.labels import devices_labelled
 from devices.models import Device
-from ingest.selectors import latest_wire_by_device, readings_per_minute
+from ingest.selectors import keys_of_devices, latest_wire_by_device, readings_per_minute
+
+FLEET_SORTS = ("status", "seen", "rate", "name")
+FLEET_STATUSES = ("alerting", "online", "offline", "never")
+FLEET_PAGE_ROWS = 100
+COMPARE_MAX_DEVICES = 20  # each is one live stream of the page
+COMPARE_DEFAULT_KEYS = 4
 
 
-def fleet_status() -> dict:
-    """Every device with its last-seen time, newest value per key, readings in the last minute and the worst
-    firing alert: the fleet page's snapshot. A fixed number of queries whatever the fleet's size."""
+@dataclass(frozen=True, slots=True)
+class FleetQuery:
+    """Which devices the fleet page shows: text (key or name), labels, a status, an order and a page."""
+
+    text: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    status: str = ""  # one of FLEET_STATUSES, or "" for all
+    sort: str = "status"  # one of FLEET_SORTS
+    descending: bool = False
+    page: int = 1  # 1-based
+    rows: int = FLEET_PAGE_ROWS
+
+
+def _status(seen_ms: int | None, now: int, window: int) -> str:
+    if seen_ms is None:
+        return "never"
+    return "online" if now - seen_ms <= window else "offline"
+
+
+def _sort_key(sort: str, device: dict) -> tuple:
+    name = (device["name"].lower(), device["key"])
+    if sort == "seen":
+        return (-(device["seen"] or 0), *name)  # newest first
+    if sort == "rate":
+        return (-device["per_minute"], *name)  # busiest first
+    if sort == "status":
+        severity = SEVERITY_ORDER.get(device["alert"], len(SEVERITY_ORDER))
+        return (severity, FLEET_STATUSES.index(device["status"]), *name)  # worst alert, then online, offline
+    return name
+
+
+def fleet_status(query: FleetQuery | None = None) -> dict:
+    """One page of the fleet (`query`): each device's status, last seen, readings in the last minute, newest
+    value per key and worst firing alert, with counts by status over every matching device. A fixed number of
+    queries whatever the fleet's size; latest values are read for the page's devices only."""
+    query = query or FleetQuery()
     now = timezone.now()
-    latest = latest_wire_by_device()
+    now_ms, window = epoch_ms(now), settings.HUB_ONLINE_WINDOW_SECONDS * 1000
+    total = Device.objects.count()
+    matching = devices_labelled(Device.objects.all(), query.labels)
+    if query.text:
+        matching = matching.filter(Q(key__icontains=query.text) | Q(name__icontains=query.text))
     alerts = alerts_open_by_device()
     per_minute = readings_per_minute(since=now - timedelta(minutes=1))
-    devices = [
-        {
-            "key": key,
-            "name": name or key,
-            "seen": epoch_ms(last_seen) if last_seen else None,
-            "latest": dict(sorted(latest.get(device_id, {}).items())),
-            "per_minute": per_minute.get(device_id, 0),
-            "alert": alerts.get(device_id),
-        }
-        for device_id, key, name, last_seen in Device.objects.order_by("key").values_list(
-            "id", "key", "name", "last_seen"
-        )
-    ]
-    return {"now": epoch_ms(now), "online_window": settings.HUB_ONLINE_WINDOW_SECONDS * 1000, "devices": devices}
+    devices = []
+    for device_id, key, name, last_seen, labels in matching.values_list("id", "key", "name", "last_seen", "labels"):
+        seen = epoch_ms(last_seen) if last_seen else None
+        alert = alerts.get(device_id)
+        device = {"id": device_id, "key": key, "name": name or key, "seen": seen, "labels": labels, "alert": alert}
+        device["status"] = _status(seen, now_ms, window)
+        device["per_minute"] = per_minute.get(device_id, 0)
+        devices.append(device)
+    counts = {status: 0 for status in FLEET_STATUSES}
+    for device in devices:
+        counts[device["status"]] += 1
+        counts["alerting"] += device["alert"] is not None
+    if query.status == "alerting":
+        devices = [d for d in devices if d["alert"] is not None]
+    elif query.status:
+        devices = [d for d in devices if d["status"] == query.status]
+    devices.sort(key=lambda d: _sort_key(query.sort, d), reverse=query.descending)
+    pages = max(1, -(-len(devices) // query.rows))
+    page = min(max(query.page, 1), pages)
+    shown = devices[(page - 1) * query.rows : page * query.rows]
+    latest = latest_wire_by_device(device_ids=[d["id"] for d in shown])
+    for device in shown:
+        device["latest"] = dict(sorted(latest.get(device.pop("id"), {}).items()))
+    return {
+        "now": now_ms,
+        "online_window": window,
+        "total": total,
+        "matched": len(devices),
+        "counts": counts,
+        "page": page,
+        "pages": pages,
+        "devices": shown,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CompareSelection:
+    """What the compare view shows: the devices matching a key pattern and labels, and the keys to chart."""
+
+    pattern: str
+    labels: Mapping[str, str]
+    keys: tuple[str, ...]
+    devices: list[Device]
+    matched: int  # devices matching, of which the first COMPARE_MAX_DEVICES are shown
+    available: tuple[str, ...]  # numeric keys any matching device has reported
+
+
+def compare_selection(*, pattern: str, labels: Mapping[str, str], keys: Sequence[str]) -> CompareSelection:
+    """Devices whose key matches `pattern` (shell-style, comma-separated alternatives) and that carry `labels`;
+    the asked keys they have reported, or by default the keys they all share (at most COMPARE_DEFAULT_KEYS).
+    Nothing is selected until a pattern or a label is given."""
+    if not pattern and not labels:
+        return CompareSelection(pattern, labels, (), [], 0, ())
+    alternatives = [p.strip() for p in pattern.split(",") if p.strip()] or ["*"]
+    candidates = devices_labelled(Device.objects.order_by("key"), labels).only("id", "key", "name")
+    matched = [d for d in candidates if any(fnmatch.fnmatchcase(d.key, p) for p in alternatives)]
+    shown = matched[:COMPARE_MAX_DEVICES]
+    reported = keys_of_devices([d.id for d in shown])
+    if keys:
+        chosen = tuple(k for k in keys if k in reported)
+    else:
+        chosen = tuple(k for k, n in reported.items() if n == len(shown))[:COMPARE_DEFAULT_KEYS]
+    return CompareSelection(pattern, labels, chosen, shown, len(matched), tuple(reported))

@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
-from dashboards.api import telemetry_history, telemetry_latest
+from dashboards.api import telemetry_history, telemetry_latest, telemetry_window
 from hub.health import healthz, metrics, readyz
 from ingest.views import telemetry_post
 
@@ -16,6 +18,8 @@ urlpatterns = [
     path("api/v1/devices/<slug:key>/telemetry", telemetry_history, name="telemetry-history"),
     path("api/v1/devices/<slug:key>/telemetry.csv", telemetry_history, {"fmt": "csv"}, name="telemetry-csv"),
     path("api/v1/devices/<slug:key>/latest", telemetry_latest, name="telemetry-latest"),
+    path("api/v1/devices/<slug:key>/window", telemetry_window, name="telemetry-window"),
+    path("favicon.ico", RedirectView.as_view(url=static("dashboards/favicon.svg"), permanent=True)),
     path("api/v1/<str:token>/telemetry", telemetry_post, name="telemetry-post"),
     path("alerts/", include("alerts.urls")),
     path("", include("dashboards.urls")),

@@ -123,6 +123,53 @@ def readings_aggregate(query: HistoryQuery, *, band: bool = False) -> dict[str, 
     return result
 
 
+# Decimation of the live pages (docs/dashboards.md, "Whole window at any rate").
+WINDOW_TAIL_POINTS = 2_000  # newest raw readings per key a live chart keeps at full resolution
+_FINE_INTERVALS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500]
+
+
+def window_interval(start: int, end: int, pixels: int) -> int:
+    """The bucket of a live chart `pixels` wide over [start, end): the finest nice interval giving at most one
+    bucket per pixel. From 20 s up it rounds to whole minutes where rollups exist (a 6-hour window at 1,000
+    readings/s would otherwise aggregate 20 million raw rows; minute rollups give one pair per 2-3 pixels)."""
+    interval = next((ms for ms in _FINE_INTERVALS_MS if -(-(end - start) // ms) <= pixels), None)
+    interval = interval or interval_auto(start, end, target=pixels)
+    if dialect().rollups and 20_000 <= interval < MINUTE_MS:
+        return MINUTE_MS
+    return interval
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSeries:
+    """One key over a window: min/max buckets for the older part, then raw readings from `split` on."""
+
+    buckets: list[list]  # [bucket start ms, min, max], each bucket wholly before `split`
+    raw: list[list]  # [ts ms, value], ts >= split, oldest first
+    split: int  # ms: where the buckets end and the raw readings begin (the window's start if all raw)
+
+
+def readings_window(
+    *, device_id: int, keys: Sequence[str], start: int, end: int, interval: int, tail: int = WINDOW_TAIL_POINTS
+) -> dict[str, WindowSeries]:
+    """A live chart's data for [start, end): per key its newest `tail` raw readings and, when those do not
+    reach back to `start`, min/max buckets of `interval` ms for the rest (rollups where the interval fits).
+    The raw part starts at a bucket boundary, so the two join with no gap and no reading counted twice."""
+    newest = readings_raw(HistoryQuery(device_id, tuple(keys), start, end, limit=tail, newest_first=True))
+    series = {}
+    for key in keys:
+        raw = [[p["ts"], p["value"]] for p in reversed(newest[key])]
+        if len(raw) < tail:  # the whole window fits at full resolution
+            series[key] = WindowSeries(buckets=[], raw=raw, split=start)
+            continue
+        split = -(-raw[0][0] // interval) * interval  # the first bucket boundary at or after the oldest raw
+        older = HistoryQuery(device_id, (key,), start, split, agg="AVG", interval=interval)
+        buckets = readings_aggregate(older, band=True)[key] if split > start else []
+        series[key] = WindowSeries(
+            buckets=[[p["ts"], p["min"], p["max"]] for p in buckets], raw=[r for r in raw if r[0] >= split], split=split
+        )
+    return series
+
+
 def keys_of_device(device_id: int) -> list[str]:
     """Numeric keys the device has ever reported (from its latest values)."""
     return list(
@@ -132,16 +179,24 @@ def keys_of_device(device_id: int) -> list[str]:
     )
 
 
+def keys_of_devices(device_ids: Collection[int]) -> dict[str, int]:
+    """Numeric key -> how many of the devices have reported it (the compare view's default keys)."""
+    rows = LatestValue.objects.filter(device_id__in=device_ids, value__isnull=False).values("key")
+    return dict(rows.annotate(n=Count("device_id")).order_by("key").values_list("key", "n"))
+
+
 def readings_latest(device_id: int) -> dict[str, dict]:
     """A device's newest value per key: {"ts", "value"} (text values as strings)."""
     rows = LatestValue.objects.filter(device_id=device_id).order_by("key").values_list("key", "ts", "value", "text")
     return {key: {"ts": epoch_ms(ts), "value": text if value is None else value} for key, ts, value, text in rows}
 
 
-def latest_wire_by_device() -> dict[int, dict[str, WireReading]]:
-    """Every device's newest value per key as [ts, key, value]: the fleet page's snapshot."""
+def latest_wire_by_device(*, device_ids: Collection[int] | None = None) -> dict[int, dict[str, WireReading]]:
+    """Each device's (every device's, or those of `device_ids`) newest value per key as [ts, key, value]: the
+    fleet page's rows."""
     latest: dict[int, dict[str, WireReading]] = {}
-    for device_id, key, ts, value, text in LatestValue.objects.values_list("device_id", "key", "ts", "value", "text"):
+    rows = LatestValue.objects.all() if device_ids is None else LatestValue.objects.filter(device_id__in=device_ids)
+    for device_id, key, ts, value, text in rows.values_list("device_id", "key", "ts", "value", "text"):
         latest.setdefault(device_id, {})[key] = [epoch_ms(ts), key, text if value is None else value]
     return latest
 
@@ -166,16 +221,6 @@ def readings_per_minute(*, since: datetime) -> dict[int, int]:
     for device_id, n in rows.values_list("device_id", "n"):
         counts[device_id] = counts.get(device_id, 0) + (n or 0)
     return counts
-
-
-def readings_recent(*, device_id: int, since: datetime, keys: Sequence[str] = (), limit: int = 20_000) -> list[list]:
-    """The newest `limit` numeric readings of a device (of `keys`, if given) since `since`, oldest first, as
-    [ts_ms, key, value]. Newest, not oldest: the page's history must end where the stream's catch-up starts."""
-    rows = Reading.objects.filter(device_id=device_id, ts__gte=since)
-    if keys:
-        rows = rows.filter(key__in=keys)
-    newest = list(rows.order_by("-ts", "-key").values_list("ts", "key", "value")[:limit])
-    return [[epoch_ms(ts), key, value] for ts, key, value in reversed(newest)]
 
 
 def readings_since(*, device_id: int, since: int, limit: int | None = None) -> list[list]:

@@ -1,37 +1,35 @@
-// Live device page (docs/dashboards.md, "Device page"): draw the server-rendered history, then follow the
-// device's stream (docs/stream-protocol.md): wait for `subscribed`, send `since` (the newest reading received),
-// apply the `history` that answers it, then the live `readings`. Each reading is drawn once: a point whose ts
-// is not newer than what its chart already has is dropped. Device-provided text only ever goes through
-// textContent.
+// Live device page (docs/dashboards.md, "Device page"): the chosen window drawn whole at any rate. The window's
+// data comes from /api/v1/devices/<KEY>/window (min/max buckets of about a pixel, then the newest raw readings);
+// the device's stream (live.js follow) continues it from the newest reading the answer held, and each chart
+// (live.js WindowCharts) folds what leaves its raw tail into buckets, so neither memory nor drawing grows with
+// the device's rate. Each reading is drawn once: a point whose ts is not newer than its series' newest is
+// dropped. Device-provided text only ever goes through textContent.
 (function () {
   "use strict";
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 30000;
-  const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
-  const FINAL = {[CLOSE.BAD_REQUEST]: "bad request", [CLOSE.UNAUTHENTICATED]: "not logged in",
-                 [CLOSE.UNKNOWN_DEVICE]: "unknown device"};
-  const REASONS = {1001: "server going away", 1006: "connection lost", [CLOSE.INTERNAL_ERROR]: "server error",
-                   [CLOSE.SERVICE_RESTART]: "server restarting", [CLOSE.TOO_SLOW]: "too slow",
-                   [CLOSE.STREAM_INTERRUPTED]: "stream interrupted"};
+  const {follow, WindowCharts, windowFetch, showState} = window.HubLive; // live.js
   const page = JSON.parse(document.getElementById("device-page").textContent);
   const picked = new Set(page.keys); // empty: every numeric key
-  const charts = document.getElementById("charts");
   const status = document.getElementById("connection");
+  const note = document.getElementById("window-note");
+  const csv = document.getElementById("window-csv");
   const texts = new Map(); // key -> {row, ts}
-  const series = new Map(); // key -> {div, last, plotted, pending: {x, y}}
   let newest = 0; // newest numeric ts received (any key): the `since` of the next connection
-  let resume = null; // the `since` that continues a capped catch-up, when there is one
-  let frame = 0;
-  let socket = null;
-  let attempt = 0; // failed connections in a row: the backoff exponent
-  let retry = 0; // pending reconnect timer
 
-  function setState(state, text) {
-    status.dataset.state = state;
-    status.textContent = text;
-  }
-
-  // ---- charts: one per numeric key, at most one redraw per animation frame, at most page.points points
+  const charts = new WindowCharts({
+    container: document.getElementById("charts"),
+    windowMs: page.window,
+    api: () => page.api,
+    shapes: thresholdLines,
+    name: (device) => device,
+    shown: (range) => {
+      const keys = Array.from(charts.charts.keys());
+      const params = new URLSearchParams({keys: keys.join(","), start: Math.floor(range[0]), end: Math.ceil(range[1]) + 1,
+                                          agg: "NONE"});
+      csv.href = `${page.csv}?${params}`;
+      csv.hidden = keys.length === 0;
+    },
+  });
+  charts.skew = page.now - Date.now();
 
   function take(readings) {
     for (const [ts, key, value] of readings) {
@@ -39,49 +37,9 @@
       if (typeof value !== "number") continue;
       if (ts > newest) newest = ts; // unpicked keys too: the stream had them, no need to catch up on them
       if (picked.size && !picked.has(key)) continue;
-      const s = seriesFor(key);
-      if (ts <= s.last) continue; // already drawn (history and stream overlap): once only
-      s.last = ts;
-      s.pending.x.push(new Date(ts));
-      s.pending.y.push(value);
-      // A hidden tab gets no animation frames: keep only what the chart could show anyway.
-      if (s.pending.x.length >= 2 * page.points) {
-        s.pending.x.splice(0, s.pending.x.length - page.points);
-        s.pending.y.splice(0, s.pending.y.length - page.points);
-      }
+      charts.add(key, page.device, ts, value);
     }
-    if (!frame) frame = requestAnimationFrame(draw);
-  }
-
-  function draw() {
-    frame = 0;
-    for (const [key, s] of series) {
-      const {x, y} = s.pending;
-      if (!x.length) continue;
-      s.pending = {x: [], y: []};
-      if (s.plotted) {
-        Plotly.extendTraces(s.div, {x: [x], y: [y]}, [0], page.points);
-      } else {
-        s.plotted = true;
-        const trace = {x: x.slice(-page.points), y: y.slice(-page.points), mode: "lines", name: key};
-        const layout = {title: {text: key}, margin: {t: 30, l: 50, r: 10, b: 30}, xaxis: {type: "date"},
-                        uirevision: key, shapes: thresholdLines(key), showlegend: false};
-        Plotly.newPlot(s.div, [trace], layout, {responsive: true, displaylogo: false});
-      }
-    }
-  }
-
-  function seriesFor(key) {
-    let s = series.get(key);
-    if (s) return s;
-    const div = document.createElement("div");
-    div.className = "chart";
-    div.dataset.key = key;
-    const next = Array.from(charts.children).find((el) => el.dataset.key > key);
-    charts.insertBefore(div, next || null); // charts in key order
-    s = {div: div, last: -Infinity, plotted: false, pending: {x: [], y: []}};
-    series.set(key, s);
-    return s;
+    charts.schedule();
   }
 
   // ---- alerts: threshold lines on the charts, the firing banner, the event list (live from the stream)
@@ -161,82 +119,32 @@
       .catch(() => {}); // best effort: the next connection fetches again
   }
 
-  // ---- the stream
+  // ---- start: the window, then the stream from its newest reading
 
-  function connect(label) {
-    retry = 0;
-    setState("connecting", label || (attempt ? "reconnecting…" : "connecting…"));
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/ws/v1/devices/${encodeURIComponent(page.device)}/stream`);
-    socket = ws;
-    ws.onmessage = (event) => {
-      if (ws !== socket) return;
-      const message = JSON.parse(event.data);
-      if (message.type === "subscribed") {
-        ws.send(JSON.stringify({since: resume === null ? Math.max(newest, page.start) : resume}));
-      } else if (message.type === "history") {
-        caughtUp(ws, message.readings);
-      } else if (message.type === "readings") {
-        take(message.readings);
-      } else if (message.type === "alert") {
-        addAlertEvent(message.event, true);
+  async function start() {
+    showState(status, "connecting", "connecting…");
+    const end = charts.now();
+    const begin = end - page.window;
+    if (page.charted.length) {
+      try {
+        const body = await windowFetch(page.api, page.charted, begin, end, charts.pixels());
+        charts.load(page.device, body);
+        if (body.newest !== null) newest = Math.max(newest, body.newest);
+        const decimated = Object.values(body.series).some((s) => s.buckets.length);
+        note.textContent = decimated ? `older readings as min/max per ${HubCharts.formatInterval(body.interval)}, ` +
+          `the newest ${window.HubLive.TAIL.toLocaleString()} per key as sent` : "every reading as sent";
+      } catch (error) {
+        note.textContent = `could not load the window (${error.message}): live readings only`;
       }
-    };
-    ws.onclose = (event) => {
-      if (ws === socket) closed(event.code);
-    };
-  }
-
-  function caughtUp(ws, readings) {
-    take(readings);
-    resume = null;
-    if (readings.length >= page.catchup) {
-      // The catch-up is capped (oldest first): ask again for the rest. The cap may fall between readings of
-      // one ts, so resume just before the last ts (the ones drawn already are dropped), unless the whole
-      // page is that one ts.
-      const first = readings[0][0];
-      const last = readings[readings.length - 1][0];
-      resume = first < last ? last - 1 : last;
-      socket = null;
-      ws.close();
-      connect("catching up…");
-      return;
     }
-    attempt = 0;
-    setState("live", "live");
-    refreshTexts();
+    follow(page.device, {
+      since: () => Math.max(newest, charts.now() - page.window),
+      readings: take,
+      alert: (event) => addAlertEvent(event, true),
+      state: (state, text, login) => showState(status, state, text, login ? page.login : null),
+      live: refreshTexts,
+    }, page.catchup);
   }
-
-  function closed(code) {
-    socket = null;
-    if (code in FINAL) {
-      setState("closed", `closed: ${FINAL[code]}`);
-      if (code === CLOSE.UNAUTHENTICATED) status.append(" — ", loginLink());
-      return;
-    }
-    // Exponential backoff with jitter: a restarted hub is not met by every page at the same instant.
-    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
-    const at = Date.now() + cap / 2 + Math.random() * (cap / 2);
-    const reason = REASONS[code] || `closed (${code})`;
-    const tick = () => {
-      const left = at - Date.now();
-      if (left <= 0) { connect(); return; }
-      setState("reconnecting", `reconnecting in ${Math.ceil(left / 1000)} s (${reason})`);
-      retry = setTimeout(tick, Math.min(left, 250));
-    };
-    tick();
-  }
-
-  function loginLink() {
-    const link = document.createElement("a");
-    link.href = `${page.login}?next=${encodeURIComponent(location.pathname + location.search)}`;
-    link.textContent = "log in";
-    return link;
-  }
-
-  window.addEventListener("online", () => {
-    if (retry) { clearTimeout(retry); connect(); } // the network is back: do not wait out the backoff
-  });
 
   const form = document.getElementById("picker");
   form.addEventListener("change", () => form.requestSubmit()); // the choice lives in the URL's query
@@ -247,6 +155,5 @@
   }
   for (const event of page.alerts) addAlertEvent(event, false);
   showFiring();
-  take(page.history);
-  connect();
+  start();
 })();

@@ -1,17 +1,20 @@
-// Fleet page: every device's status, rate and latest values; live from /ws/v1/fleet/stream (digests and
-// alert events), refreshed from fleet.json every REFRESH_MS for rates, statuses and new devices.
-// Device-provided strings only ever reach the page through textContent.
+// Fleet page: one page of devices (the server rendered it into the HTML; this script keeps it live). Statuses,
+// rates and latest values follow /ws/v1/fleet/stream (digests, alert events); the page's query is refetched
+// from fleet.json every REFRESH_MS and after alert events (counts, rates, order, new devices). Typing in the
+// filters refetches at once, without a reload; sorting and paging are links. Device-provided strings only ever
+// reach the page through textContent.
 (function () {
   "use strict";
   const REFRESH_MS = 15000;
-  const urls = JSON.parse(document.getElementById("fleet-urls").textContent);
+  const TYPING_MS = 250;
+  const config = JSON.parse(document.getElementById("fleet-config").textContent);
   const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
   const tbody = document.querySelector("#fleet tbody");
-  const filter = document.getElementById("filter");
-  const summary = document.getElementById("summary");
+  const form = document.getElementById("fleet-filter");
   const state = document.getElementById("state");
   const rows = new Map(); // key -> {device, tr, cells}
   const dirty = new Set();
+  let query = new URLSearchParams(config.query);
   let onlineWindow = 120000;
   let skew = 0; // server clock - browser clock, ms
   let scheduled = false;
@@ -19,83 +22,67 @@
   function now() { return Date.now() + skew; }
 
   function ago(ms) {
+    if (ms === null) return "never";
     const s = Math.max(0, Math.round((now() - ms) / 1000));
-    if (s < 60) return `${s} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-    return `${Math.floor(s / 86400)} d ago`;
+    if (s >= 86400) return `${Math.floor(s / 86400)} d ago`;
+    if (s >= 3600) return `${Math.floor(s / 3600)} h ago`;
+    if (s >= 60) return `${Math.floor(s / 60)} min ago`;
+    return `${s} s ago`;
   }
 
   function formatValue(value) {
     return typeof value === "number" ? String(Math.round(value * 1000) / 1000) : String(value);
   }
 
-  function cell(tr) { const td = document.createElement("td"); tr.appendChild(td); return td; }
+  function element(tag, text, className) {
+    const el = document.createElement(tag);
+    if (text !== undefined) el.textContent = text;
+    if (className) el.className = className;
+    return el;
+  }
 
+  // The same cells fleet.html renders.
   function rowFor(device) {
-    let row = rows.get(device.key);
-    if (row) return row;
     const tr = document.createElement("tr");
-    const name = cell(tr);
-    const link = document.createElement("a");
-    link.href = urls.device.replace("/KEY/", `/${encodeURIComponent(device.key)}/`);
-    const small = document.createElement("small");
-    name.append(link, " ", small);
-    row = {device: device, tr: tr, link: link, small: small, badge: null,
-           status: cell(tr), seen: cell(tr), rate: cell(tr), latest: cell(tr)};
-    rows.set(device.key, row);
+    tr.dataset.key = device.key;
+    const name = element("td");
+    const link = element("a");
+    link.href = config.device.replace("/KEY/", `/${encodeURIComponent(device.key)}/`);
+    name.append(link, " ", element("small", device.key));
+    const badge = element("span");
+    name.append(badge);
+    for (const [label, value] of Object.entries(device.labels || {}).sort()) {
+      name.append(" ", element("span", `${label}=${value}`, "label"));
+    }
+    const row = {device: device, tr: tr, link: link, badge: badge, status: element("td"), seen: element("td"),
+                 rate: element("td", "", "wide"), latest: element("td", "", "wide latest")};
+    tr.append(name, row.status, row.seen, row.rate, row.latest);
     return row;
   }
 
+  function online(device) { return device.seen !== null && now() - device.seen <= onlineWindow; }
+
   function drawTimes(row) {
     const d = row.device;
-    const online = d.seen !== null && now() - d.seen <= onlineWindow;
-    row.status.textContent = online ? "online" : "offline";
-    row.status.className = online ? "on" : "off";
-    row.seen.textContent = d.seen === null ? "never" : ago(d.seen);
+    const status = d.seen === null ? "never" : online(d) ? "online" : "offline";
+    if (row.status.textContent !== status) {
+      row.status.textContent = status;
+      row.status.className = status === "online" ? "on" : "off";
+    }
+    row.seen.textContent = ago(d.seen);
   }
 
   function draw(row) {
     const d = row.device;
     row.link.textContent = d.name;
-    row.small.textContent = d.key;
     drawTimes(row);
     row.rate.textContent = String(d.per_minute);
     row.tr.className = d.alert ? `sev-${d.alert}` : "";
-    if (row.badge) row.badge.remove();
-    row.badge = null;
-    if (d.alert) {
-      row.badge = document.createElement("span");
-      row.badge.className = `badge sev-${d.alert}`;
-      row.badge.textContent = d.alert;
-      row.link.parentNode.append(" ", row.badge);
-    }
+    row.badge.replaceChildren();
+    if (d.alert) row.badge.append(" ", element("span", d.alert, `badge sev-${d.alert}`));
     const parts = [];
-    for (const [name, entry] of Object.entries(d.latest)) {
-      const b = document.createElement("b");
-      b.textContent = name;
-      parts.push(b, `=${formatValue(entry[2])} `);
-    }
+    for (const [name, entry] of Object.entries(d.latest)) parts.push(element("b", name), `=${formatValue(entry[2])} `);
     row.latest.replaceChildren(...parts);
-  }
-
-  function matches(device, needle) {
-    return !needle || device.key.toLowerCase().includes(needle) || device.name.toLowerCase().includes(needle);
-  }
-
-  function applyFilter() {
-    const needle = filter.value.trim().toLowerCase();
-    let shown = 0, online = 0, alerting = 0;
-    for (const row of rows.values()) {
-      const show = matches(row.device, needle);
-      row.tr.hidden = !show;
-      if (show) shown += 1;
-      if (row.device.seen !== null && now() - row.device.seen <= onlineWindow) online += 1;
-      if (row.device.alert) alerting += 1;
-    }
-    summary.textContent = `${rows.size} devices, ${online} online, ${alerting} alerting` +
-      (shown !== rows.size ? `, ${shown} shown` : "");
-    document.getElementById("empty").hidden = rows.size > 0;
   }
 
   function markDirty(key) {
@@ -107,49 +94,62 @@
     scheduled = false;
     for (const key of dirty) { const row = rows.get(key); if (row) draw(row); }
     dirty.clear();
-    applyFilter();
   }
 
+  function showCounts(snapshot) {
+    for (const el of document.querySelectorAll("#counts [data-count]")) {
+      const name = el.dataset.count;
+      el.textContent = String(name in snapshot.counts ? snapshot.counts[name] : snapshot[name]);
+    }
+    document.getElementById("page-info").textContent = `page ${snapshot.page} of ${snapshot.pages}`;
+    const empty = document.getElementById("empty");
+    empty.hidden = snapshot.devices.length > 0;
+    if (snapshot.total) empty.textContent = "No device matches.";
+  }
+
+  // A snapshot replaces the rows (100 at most), keeping live values newer than it (a digest may have overtaken
+  // the query).
   function loadSnapshot(snapshot) {
     skew = snapshot.now - Date.now();
     onlineWindow = snapshot.online_window;
-    const fragment = document.createDocumentFragment();
+    const fresh = [];
     for (const device of snapshot.devices) {
       const known = rows.get(device.key);
       if (known) {
-        // Keep live values newer than the snapshot (the digest may have overtaken the query).
         for (const [name, entry] of Object.entries(known.device.latest)) {
-          const fresh = device.latest[name];
-          if (!fresh || fresh[0] < entry[0]) device.latest[name] = entry;
+          const latest = device.latest[name];
+          if (!latest || latest[0] < entry[0]) device.latest[name] = entry;
         }
         if (known.device.seen !== null && (device.seen === null || known.device.seen > device.seen)) {
           device.seen = known.device.seen;
         }
-        known.device = device;
-      } else {
-        fragment.appendChild(rowFor(device).tr);
       }
-      markDirty(device.key);
+      const row = rowFor(device);
+      draw(row);
+      fresh.push(row);
     }
-    tbody.appendChild(fragment);
+    rows.clear();
+    for (const row of fresh) rows.set(row.device.key, row);
+    tbody.replaceChildren(...fresh.map((row) => row.tr));
+    showCounts(snapshot);
   }
 
   let refreshing = null;
   function refresh() {
     if (refreshing) return refreshing;
-    refreshing = fetch(urls.json, {credentials: "same-origin"})
+    const asked = query.toString();
+    refreshing = fetch(`${config.json}?${asked}`, {credentials: "same-origin"})
       .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-      .then(loadSnapshot)
+      .then((snapshot) => { if (asked === query.toString()) loadSnapshot(snapshot); else refresh(); })
       .catch(() => {})
       .finally(() => { refreshing = null; });
     return refreshing;
   }
 
   function applyDigest(devices) {
-    let unknown = false;
     for (const [key, digest] of Object.entries(devices)) {
       const row = rows.get(key);
-      if (!row) { unknown = true; continue; }
+      if (!row) continue; // not on this page: the next refresh counts it
       const d = row.device;
       d.seen = Math.max(d.seen || 0, digest.seen);
       d.per_minute += digest.n; // until the next snapshot recounts the last minute from the database
@@ -159,7 +159,6 @@
       }
       markDirty(key);
     }
-    if (unknown) refresh();
   }
 
   let delay = 500;
@@ -185,9 +184,25 @@
     };
   }
 
-  filter.addEventListener("input", applyFilter);
+  // Filters apply as they are typed: the query goes into the URL (shareable) and the first page is fetched.
+  let typing = 0;
+  function filtersChanged() {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      for (const name of ["q", "label"]) {
+        const value = form.elements[name].value.trim();
+        if (value) query.set(name, value); else query.delete(name);
+      }
+      query.delete("page");
+      history.replaceState(null, "", `${location.pathname}?${query}`);
+      refresh();
+    }, TYPING_MS);
+  }
+  form.addEventListener("input", filtersChanged);
+  form.addEventListener("submit", (event) => { event.preventDefault(); filtersChanged(); });
+
   loadSnapshot(JSON.parse(document.getElementById("fleet-snapshot").textContent));
-  setInterval(() => { for (const row of rows.values()) drawTimes(row); applyFilter(); }, 1000); // "… ago"
+  setInterval(() => { for (const row of rows.values()) drawTimes(row); }, 1000); // "… ago"
   setInterval(refresh, REFRESH_MS);
   connect();
 })();

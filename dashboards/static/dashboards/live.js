@@ -1,0 +1,288 @@
+// Live charts of whole windows at any rate (docs/dashboards.md, "Whole window at any rate"), shared by the
+// device and compare pages:
+// - follow(): one device stream (docs/stream-protocol.md): wait for `subscribed`, send `since`, apply the
+//   `history`, then the live `readings` (merged: many per key, several flushes per message); reconnect with
+//   exponential backoff and jitter; a full catch-up asks again for the rest.
+// - Series: one line over the window: min/max buckets (about one per pixel) for the older part, then at most
+//   TAIL raw readings; readings leaving the tail fold into buckets of the same epoch-aligned interval the
+//   server used, so the line stays one min/max pair per pixel however fast the device sends.
+// - windowFetch(): the window's data from /api/v1/devices/<KEY>/window (ingest/selectors.py readings_window).
+(function () {
+  "use strict";
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 30000;
+  const TAIL = 2000; // raw readings kept per series (ingest/selectors.py WINDOW_TAIL_POINTS)
+  const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
+  const FINAL = {[CLOSE.BAD_REQUEST]: "bad request", [CLOSE.UNAUTHENTICATED]: "not logged in",
+                 [CLOSE.UNKNOWN_DEVICE]: "unknown device"};
+  const REASONS = {1001: "server going away", 1006: "connection lost", [CLOSE.INTERNAL_ERROR]: "server error",
+                   [CLOSE.SERVICE_RESTART]: "server restarting", [CLOSE.TOO_SLOW]: "too slow",
+                   [CLOSE.STREAM_INTERRUPTED]: "stream interrupted"};
+
+  // ---- one device's stream
+
+  // on: {since() -> ms, readings(list), alert(event), state(state, text, final), live()}; catchup: the server's cap.
+  function follow(device, on, catchup) {
+    let socket = null;
+    let attempt = 0; // failed connections in a row: the backoff exponent
+    let retry = 0; // pending reconnect timer
+    let resume = null; // the `since` that continues a capped catch-up
+
+    function connect(label) {
+      retry = 0;
+      on.state("connecting", label || (attempt ? "reconnecting…" : "connecting…"));
+      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+      const ws = new WebSocket(`${scheme}//${location.host}/ws/v1/devices/${encodeURIComponent(device)}/stream`);
+      socket = ws;
+      ws.onmessage = (event) => {
+        if (ws !== socket) return;
+        const message = JSON.parse(event.data);
+        if (message.type === "subscribed") ws.send(JSON.stringify({since: resume === null ? on.since() : resume}));
+        else if (message.type === "history") caughtUp(ws, message.readings);
+        else if (message.type === "readings") on.readings(message.readings);
+        else if (message.type === "alert" && on.alert) on.alert(message.event);
+      };
+      ws.onclose = (event) => { if (ws === socket) closed(event.code); };
+    }
+
+    function caughtUp(ws, readings) {
+      on.readings(readings);
+      resume = null;
+      if (readings.length >= catchup) {
+        // Capped (oldest first): ask again for the rest, from just before the last ts (the ones drawn already
+        // are dropped), unless the whole page is that one ts.
+        const first = readings[0][0];
+        const last = readings[readings.length - 1][0];
+        resume = first < last ? last - 1 : last;
+        socket = null;
+        ws.close();
+        connect("catching up…");
+        return;
+      }
+      attempt = 0;
+      on.state("live", "live");
+      if (on.live) on.live();
+    }
+
+    function closed(code) {
+      socket = null;
+      if (code in FINAL) { on.state("closed", `closed: ${FINAL[code]}`, code === CLOSE.UNAUTHENTICATED); return; }
+      // Exponential backoff with jitter: a restarted hub is not met by every page at the same instant.
+      const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
+      const at = Date.now() + cap / 2 + Math.random() * (cap / 2);
+      const reason = REASONS[code] || `closed (${code})`;
+      const tick = () => {
+        const left = at - Date.now();
+        if (left <= 0) { connect(); return; }
+        on.state("reconnecting", `reconnecting in ${Math.ceil(left / 1000)} s (${reason})`);
+        retry = setTimeout(tick, Math.min(left, 250));
+      };
+      tick();
+    }
+
+    window.addEventListener("online", () => {
+      if (retry) { clearTimeout(retry); connect(); } // the network is back: do not wait out the backoff
+    });
+    connect();
+  }
+
+  // ---- one line over a window
+
+  class Series {
+    constructor() {
+      this.interval = 1000;
+      this.buckets = []; // [start ms, min, max], oldest first
+      this.tx = []; // raw tail: ts, oldest first
+      this.ty = []; // raw tail: values
+      this.last = -Infinity; // newest ts taken: older or equal ones are duplicates (history/live overlap)
+    }
+
+    load(data, interval) {
+      this.interval = interval;
+      this.buckets = data.buckets.slice();
+      this.tx = data.raw.map((r) => r[0]);
+      this.ty = data.raw.map((r) => r[1]);
+      this.last = this.tx.length ? this.tx[this.tx.length - 1] : -Infinity;
+    }
+
+    add(ts, value) {
+      if (ts <= this.last) return false;
+      this.last = ts;
+      this.tx.push(ts);
+      this.ty.push(value);
+      return true;
+    }
+
+    // Fold what leaves the tail into buckets; forget what left the window.
+    compact(start) {
+      const extra = this.tx.length - TAIL;
+      const step = this.interval;
+      for (let i = 0; i < extra; i++) {
+        const t = this.tx[i] - (this.tx[i] % step);
+        const v = this.ty[i];
+        const b = this.buckets[this.buckets.length - 1];
+        if (b && b[0] === t) { if (v < b[1]) b[1] = v; if (v > b[2]) b[2] = v; }
+        else this.buckets.push([t, v, v]);
+      }
+      let drop = Math.max(0, extra);
+      while (drop < this.tx.length && this.tx[drop] < start) drop++;
+      if (drop) { this.tx.splice(0, drop); this.ty.splice(0, drop); }
+      let old = 0;
+      while (old < this.buckets.length && this.buckets[old][0] + step <= start) old++;
+      if (old) this.buckets.splice(0, old);
+    }
+
+    // Plotly's arrays: each bucket as its min then its max at the bucket's start, then the raw tail.
+    xy() {
+      const n = this.buckets.length;
+      const x = new Array(2 * n + this.tx.length);
+      const y = new Array(x.length);
+      for (let i = 0; i < n; i++) {
+        const [t, lo, hi] = this.buckets[i];
+        const at = new Date(t);
+        x[2 * i] = at; y[2 * i] = lo;
+        x[2 * i + 1] = at; y[2 * i + 1] = hi;
+      }
+      for (let i = 0; i < this.tx.length; i++) { x[2 * n + i] = new Date(this.tx[i]); y[2 * n + i] = this.ty[i]; }
+      return {x: x, y: y};
+    }
+  }
+
+  // ---- the window's data
+
+  async function windowFetch(url, keys, start, end, px, signal) {
+    const params = new URLSearchParams({keys: keys.join(","), start: start, end: end, px: Math.round(px)});
+    const response = await fetch(`${url}?${params}`, {credentials: "same-origin", signal: signal});
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+    return body;
+  }
+
+  // The status badge of a stream (device page) or of one device of several (compare page).
+  function showState(el, state, text, login) {
+    el.dataset.state = state;
+    el.textContent = text;
+    if (login) {
+      const link = document.createElement("a");
+      link.href = `${login}?next=${encodeURIComponent(location.pathname + location.search)}`;
+      link.textContent = "log in";
+      el.append(" — ", link);
+    }
+  }
+
+  // ---- charts of a window: one per key, a trace per device; live, or zoomed on a range fetched finer
+
+  const EMPTY = new Series();
+
+  class WindowCharts {
+    // o: {container, windowMs, api(device) -> window URL, shapes(key) -> Plotly shapes, name(device) -> text,
+    //     shown(range) -> called after each draw with the [start, end] drawn}
+    constructor(o) {
+      this.o = o;
+      this.charts = new Map(); // key -> {div, key, traces: Map(device -> Series), bound}
+      this.devices = []; // trace order (colours) across charts
+      this.skew = 0; // server clock - browser clock, ms
+      this.zoom = null; // {start, end, series: Map("key device" -> Series) | null while loading}
+      this.frame = 0;
+      this.revision = 0;
+      this.inFlight = null;
+      setInterval(() => this.schedule(), 1000); // the window moves even when nothing arrives
+    }
+
+    now() { return Date.now() + this.skew; }
+    pixels() { return Math.max(100, (this.o.container.clientWidth || 800) - 70); }
+
+    chart(key) {
+      let c = this.charts.get(key);
+      if (c) return c;
+      const div = document.createElement("div");
+      div.className = "chart";
+      div.dataset.key = key;
+      const next = Array.from(this.o.container.children).find((el) => el.dataset.key > key);
+      this.o.container.insertBefore(div, next || null); // charts in key order
+      c = {div: div, key: key, traces: new Map(), bound: false};
+      this.charts.set(key, c);
+      return c;
+    }
+
+    series(key, device) {
+      const c = this.chart(key);
+      let s = c.traces.get(device);
+      if (!s) {
+        s = new Series();
+        c.traces.set(device, s);
+        if (!this.devices.includes(device)) this.devices.push(device);
+      }
+      return s;
+    }
+
+    // A window's answer (windowFetch) for one device; then live readings go through add().
+    load(device, body) {
+      for (const [key, data] of Object.entries(body.series)) this.series(key, device).load(data, body.interval);
+      this.schedule();
+    }
+
+    add(key, device, ts, value) {
+      const s = this.series(key, device);
+      if (s.add(ts, value) && s.tx.length >= 2 * TAIL) s.compact(-Infinity); // a hidden tab gets no frames
+    }
+
+    schedule() {
+      if (!this.frame) this.frame = requestAnimationFrame(() => this.draw());
+    }
+
+    draw() {
+      this.frame = 0;
+      const end = this.now();
+      const start = end - this.o.windowMs;
+      const range = this.zoom ? [this.zoom.start, this.zoom.end] : [start, end];
+      for (const c of this.charts.values()) {
+        const traces = [];
+        for (const [device, s] of c.traces) {
+          let xy;
+          if (this.zoom && this.zoom.series) xy = (this.zoom.series.get(`${c.key} ${device}`) || EMPTY).xy();
+          else { s.compact(start); xy = s.xy(); }
+          const colour = HubCharts.COLORS[this.devices.indexOf(device) % HubCharts.COLORS.length];
+          traces.push({x: xy.x, y: xy.y, mode: "lines", name: this.o.name(device), line: {width: 1, color: colour}});
+        }
+        const layout = HubCharts.themed({
+          title: {text: c.key}, margin: {t: 30, l: 50, r: 10, b: 30}, datarevision: ++this.revision,
+          xaxis: {type: "date", range: range.map(HubCharts.toPlotly)}, shapes: this.o.shapes(c.key),
+          showlegend: traces.length > 1, legend: {orientation: "h", y: -0.2},
+        });
+        Plotly.react(c.div, traces, layout, {responsive: true, displaylogo: false});
+        if (!c.bound) {
+          c.bound = true;
+          c.div.on("plotly_relayout", (event) => this.relayout(event));
+        }
+      }
+      if (this.o.shown) this.o.shown(range);
+    }
+
+    // A zoom on any chart zooms them all and fetches that range finer; a double-click goes back to live.
+    relayout(event) {
+      const zoom = HubCharts.zoomOf(event);
+      if (!zoom) return;
+      if (this.inFlight) this.inFlight.abort();
+      if (zoom.reset) { this.zoom = null; this.schedule(); return; }
+      this.zoom = {start: zoom.start, end: zoom.end, series: null};
+      const controller = new AbortController();
+      this.inFlight = controller;
+      const keys = Array.from(this.charts.keys());
+      const zoomed = new Map();
+      Promise.all(this.devices.map((device) =>
+        windowFetch(this.o.api(device), keys, zoom.start, zoom.end, this.pixels(), controller.signal).then((body) => {
+          for (const [key, data] of Object.entries(body.series)) {
+            const s = new Series();
+            s.load(data, body.interval);
+            zoomed.set(`${key} ${device}`, s);
+          }
+        }))).then(() => {
+        if (this.zoom && this.inFlight === controller) { this.zoom.series = zoomed; this.schedule(); }
+      }).catch(() => {}); // aborted by the next zoom, or failed: the live data stays drawn at that range
+      this.schedule();
+    }
+  }
+
+  window.HubLive = {follow, Series, WindowCharts, windowFetch, showState, TAIL};
+})();
