@@ -21,7 +21,9 @@ from hub.runtime import HubRuntime, hub_runtime
 from hub.server import server_started, uvicorn_options
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
 
-pytest_plugins = ["tests.engines"]  # the `engine` fixture: storage tests on PostgreSQL and TimescaleDB
+# tests.engines: the `engine` fixture (storage tests on PostgreSQL and TimescaleDB); tests.browser_pages: `page`,
+# `operator` (browser tests)
+pytest_plugins = ["tests.engines", "tests.browser_pages"]
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@
 connection with no gap and no duplicate, says how the connection is, keeps the picked keys and the history
 window in the URL, and shows device-provided text as text, never as HTML."""
 
-from pathlib import Path
-
 import orjson
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 
 from alerts.models import AlertRule
@@ -16,39 +13,10 @@ from core.epoch import now_ms
 from devices.models import Device
 from devices.services import device_create
 from ingest.models import Reading
-from tests.browser_chromium import chromium_page, need_chromium
+from tests.browser_pages import ARTIFACTS, log_in
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.usefixtures("postgres", "redis")
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "test-artifacts"
-OPERATOR, PASSWORD = "operator", "operator-password"
-
-# Test-side only: records each change of the page's connection state, from before the page's scripts run.
-RECORD_STATES = """
-window.hubStates = [];
-new MutationObserver(() => {
-  const el = document.getElementById("connection");
-  const state = el && `${el.dataset.state}: ${el.textContent}`;
-  if (state && window.hubStates[window.hubStates.length - 1] !== state) window.hubStates.push(state);
-}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
-"""
-
-
-@pytest.fixture
-async def page():
-    """A headless Chromium page; the test fails if the page raised a JavaScript error."""
-    need_chromium()
-    async with chromium_page() as (page, errors):
-        await page.add_init_script(RECORD_STATES)
-        yield page
-    assert not errors, f"JavaScript errors on the page: {errors}"
-
-
-@pytest.fixture
-def operator(transactional_db) -> str:
-    get_user_model().objects.create_user(OPERATOR, password=PASSWORD)  # an operator, not staff
-    return OPERATOR
 
 
 def numbers(t0: int, indices: range) -> list[dict]:
@@ -68,16 +36,6 @@ async def send(hub, token: str, batch: list[dict]) -> None:
 def stored(device_id: int, key: str) -> list[int]:
     rows = Reading.objects.filter(device_id=device_id, key=key).order_by("ts").values_list("ts", flat=True)
     return [round(ts.timestamp() * 1000) for ts in rows]
-
-
-async def log_in(page, url: str) -> None:
-    """Open `url`, get sent to the login page, log in there and land back on `url`."""
-    await page.goto(url)
-    assert "login" in page.url, page.url
-    await page.fill("input[name=username]", OPERATOR)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.click("[type=submit]")
-    await page.wait_for_url(url)
 
 
 async def plotted(page, key: str) -> list[int]:
