@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models.fields.json import KeyTransform
 
 from devices.models import Device
 
@@ -77,7 +77,7 @@ def devices_labelled(devices: QuerySet[Device], selector: Mapping[str, str]) -> 
     """The devices of `devices` carrying every `name=value` of `selector` (on PostgreSQL and SQLite alike)."""
     for i, (name, value) in enumerate(selector.items()):
         alias = f"_label_{i}"
-        devices = devices.alias(**{alias: KeyTextTransform(name, "labels")}).filter(**{alias: value})
+        devices = devices.alias(**{alias: KeyTransform(name, "labels")}).filter(**{alias: value})
     return devices
 
 

@@ -1,47 +1,122 @@
 import asyncio
 import contextlib
+import time
 
 import uvicorn
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from devices.services import device_issue_token
+from alerts.models import AlertRule
+from core.epoch import epoch_ms, now_ms
+from core.registry import current_runtime
+from devices.labels import device_labels_set
+from devices.models import Device
+from devices.services import DeviceIdentity, device_issue_token
 from hub.server import server_started, uvicorn_options
-from ingest.simulator import run_simulation
+from ingest.models import LatestValue
+from ingest.simulator import backfill_size, device_phase, history_backfill, run_simulation
 
 DEMO_USER = "demo"
+DEMO_SITES = ("north", "north", "south")  # demo-1, demo-2: site=north; demo-3: site=south; then again
+DEMO_RULE = "Demo: temperature high"
 
 
 class Command(BaseCommand):
-    help = "Embedded demo: serve the hub and stream simulated devices into it (SQLite default only)."
+    help = (
+        "Embedded demo: serve the hub, back-fill its simulated devices' past (--days) and stream them live "
+        "(SQLite default only)."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--devices", type=int, default=3)
         parser.add_argument("--rate", type=float, default=2.0, help="messages per second per device")
+        parser.add_argument("--days", type=float, default=7.0, help="days of simulated history to back-fill")
 
-    def handle(self, *args, host: str, port: int, devices: int, rate: float, **options) -> None:
+    def handle(self, *args, host: str, port: int, devices: int, rate: float, days: float, **options) -> None:
         if connections["default"].vendor != "sqlite":
             raise CommandError("demo is for the embedded default; use `serve` and `simulate` otherwise")
         user_model = get_user_model()
         if not user_model.objects.filter(username=DEMO_USER).exists():
             user_model.objects.create_superuser(DEMO_USER, password=DEMO_USER)  # noqa: S106 - local demo only
-        tokens = [device_issue_token(key=f"demo-{i}", name=f"Demo sensor {i}") for i in range(1, devices + 1)]
+        keys = [f"demo-{i}" for i in range(1, devices + 1)]
+        tokens = [device_issue_token(key=key, name=f"Demo sensor {key[5:]}") for key in keys]
+        for i, key in enumerate(keys):
+            device_labels_set(key=key, labels={"site": DEMO_SITES[i % len(DEMO_SITES)], "kind": "sensor"})
+        demo_rule_ensure()
         self.stdout.write(
             f"Hub at http://{host}:{port}/  (log in as {DEMO_USER} / {DEMO_USER}); "
             f"{devices} simulated devices at {rate}/s. Ctrl-C stops."
         )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self._run(host, port, tokens, rate))
+            asyncio.run(self._run(host, port, keys, tokens, rate, days))
 
-    async def _run(self, host: str, port: int, tokens: list[str], rate: float) -> None:
+    async def _run(self, host: str, port: int, keys: list[str], tokens: list[str], rate: float, days: float) -> None:
         server = uvicorn.Server(uvicorn.Config("hub.asgi:application", host=host, port=port, **uvicorn_options()))
         stop = asyncio.Event()
         serving = asyncio.create_task(server.serve())
         await server_started(server, serving)
-        sim = asyncio.create_task(run_simulation(f"ws://{host}:{port}", tokens, rate=rate, stop=stop, report_every=10))
+        await self._backfill(keys, days)
+        sim = asyncio.create_task(
+            run_simulation(
+                f"ws://{host}:{port}",
+                tokens,
+                rate=rate,
+                stop=stop,
+                report_every=10,
+                phases=[device_phase(key) for key in keys],
+            )
+        )
         await serving  # returns on Ctrl-C (uvicorn handles the signal)
         stop.set()
         await sim
+
+    async def _backfill(self, keys: list[str], days: float) -> None:
+        """The devices' simulated past up to now, through the served hub's writer; only what is missing (a
+        demo started again continues from its newest reading)."""
+        end = now_ms()
+        start = await asyncio.to_thread(backfill_starts, keys, since=end - int(days * 86_400_000))
+        devices = await asyncio.to_thread(
+            lambda: [DeviceIdentity(d.id, d.key) for d in Device.objects.filter(key__in=keys)]
+        )
+        began = time.monotonic()
+        total = sum(backfill_size(start=s, end=end) for s in start.values())
+        columns = [TextColumn("back-filling history"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+            task = progress.add_task("backfill", total=max(total, 1))
+            written = await history_backfill(
+                current_runtime().writer, devices, start=start, end=end, progress=lambda n: progress.advance(task, n)
+            )
+            progress.update(task, total=written, completed=written)
+        self.stdout.write(f"back-filled {written} readings in {time.monotonic() - began:.1f} s")
+
+
+def backfill_starts(keys: list[str], *, since: int) -> dict[str, int]:
+    """Per device, where its back-fill starts: `since`, or its newest reading if that is later."""
+    newest = {
+        key: epoch_ms(ts)
+        for key, ts in LatestValue.objects.filter(device__key__in=keys, key="temperature").values_list(
+            "device__key", "ts"
+        )
+    }
+    return {key: max(since, newest.get(key, since)) for key in keys}
+
+
+def demo_rule_ensure() -> None:
+    """The demo's alert rule: the simulator's excursions fire it and it resolves as they pass (docs/alerts.md)."""
+    AlertRule.objects.get_or_create(
+        name=DEMO_RULE,
+        defaults={
+            "device_pattern": "demo-*",
+            "key": "temperature",
+            "condition": "gt",
+            "threshold": 28.0,
+            "duration_seconds": 10,
+            "hysteresis": 1.0,
+            "severity": "warning",
+        },
+    )
