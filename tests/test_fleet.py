@@ -15,7 +15,8 @@ from django.test.utils import CaptureQueriesContext
 
 from alerts.models import AlertRule
 from core.epoch import now_ms
-from dashboards.selectors import fleet_status
+from dashboards.fleet_page import fleet_query
+from dashboards.selectors import FleetQuery, fleet_status
 from devices.models import Device
 from ingest.models import LatestValue, Reading
 
@@ -53,8 +54,56 @@ def test_snapshot_costs_the_same_queries_for_ten_or_a_thousand_devices(transacti
     fleet_of(990, prefix="big")
     with CaptureQueriesContext(connection) as big:
         snapshot = fleet_status()
-    assert len(snapshot["devices"]) == 1000
-    assert len(big.captured_queries) == len(small.captured_queries) <= 5
+    assert len(snapshot["devices"]) == 100 and snapshot["matched"] == snapshot["total"] == 1000, "one page"
+    assert snapshot["pages"] == 10
+    assert len(big.captured_queries) == len(small.captured_queries) <= 6
+
+
+def test_a_page_of_the_fleet_sorted_filtered_and_counted(transactional_db):
+    """Counts by status over every matching device; sorted by status (worst alert, online, offline, never),
+    last seen, rate or name, either way; filtered by key/name text, labels and status; paged."""
+    devices = fleet_of(6)
+    now = datetime.now(UTC)
+    for i, d in enumerate(devices[:4]):  # 0 and 1 online, 2 and 3 offline, 4 and 5 never seen
+        Device.objects.filter(pk=d.pk).update(last_seen=now - timedelta(seconds=10 + i * 100), labels={"site": "n"})
+    Reading.objects.bulk_create(
+        Reading(device=devices[1], key="t", ts=now - timedelta(seconds=s), value=1.0) for s in range(5)
+    )
+    LatestValue.objects.filter(device=devices[1], key="t").update(ts=now)
+    rule = AlertRule.objects.create(
+        name="r", device=devices[3], key="t", condition="gt", threshold=0, severity="warning"
+    )
+    rule.states.create(device=devices[3], state="firing", fired_at=now)
+
+    def keys(**query) -> list[str]:
+        return [d["key"] for d in fleet_status(FleetQuery(**query))["devices"]]
+
+    snapshot = fleet_status()
+    assert snapshot["counts"] == {"alerting": 1, "online": 2, "offline": 2, "never": 2}
+    assert keys() == ["fleet-0003", "fleet-0000", "fleet-0001", "fleet-0002", "fleet-0004", "fleet-0005"]
+    assert keys(sort="seen")[:4] == ["fleet-0000", "fleet-0001", "fleet-0002", "fleet-0003"], "newest first"
+    assert keys(sort="rate")[0] == "fleet-0001" and keys(sort="rate", descending=True)[-1] == "fleet-0001"
+    assert keys(sort="name", descending=True)[0] == "fleet-0005"
+    assert keys(text="SENSOR 2") == ["fleet-0002"], "key or name, any case"
+    assert keys(labels={"site": "n"}, status="offline") == ["fleet-0003", "fleet-0002"]
+    assert keys(status="alerting") == ["fleet-0003"]
+    assert keys(sort="name", rows=4, page=2) == ["fleet-0004", "fleet-0005"]
+    assert fleet_status(FleetQuery(rows=4, page=9))["page"] == 2, "a page past the end shows the last"
+
+
+def test_the_page_reads_its_choices_from_the_url_leniently(client, transactional_db):
+    """The URL's choices reach the query; bad ones fall back (a bad label filter says why)."""
+    assert fleet_query({"q": " boiler ", "label": "site=north", "status": "online", "sort": "-rate", "page": "3"}) == (
+        FleetQuery(text="boiler", labels={"site": "north"}, status="online", sort="rate", descending=True, page=3),
+        "",
+    )
+    query, problem = fleet_query({"label": "site", "status": "sideways", "sort": "color", "page": "x"})
+    assert query == FleetQuery() and problem.startswith("label filter ignored")
+    fleet_of(120)
+    client.force_login(get_user_model().objects.create_user("op"))
+    page = client.get("/", {"sort": "name", "page": "2"}).content.decode()
+    assert page.count('<tr data-key="') == 20 and "page 2 of 2" in page, "the first HTML holds the rows"
+    assert client.get("/fleet.json", {"q": "fleet-011"}).json()["matched"] == 10
 
 
 def test_snapshot_reports_last_seen_latest_values_rate_and_worst_alert(transactional_db):
