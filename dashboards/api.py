@@ -31,32 +31,28 @@ def _device_or_error(request: HttpRequest, key: str) -> Device | JsonResponse:
     return device if device is not None else _error(404, "unknown_device", f"no device {key!r}")
 
 
-def _invalid(form: forms.Form) -> JsonResponse:
-    parameter, messages = next(iter(form.errors.items()))
-    return _error(400, "invalid_parameter", f"{parameter}: {messages[0]}", parameter=parameter)
-
-
-def _keys_or_error(device: Device, asked: list[str]) -> list[str] | JsonResponse:
-    """The asked keys (all the device's numeric keys if none), or an error naming one it never reported."""
-    known = keys_of_device(device.id)
+def _asked(request: HttpRequest, key: str, form: forms.Form) -> tuple[Device, dict, list[str]] | JsonResponse:
+    """The device, the valid parameters and the keys asked (all its numeric keys if none), or the error answer:
+    401 for no operator, 404 for no device, 400 naming the bad parameter or a key the device never reported."""
+    device = _device_or_error(request, key)
+    if isinstance(device, JsonResponse):
+        return device
+    if not form.is_valid():
+        parameter, messages = next(iter(form.errors.items()))
+        return _error(400, "invalid_parameter", f"{parameter}: {messages[0]}", parameter=parameter)
+    asked, known = form.cleaned_data["keys"], keys_of_device(device.id)
     unknown = [k for k in asked if k not in known]
     if unknown:
         return _error(400, "unknown_key", f"device {device.key!r} has no numeric key {unknown[0]!r}", parameter="keys")
-    return asked or known
+    return device, form.cleaned_data, asked or known
 
 
 @require_GET
 def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> HttpResponse:
-    device = _device_or_error(request, key)
-    if isinstance(device, JsonResponse):
-        return device
-    form = HistoryParams(request.GET, csv=fmt == "csv")
-    if not form.is_valid():
-        return _invalid(form)
-    params = form.cleaned_data
-    keys = _keys_or_error(device, params["keys"])
-    if isinstance(keys, JsonResponse):
-        return keys
+    asked = _asked(request, key, HistoryParams(request.GET, csv=fmt == "csv"))
+    if isinstance(asked, JsonResponse):
+        return asked
+    device, params, keys = asked
     query = HistoryQuery(
         device_id=device.id,
         keys=tuple(keys),
@@ -80,16 +76,10 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
 def telemetry_window(request: HttpRequest, key: str) -> JsonResponse:
     """A live chart's window: per key min/max buckets of about one pixel for the older part, then the newest
     raw readings (ingest/selectors.py readings_window); `newest` is where the live stream takes over."""
-    device = _device_or_error(request, key)
-    if isinstance(device, JsonResponse):
-        return device
-    form = WindowParams(request.GET)
-    if not form.is_valid():
-        return _invalid(form)
-    params = form.cleaned_data
-    keys = _keys_or_error(device, params["keys"])
-    if isinstance(keys, JsonResponse):
-        return keys
+    asked = _asked(request, key, WindowParams(request.GET))
+    if isinstance(asked, JsonResponse):
+        return asked
+    device, params, keys = asked
     start, end = params["start"], params["end"]
     interval = window_interval(start, end, params["px"])
     window = readings_window(device_id=device.id, keys=keys, start=start, end=end, interval=interval)

@@ -6,16 +6,14 @@ control."""
 
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from hub.process import ROOT, free_port
+from hub.process import free_port
 from tests.browser_chromium import chromium_page, need_chromium
 from tests.browser_pages import ARTIFACTS
-from tests.test_embedded import embedded_env  # noqa: F401 - the fixture
+from tests.test_embedded import embedded_env, manage, manage_started  # noqa: F401 - embedded_env: the fixture
 from tests.waiting import eventually
 
 DAY_MS = 86_400_000
@@ -29,17 +27,10 @@ UNLABELLED = """() => Array.from(document.querySelectorAll('main input:not([type
 @pytest.fixture
 def demo(embedded_env, tmp_path):  # noqa: F811 - the fixture imported above
     """`manage.py demo` on a fresh SQLite hub (migrated as `make run` does); yields (base URL, log path)."""
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=embedded_env, check=True, timeout=120)
+    manage(embedded_env, "migrate", "--noinput")
     port = free_port()
     log = tmp_path / "demo.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "demo", "--port", str(port)],
-            cwd=ROOT,
-            env=embedded_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = manage_started(embedded_env, log, "demo", "--port", str(port))
     try:
         yield f"http://127.0.0.1:{port}", log
     finally:

@@ -31,6 +31,14 @@ def embedded_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def manage_started(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    """`manage.py ARGS` running in the background, its output (both streams) into `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def manage(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
@@ -79,14 +87,7 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
     token = manage(embedded_env, "createdevice", "kitchen").strip().splitlines()[-1]
     manage(embedded_env, "createsuperuser", "--noinput", "--username", "op", "--email", "op@example.com")
     port = free_port()
-    log = (tmp_path / "hub.log").open("w")
-    hub = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=embedded_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    hub = manage_started(embedded_env, tmp_path / "hub.log", "serve", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -123,7 +124,6 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
     finally:
         hub.terminate()
         hub.wait(timeout=30)  # uvicorn re-raises SIGTERM after a graceful shutdown
-        log.close()
 
     with sqlite3.connect(tmp_path / "hub.sqlite3") as db:
         assert db.execute("SELECT key, value FROM ingest_reading ORDER BY ts").fetchall() == [("t", 1.5), ("t", 2.5)]

@@ -47,9 +47,9 @@ async def js_heap_mb(page) -> float:
 
 
 def steady(device: DeviceIdentity, keys: tuple[str, ...], start: int, end: int, step: int = 1) -> list[R]:
-    """A reading of each key every `step` ms in [start, end): a sine with a little noise."""
+    """A reading of each key every `step` ms in [start, end): a slow wave with noise of about ±1."""
     return [
-        R(ts, key, round(20 + (ts % 60_000) / 6_000 + i, 3))
+        R(ts, key, round(20 + i + 4 * math.sin(ts / 40_000) + ((ts * 7919) % 200) / 100 - 1, 3))
         for ts in range(start, end, step)
         for i, key in enumerate(keys)
     ]
