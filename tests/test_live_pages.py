@@ -110,9 +110,13 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
         await page.wait_for_function(
             "n => document.querySelectorAll('.chart').length === 2 && document.querySelector('.chart').data", arg=2
         )
+        loading = await page.evaluate("window.hubLongTasks.splice(0)")  # Plotly's parse, the first plots
         frames = await fps_over(page, 10)
-        heap_first = await js_heap_mb(page)
+        long_tasks = await page.evaluate("window.hubLongTasks.splice(0)")
+        heap_first = await js_heap_mb(page)  # a forced collection: a long task of its own, not counted
+        await page.evaluate("window.hubLongTasks.splice(0)")
         frames_later = await fps_over(page, 10)
+        long_tasks += await page.evaluate("window.hubLongTasks.splice(0)")
         heap_later = await js_heap_mb(page)
         until = sent["until"]
         await page.wait_for_function(
@@ -122,10 +126,10 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
         note = await page.text_content("#window-note")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=ARTIFACTS / "device-1000-per-second.png")
-    long_tasks = await page.evaluate("window.hubLongTasks")
     print(
         f"1,000 readings/s per key, 2 keys: {frames:.0f} then {frames_later:.0f} frames/s, JS heap {heap_first:.1f} "
-        f"then {heap_later:.1f} MiB, longest task {max(long_tasks, default=0):.0f} ms, {note}"
+        f"then {heap_later:.1f} MiB, longest task {max(long_tasks, default=0):.0f} ms while live "
+        f"({max(loading, default=0):.0f} ms while loading), {note}"
     )
     for key, chart in drawn.items():
         xs, (start, end) = chart["xs"], chart["range"]
@@ -140,6 +144,8 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
     assert "min/max per 1 s" in note
     assert frames >= 20 and frames_later >= 20, "the page keeps drawing smoothly"
     assert heap_later < 80 and heap_later - heap_first < 20, "the JS heap stays bounded"
+    # A redraw of a chart of ~4,000 points costs 50-150 ms here; paced, one chart per task (live.js).
+    assert max(long_tasks, default=0) < 300, "no redraw blocks the page for long"
 
 
 async def test_the_compare_view_follows_five_devices_live(page, live_hub, make_device, operator):

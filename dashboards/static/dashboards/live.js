@@ -183,7 +183,9 @@
       this.devices = []; // trace order (colours) across charts
       this.skew = 0; // server clock - browser clock, ms
       this.zoom = null; // {start, end, series: Map("key device" -> Series) | null while loading}
-      this.frame = 0;
+      this.frame = 0; // pending animation frame
+      this.timer = 0; // pending pacing timeout
+      this.nextDraw = 0; // performance.now() before which no chart is redrawn
       this.revision = 0;
       this.inFlight = null;
       setInterval(() => this.schedule(), 1000); // the window moves even when nothing arrives
@@ -200,7 +202,7 @@
       div.dataset.key = key;
       const next = Array.from(this.o.container.children).find((el) => el.dataset.key > key);
       this.o.container.insertBefore(div, next || null); // charts in key order
-      c = {div: div, key: key, traces: new Map(), bound: false};
+      c = {div: div, key: key, traces: new Map(), bound: false, dirty: true};
       this.charts.set(key, c);
       return c;
     }
@@ -227,34 +229,53 @@
       if (s.add(ts, value) && s.tx.length >= 2 * TAIL) s.compact(-Infinity); // a hidden tab gets no frames
     }
 
+    // Redraws are paced by what they cost: one chart per task (never all in one), and the next no sooner than
+    // twice the last one took, so drawing holds at most about a third of the main thread however fast
+    // readings arrive, and the page stays responsive (tests/test_live_pages.py measures it).
     schedule() {
-      if (!this.frame) this.frame = requestAnimationFrame(() => this.draw());
+      for (const c of this.charts.values()) c.dirty = true;
+      this.kick();
     }
 
-    draw() {
+    kick() {
+      if (this.frame || this.timer) return;
+      const wait = this.nextDraw - performance.now();
+      if (wait > 0) this.timer = setTimeout(() => { this.timer = 0; this.kick(); }, wait);
+      else this.frame = requestAnimationFrame(() => this.drawNext());
+    }
+
+    drawNext() {
       this.frame = 0;
+      const c = Array.from(this.charts.values()).find((chart) => chart.dirty);
+      if (!c) return;
+      c.dirty = false;
+      const began = performance.now();
+      this.draw(c);
+      this.nextDraw = performance.now() + 2 * (performance.now() - began);
+      if (Array.from(this.charts.values()).some((chart) => chart.dirty)) this.kick();
+    }
+
+    draw(c) {
       const end = this.now();
       const start = end - this.o.windowMs;
       const range = this.zoom ? [this.zoom.start, this.zoom.end] : [start, end];
-      for (const c of this.charts.values()) {
-        const traces = [];
-        for (const [device, s] of c.traces) {
-          let xy;
-          if (this.zoom && this.zoom.series) xy = (this.zoom.series.get(`${c.key} ${device}`) || EMPTY).xy();
-          else { s.compact(start); xy = s.xy(); }
-          const colour = HubCharts.COLORS[this.devices.indexOf(device) % HubCharts.COLORS.length];
-          traces.push({x: xy.x, y: xy.y, mode: "lines", name: this.o.name(device), line: {width: 1, color: colour}});
-        }
-        const layout = HubCharts.themed({
-          title: {text: c.key}, margin: {t: 30, l: 50, r: 10, b: 30}, datarevision: ++this.revision,
-          xaxis: {type: "date", range: range.map(HubCharts.toPlotly)}, shapes: this.o.shapes(c.key),
-          showlegend: traces.length > 1, legend: {orientation: "h", y: -0.2},
-        });
-        Plotly.react(c.div, traces, layout, {responsive: true, displaylogo: false});
-        if (!c.bound) {
-          c.bound = true;
-          c.div.on("plotly_relayout", (event) => this.relayout(event));
-        }
+      const traces = [];
+      for (const [device, s] of c.traces) {
+        let xy;
+        if (this.zoom && this.zoom.series) xy = (this.zoom.series.get(`${c.key} ${device}`) || EMPTY).xy();
+        else { s.compact(start); xy = s.xy(); }
+        const colour = HubCharts.COLORS[this.devices.indexOf(device) % HubCharts.COLORS.length];
+        traces.push({x: xy.x, y: xy.y, mode: "lines", name: this.o.name(device), line: {width: 1, color: colour}});
+      }
+      const layout = HubCharts.themed({
+        title: {text: c.key}, margin: {t: 30, l: 50, r: 10, b: 30}, datarevision: ++this.revision,
+        xaxis: {type: "date", range: range.map(HubCharts.toPlotly)}, shapes: this.o.shapes(c.key),
+        showlegend: traces.length > 1, legend: {orientation: "h", y: -0.2},
+      });
+      Plotly.react(c.div, traces, layout, {responsive: true, displaylogo: false});
+      if (!c.bound) {
+        c.bound = true;
+        c.div.on("plotly_relayout", (event) => this.relayout(event));
       }
       if (this.o.shown) this.o.shown(range);
     }
