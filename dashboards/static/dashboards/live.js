@@ -181,6 +181,7 @@
       this.o = o;
       this.charts = new Map(); // key -> {div, key, traces: Map(device -> Series), bound}
       this.devices = []; // trace order (colours) across charts
+      this.interval = 0; // the buckets of the window's last answer (ms)
       this.skew = 0; // server clock - browser clock, ms
       this.zoom = null; // {start, end, series: Map("key device" -> Series) | null while loading}
       this.frame = 0; // pending animation frame
@@ -212,6 +213,7 @@
       let s = c.traces.get(device);
       if (!s) {
         s = new Series();
+        if (this.interval) s.interval = this.interval; // a key first seen live folds like the others
         c.traces.set(device, s);
         if (!this.devices.includes(device)) this.devices.push(device);
       }
@@ -220,6 +222,7 @@
 
     // A window's answer (windowFetch) for one device; then live readings go through add().
     load(device, body) {
+      this.interval = body.interval;
       for (const [key, data] of Object.entries(body.series)) this.series(key, device).load(data, body.interval);
       this.schedule();
     }
