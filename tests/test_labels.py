@@ -102,3 +102,21 @@ async def test_the_engine_fires_a_label_scoped_rule_on_the_labelled_device_only(
 
 async def _nonempty(query) -> bool:
     return bool(await query())
+
+
+def test_the_rule_form_takes_a_label_scope(client, make_device):
+    """The rules page creates a label-scoped rule and lists its scope; bad labels are refused by name."""
+    from django.contrib.auth import get_user_model
+
+    device = make_device("boiler-9")
+    device_labels_set(key=device.key, labels={"site": "north"})
+    LatestValue.objects.create(device_id=device.id, key="t", ts="2030-01-01T00:00:00Z", value=1.0)
+    client.force_login(get_user_model().objects.create_user("op"))
+    rule = {"name": "hot north", "enabled": "on", "device_labels": "site=north", "key": "t", "kind": "threshold",
+            "condition": "gt", "threshold": "30", "duration_seconds": "0", "hysteresis": "0", "no_data_seconds": "0",
+            "severity": "warning"}  # fmt: skip
+    assert client.post("/alerts/rules/", rule).status_code == 302
+    assert AlertRule.objects.get(name="hot north").device_labels == "site=north"
+    assert "all devices with site=north" in client.get("/alerts/rules/").content.decode()
+    refused = client.post("/alerts/rules/", {**rule, "name": "bad", "device_labels": "north"})
+    assert refused.status_code == 400 and "is not name=value" in refused.content.decode()
