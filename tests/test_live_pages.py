@@ -184,7 +184,8 @@ async def test_the_compare_view_follows_five_devices_live(page, live_hub, make_d
     for device in devices[:5]:
         await (await writer.submit(device, [R(live_ts, "temperature", 99.0)]))
     await page.wait_for_function(
-        "t => document.querySelector('.chart').data.every((trace) => trace.x.at(-1).getTime() === t)", arg=live_ts
+        "t => document.querySelector('.chart').data.every((trace) => trace.x.length && trace.x.at(-1).getTime() === t)",
+        arg=live_ts,
     )
     chart = await chart_data(page, "temperature")
     start, end = chart["range"]
