@@ -126,6 +126,18 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
         note = await page.text_content("#window-note")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=ARTIFACTS / "device-1000-per-second.png")
+        zoom = [seeded_until - 10 * MINUTE, seeded_until - 10 * MINUTE + 5_000]  # 5 s: 10,000 readings of a and b
+        await page.evaluate(
+            """([a, b]) => Plotly.relayout(document.querySelector('.chart'),
+                  {'xaxis.range[0]': HubCharts.toPlotly(a), 'xaxis.range[1]': HubCharts.toPlotly(b)})""",
+            zoom,
+        )
+        await page.wait_for_function(  # the zoomed range's answer drawn (the live data shows until it comes)
+            """([a, b]) => Array.from(document.querySelectorAll('.chart')).every(
+                 (c) => c.data[0].x.length && c.data[0].x.every((x) => x.getTime() >= a - 5 && x.getTime() < b))""",
+            arg=zoom,
+        )
+        zoomed = {key: await chart_data(page, key) for key in keys}
     print(
         f"1,000 readings/s per key, 2 keys: {frames:.0f} then {frames_later:.0f} frames/s, JS heap {heap_first:.1f} "
         f"then {heap_later:.1f} MiB, longest task {max(long_tasks, default=0):.0f} ms while live "
@@ -142,6 +154,10 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
         assert len(xs) <= 2 * 1300 + 2 * 2000, f"{key}: about a min/max pair per pixel plus the raw tail"
         assert len(xs) - len(set(xs)) <= len(xs) // 2, f"{key}: only bucket pairs share a timestamp"
     assert "min/max per 1 s" in note
+    for key, chart in zoomed.items():
+        assert chart["range"] == zoom, f"{key}: every chart shows the zoomed range"
+        assert all(zoom[0] - 5 <= x < zoom[1] for x in chart["xs"]), f"{key}: fetched for the range"
+        assert 2_000 < len(chart["xs"]) <= 2 * 1300 + 2_000, f"{key}: finer (5 ms buckets, then raw), still bounded"
     assert frames >= 20 and frames_later >= 20, "the page keeps drawing smoothly"
     assert heap_later < 80 and heap_later - heap_first < 20, "the JS heap stays bounded"
     # A redraw of a chart of ~4,000 points costs 50-150 ms here; paced, one chart per task (live.js).
