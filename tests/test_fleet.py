@@ -129,6 +129,12 @@ def test_snapshot_reports_last_seen_latest_values_rate_and_worst_alert(transacti
     assert snapshot[busy.key]["latest"]["t"][2] == 1.0
 
 
+def test_the_favicon_is_served(client):
+    """Browsers asking for /favicon.ico are sent to the static icon the pages link to."""
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("/dashboards/favicon.svg")
+
+
 def test_device_names_reach_the_page_escaped(client, transactional_db):
     Device.objects.create(key="evil", name="<script>alert(1)</script>", token_hash="e" * 64)
     client.force_login(get_user_model().objects.create_user("op"))
