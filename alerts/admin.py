@@ -5,7 +5,18 @@ from alerts.models import AlertEvent, AlertRule, AlertState, WebhookDelivery
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = ("name", "enabled", "kind", "device", "device_pattern", "key", "condition", "threshold", "severity")
+    list_display = (
+        "name",
+        "enabled",
+        "kind",
+        "device",
+        "device_pattern",
+        "device_labels",
+        "key",
+        "condition",
+        "threshold",
+        "severity",
+    )
     list_filter = ("enabled", "kind", "severity")
     search_fields = ("name", "key", "device__key", "device_pattern")
 

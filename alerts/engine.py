@@ -25,6 +25,7 @@ from alerts.rules import rule_spec
 from core.epoch import epoch_ms, from_epoch_ms
 from core.logs import ThrottledLog
 from core.protocol import AlertEventPayload
+from devices.selectors import device_labels_by_id
 from devices.services import DeviceIdentity
 from ingest.commits import Committed
 from ingest.fanout import Publisher
@@ -53,6 +54,7 @@ class AlertEngine:
         self._rules: list[RuleSpec] = []
         self._loaded_at = -1e9
         self._by_device: dict[int, dict[str, list[RuleSpec]]] = {}
+        self._labels: dict[int, dict[str, str]] = {}  # device id -> labels (loaded only when a rule needs them)
         self._states: dict[tuple[int, int], Tracked] = {}
 
     async def consume(self, committed: Committed) -> None:
@@ -90,7 +92,7 @@ class AlertEngine:
         if rules is None:
             rules = {}
             for rule in self._rules:
-                if rule.applies_to(device.id, device.key):
+                if rule.applies_to(device.id, device.key, self._labels.get(device.id)):
                     rules.setdefault(rule.key, []).append(rule)
             self._by_device[device.id] = rules
         return rules
@@ -102,7 +104,7 @@ class AlertEngine:
         if time.monotonic() - self._loaded_at < settings.HUB_ALERT_RULES_REFRESH_SECONDS:
             return
         self._loaded_at = time.monotonic()
-        self._rules, states = await _load()
+        self._rules, states, self._labels = await _load()
         self._by_device = {}
         live = {r.id for r in self._rules}
         self._states = {k: v for k, v in self._states.items() if k[0] in live}
@@ -113,13 +115,14 @@ class AlertEngine:
 
 
 @database_sync_to_async
-def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None]]]:
+def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None]], dict[int, dict[str, str]]]:
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind=Kind.THRESHOLD)]
+    labels = device_labels_by_id() if any(r.labels for r in rules) else {}
     states = {
         (s.rule_id, s.device_id): (s.state, epoch_ms(s.pending_since) if s.pending_since else None)
         for s in AlertState.objects.filter(rule__enabled=True, rule__kind=Kind.THRESHOLD).exclude(state=State.OK)
     }
-    return rules, states
+    return rules, states, labels
 
 
 def record(transitions: list[Transition]) -> list[AlertEventPayload]:

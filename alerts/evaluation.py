@@ -1,6 +1,7 @@
 """The alert state machine, pure: a rule, the tracked state of one (rule, device), a reading in; a
 transition out. ok → pending → firing → (resolved) ok. No I/O here."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -27,10 +28,14 @@ class RuleSpec:
     device_id: int | None
     pattern: str
     webhook_url: str
+    labels: tuple[tuple[str, str], ...] = ()  # name=value pairs the device must all carry
 
-    def applies_to(self, device_id: int, device_key: str) -> bool:
+    def applies_to(self, device_id: int, device_key: str, labels: Mapping[str, str] | None = None) -> bool:
+        """Its one device; else every device whose key matches the pattern and that carries the labels."""
         if self.device_id is not None:
             return self.device_id == device_id
+        if self.labels and not all((labels or {}).get(name) == value for name, value in self.labels):
+            return False
         return fnmatchcase(device_key, self.pattern or "*")
 
     def breaks(self, v: float) -> bool:

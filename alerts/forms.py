@@ -11,6 +11,6 @@ class AlertRuleForm(forms.ModelForm):
     class Meta:
         model = AlertRule
         fields = [
-            "name", "enabled", "device", "device_pattern", "key", "kind", "condition", "threshold",
+            "name", "enabled", "device", "device_pattern", "device_labels", "key", "kind", "condition", "threshold",
             "threshold_high", "duration_seconds", "hysteresis", "no_data_seconds", "severity", "webhook_url",
         ]  # fmt: skip

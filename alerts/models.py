@@ -28,13 +28,20 @@ class Condition(models.TextChoices):
 
 
 class AlertRule(models.Model):
-    """A threshold or no-data rule over one device, or every device whose key matches a pattern."""
+    """A threshold or no-data rule over one device, or every device whose key matches a pattern and that carries
+    the rule's labels."""
 
     name = models.CharField(max_length=200)
     enabled = models.BooleanField(default=True)
     device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.CASCADE, related_name="alert_rules")
     device_pattern = models.CharField(
         max_length=100, blank=True, help_text="shell-style pattern over device keys, e.g. boiler-*; empty = all"
+    )
+    device_labels = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="only devices with these labels, e.g. site=north (comma-separated pairs must all match); "
+        "combines with the pattern",
     )
     key = models.CharField(max_length=64, blank=True, help_text="reading key (not needed for offline rules)")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.THRESHOLD)

@@ -2,8 +2,11 @@
 
 import re
 
+from django.core.exceptions import ValidationError
+
 from alerts.evaluation import RuleSpec
 from alerts.models import AlertRule, Condition, Kind
+from devices.labels import devices_labelled, labels_parse
 from devices.models import Device
 from ingest.models import LatestValue
 
@@ -15,6 +18,13 @@ def rule_problems(rule: AlertRule) -> dict[str, str]:
     problems: dict[str, str] = {}
     if rule.device_id and rule.device_pattern:
         problems["device_pattern"] = "choose one device or a pattern, not both"
+    if rule.device_id and rule.device_labels:
+        problems["device_labels"] = "choose one device or labels, not both"
+    try:
+        labels_parse(rule.device_labels)
+    except ValidationError as exc:
+        problems["device_labels"] = "; ".join(exc.messages)
+        return problems
     if rule.kind == Kind.OFFLINE:
         if rule.no_data_seconds <= 0:
             problems["no_data_seconds"] = "an offline rule needs the silence (seconds) after which it fires"
@@ -45,11 +55,11 @@ def _key_reported(rule: AlertRule) -> bool:
     latest = LatestValue.objects.filter(key=rule.key)
     if rule.device_id:
         return latest.filter(device_id=rule.device_id).exists()
-    if not rule.device_pattern:
+    if not rule.device_pattern and not rule.device_labels:
         return latest.exists()
-    pattern = re.compile(_glob_to_regex(rule.device_pattern))
-    keys = Device.objects.filter(id__in=latest.values("device_id")).values_list("key", flat=True)
-    return any(pattern.fullmatch(k) for k in keys)
+    pattern = re.compile(_glob_to_regex(rule.device_pattern or "*"))
+    scope = devices_labelled(Device.objects.filter(id__in=latest.values("device_id")), labels_parse(rule.device_labels))
+    return any(pattern.fullmatch(k) for k in scope.values_list("key", flat=True))
 
 
 def _glob_to_regex(pattern: str) -> str:
@@ -74,4 +84,5 @@ def rule_spec(rule: AlertRule) -> RuleSpec:
         device_id=rule.device_id,
         pattern=rule.device_pattern,
         webhook_url=rule.webhook_url,
+        labels=tuple(sorted(labels_parse(rule.device_labels).items())),
     )

@@ -27,15 +27,15 @@ def silence_check(*, now_ms: int | None = None) -> list[AlertEventPayload]:
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind__in=[Kind.NO_DATA, Kind.OFFLINE])]
     if not rules:
         return []
-    devices = list(Device.objects.values_list("id", "key", "created_at", "last_seen"))
+    devices = list(Device.objects.values_list("id", "key", "created_at", "last_seen", "labels"))
     firing = set(
         AlertState.objects.filter(rule_id__in=[r.id for r in rules], state=FIRING).values_list("rule_id", "device_id")
     )
     heard = latest_heard({r.key for r in rules})
     transitions = []
     for rule in rules:
-        for device_id, key, created_at, last_seen in devices:
-            if not rule.applies_to(device_id, key):
+        for device_id, key, created_at, last_seen, labels in devices:
+            if not rule.applies_to(device_id, key, labels):
                 continue
             if rule.kind == Kind.OFFLINE:
                 last = epoch_ms(last_seen or created_at)

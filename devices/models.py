@@ -1,5 +1,6 @@
 """The device registry."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
@@ -13,9 +14,17 @@ class Device(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     # The same token hashed for the MQTT broker's password file (devices/tokens.py, docs/mqtt.md).
     broker_hash = models.CharField(max_length=128, blank=True, editable=False)
+    # name -> value, both strings (devices/labels.py validates; device_labels_set writes).
+    labels = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["key"]
 
     def __str__(self) -> str:
         return self.name or self.key
+
+    def clean(self) -> None:
+        from devices.labels import labels_problems
+
+        if problems := labels_problems(self.labels):
+            raise ValidationError({"labels": problems})
