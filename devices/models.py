@@ -15,7 +15,7 @@ class Device(models.Model):
     # The same token hashed for the MQTT broker's password file (devices/tokens.py, docs/mqtt.md).
     broker_hash = models.CharField(max_length=128, blank=True, editable=False)
     # name -> value, both strings (devices/labels.py validates; device_labels_set writes).
-    labels = models.JSONField(default=dict, blank=True)
+    labels = models.JSONField(default=dict, db_default={}, blank=True)  # the default in SQL too: raw inserts (benches)
 
     class Meta:
         ordering = ["key"]
