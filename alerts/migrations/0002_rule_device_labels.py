@@ -15,6 +15,7 @@ class Migration(migrations.Migration):
             field=models.CharField(
                 blank=True,
                 db_default="",
+                default="",
                 help_text="only devices with these labels, e.g. site=north (comma-separated pairs must all match); combines with the pattern",
                 max_length=200,
             ),
