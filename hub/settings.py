@@ -181,6 +181,15 @@ HUB_HISTORY_CSV_MAX_ROWS = env_int("HUB_HISTORY_CSV_MAX_ROWS", 10_000_000, minim
 HUB_HISTORY_MAX_BUCKETS = env_int("HUB_HISTORY_MAX_BUCKETS", 10_000, minimum=1)
 HUB_HISTORY_MAX_RANGE_DAYS = env_int("HUB_HISTORY_MAX_RANGE_DAYS", 3660, minimum=1)
 
+# Operator API (docs/api.md): request bodies above these sizes are refused with 413; a bulk import holds at
+# most HUB_API_BULK_MAX_DEVICES devices (one transaction); provisioning attempts per client address and process.
+HUB_API_MAX_BODY_BYTES = env_int("HUB_API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+HUB_API_BULK_MAX_BYTES = env_int("HUB_API_BULK_MAX_BYTES", 32 * 1024 * 1024, minimum=1024)
+HUB_API_BULK_MAX_DEVICES = env_int("HUB_API_BULK_MAX_DEVICES", 50_000, minimum=1)
+HUB_API_PAGE_SIZE = env_int("HUB_API_PAGE_SIZE", 100, minimum=1)
+HUB_PROVISION_RATE_LIMIT = env_float("HUB_PROVISION_RATE_LIMIT", 2.0, minimum=0.001)
+HUB_PROVISION_RATE_BURST = env_float("HUB_PROVISION_RATE_BURST", 20.0, minimum=1.0)
+
 # Retention (days; 0 keeps forever). Every hub process checks each interval; one applies it (docs/history.md).
 HUB_RAW_RETENTION_DAYS = env_int("HUB_RAW_RETENTION_DAYS", 0)
 HUB_ROLLUP_1M_RETENTION_DAYS = env_int("HUB_ROLLUP_1M_RETENTION_DAYS", 0)
