@@ -1,7 +1,16 @@
-"""History API: `GET /api/v1/devices/<KEY>/telemetry` (JSON or CSV) and `GET /api/v1/devices/<KEY>/latest`."""
+"""History API: `GET /api/v1/devices/<KEY>/telemetry` (JSON or CSV) and `GET /api/v1/devices/<KEY>/latest`.
+
+REST framework views of the operator API (authentication, errors and schema as every /api/v1/ endpoint:
+docs/api.md) whose answers are the same bytes as before it: they still build their JsonResponse and CSV
+stream, and their parameters are still HistoryParams (dashboards/forms.py). Function names and URL names are
+unchanged; a new endpoint here takes `@history_endpoint(...)` and keeps `_device_or_error`."""
+
+from collections.abc import Sequence
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.http import require_GET
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.decorators import api_view
 
 from dashboards.auth import operator_of
 from dashboards.forms import HistoryParams
@@ -27,7 +36,40 @@ def _device_or_error(request: HttpRequest, key: str) -> Device | JsonResponse:
     return device if device is not None else _error(404, "unknown_device", f"no device {key!r}")
 
 
-@require_GET
+def history_endpoint(summary: str, *, parameters: Sequence[OpenApiParameter] = (), csv: bool = False):
+    """A GET endpoint of the history API: a REST framework view, described in the OpenAPI schema (`csv`: its
+    `.csv` route streams text/csv)."""
+    answers = {(200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description=summary)}
+    if csv:
+        answers[(200, "text/csv")] = OpenApiResponse(OpenApiTypes.STR, description="ts,time,key,value[,min,max]")
+    error = OpenApiResponse(OpenApiTypes.OBJECT, description='{"error": {"code", "message", "parameter"?}}')
+
+    def wrap(view):
+        schema = extend_schema(
+            summary=summary, parameters=list(parameters), responses={**answers, 400: error, 401: error, 404: error}
+        )
+        return schema(api_view(["GET"])(view))
+
+    return wrap
+
+
+HISTORY_PARAMETERS = [
+    OpenApiParameter("keys", str, description="comma-separated; default: every numeric key the device has sent"),
+    OpenApiParameter("start", int, description="ms since the epoch, UTC, inclusive (default: end − 24 h)"),
+    OpenApiParameter("end", int, description="ms since the epoch, UTC, exclusive (default: now)"),
+    OpenApiParameter("agg", str, enum=["NONE", "AVG", "MIN", "MAX", "SUM", "COUNT"], description="default NONE"),
+    OpenApiParameter("interval", int, description="bucket width in ms (aggregates; default: chosen)"),
+    OpenApiParameter("limit", int, description="raw points per key (default 100)"),
+    OpenApiParameter("order", str, enum=["asc", "desc"], description="raw points oldest or newest first"),
+    OpenApiParameter("band", bool, description="1: min and max beside each aggregated value"),
+]
+
+
+@history_endpoint(
+    "A device's stored readings, raw or aggregated (docs/history.md); `.csv`: the same points streamed as CSV",
+    parameters=HISTORY_PARAMETERS,
+    csv=True,
+)
 def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> HttpResponse:
     device = _device_or_error(request, key)
     if isinstance(device, JsonResponse):
@@ -61,7 +103,7 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
     return JsonResponse({"device": device.key, **meta, "data": data})
 
 
-@require_GET
+@history_endpoint("The newest value of each key of a device, text values included")
 def telemetry_latest(request: HttpRequest, key: str) -> JsonResponse:
     device = _device_or_error(request, key)
     if isinstance(device, JsonResponse):
