@@ -40,7 +40,7 @@ class AlertRule(models.Model):
     device_labels = models.CharField(
         max_length=200,
         blank=True,
-        default="",
+        default="",  # in Python: a rule made in code (a test, the engine's spec) reads "" before it is saved
         db_default="",  # in SQL too: raw inserts (bench/alerts.py)
         help_text="only devices with these labels, e.g. site=north (comma-separated pairs must all match); "
         "combines with the pattern",

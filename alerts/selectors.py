@@ -1,4 +1,6 @@
-"""Read side of alerts for pages: open alerts, a device's rules and history."""
+"""Read side of alerts for pages and the API: open alerts, rules, a device's rules and history."""
+
+from datetime import datetime
 
 from django.db.models import QuerySet
 
@@ -59,3 +61,52 @@ def firing_on_device(*, device_id: int) -> list[dict]:
         .filter(device_id=device_id)
         .values_list("rule_id", "rule__name", "rule__key", "rule__severity")
     ]
+
+
+def alert_events_of_device(*, device_id: int, start: datetime, end: datetime, limit: int) -> list[dict]:
+    """A device's alert events in [start, end), newest first, at most `limit`, in the shape they travel live
+    plus who acknowledged."""
+    events = (
+        AlertEvent.objects.filter(device_id=device_id, at__gte=start, at__lt=end)
+        .select_related("rule", "device", "by")
+        .order_by("-at", "-id")[:limit]
+    )
+    return [
+        {
+            **alert_event_payload(
+                event_id=e.id, kind=e.type, rule=e.rule, device_key=e.device.key, at_ms=epoch_ms(e.at), value=e.value
+            ),
+            "by": e.by.get_username() if e.by else None,
+        }
+        for e in events
+    ]
+
+
+def alert_state_summary(state: AlertState) -> dict:
+    """A firing (or other) alert as the API shows it: rule, device, since, value, acknowledgement."""
+    return {
+        "id": state.id,
+        "state": state.state,
+        "rule": {"id": state.rule.id, "name": state.rule.name, "key": state.rule.key, "severity": state.rule.severity},
+        "device": state.device.key,
+        "fired_at": epoch_ms(state.fired_at) if state.fired_at else None,
+        "value": state.value,
+        "acknowledged_by": state.acknowledged_by.get_username() if state.acknowledged_by else None,
+        "acknowledged_at": epoch_ms(state.acknowledged_at) if state.acknowledged_at else None,
+    }
+
+
+RULE_FIELDS = (
+    "name", "enabled", "device_pattern", "device_labels", "key", "kind", "condition", "threshold", "threshold_high",
+    "duration_seconds", "hysteresis", "no_data_seconds", "severity", "webhook_url",
+)  # fmt: skip
+
+
+def alert_rule_summary(rule: AlertRule) -> dict:
+    """A rule as the API shows and takes it: its device by key."""
+    return {
+        "id": rule.id,
+        "device": rule.device.key if rule.device_id else None,
+        **{field: getattr(rule, field) for field in RULE_FIELDS},
+        "created": epoch_ms(rule.created_at),
+    }

@@ -1,10 +1,15 @@
-"""Operator actions on alerts."""
+"""Operator actions on alerts: acknowledge, and rules written through the rules page's validation."""
+
+from collections.abc import Mapping
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from alerts.models import AlertEvent, AlertState, State
+from alerts.forms import AlertRuleForm
+from alerts.models import AlertEvent, AlertRule, AlertState, State
+from devices.models import Device
 
 
 def alert_acknowledge(*, state_id: int, user: AbstractBaseUser) -> bool:
@@ -25,3 +30,30 @@ def alert_acknowledge(*, state_id: int, user: AbstractBaseUser) -> bool:
             by=user,
         )
     return True
+
+
+class RuleRefused(Exception):
+    """The rule form refused the values: `errors` maps each field to the page's own messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))
+        self.errors = errors
+
+
+def alert_rule_save(*, values: Mapping[str, object], rule: AlertRule | None = None) -> AlertRule:
+    """Create a rule (`rule` None) or change the given fields of one, through the rules page's form, so the API
+    and the page refuse the same values with the same messages (AlertRuleForm, AlertRule.clean). `device` is a
+    device key. Raises RuleRefused. (A rule that depends on who writes, such as staff-only webhook URLs, belongs
+    in the form too; this is the one place the API builds it.)"""
+    if rule is None:  # the empty page's values: the model's defaults
+        rule, base = AlertRule(), {name: field.initial for name, field in AlertRuleForm.base_fields.items()}
+    else:
+        base = model_to_dict(rule, fields=AlertRuleForm._meta.fields)
+    data = {**base, **values}
+    if isinstance(data.get("device"), str):  # the API names devices by key, the form by id
+        device_id = Device.objects.filter(key=data["device"]).values_list("id", flat=True).first()
+        data["device"] = device_id if device_id is not None else data["device"]
+    form = AlertRuleForm(data, instance=rule)
+    if not form.is_valid():
+        raise RuleRefused({field: list(messages) for field, messages in form.errors.items()})
+    return form.save()

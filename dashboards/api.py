@@ -1,9 +1,18 @@
 """History API: `GET /api/v1/devices/<KEY>/telemetry` (JSON or CSV), `GET /api/v1/devices/<KEY>/latest` and
-`GET /api/v1/devices/<KEY>/window` (a live chart's decimated window)."""
+`GET /api/v1/devices/<KEY>/window` (a live chart's decimated window).
+
+REST framework views of the operator API (authentication, errors and schema as every /api/v1/ endpoint:
+docs/api.md) whose answers are the same bytes as before it: they still build their JsonResponse and CSV
+stream, and their parameters are still Django forms (dashboards/forms.py). Function names and URL names are
+unchanged; a new endpoint here takes `@history_endpoint(...)` and keeps `_device_or_error`."""
+
+from collections.abc import Sequence
 
 from django import forms
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.http import require_GET
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.decorators import api_view
 
 from dashboards.auth import operator_of
 from dashboards.forms import HistoryParams, WindowParams
@@ -31,6 +40,35 @@ def _device_or_error(request: HttpRequest, key: str) -> Device | JsonResponse:
     return device if device is not None else _error(404, "unknown_device", f"no device {key!r}")
 
 
+def history_endpoint(summary: str, *, parameters: Sequence[OpenApiParameter] = (), csv: bool = False):
+    """A GET endpoint of the history API: a REST framework view, described in the OpenAPI schema (`csv`: its
+    `.csv` route streams text/csv)."""
+    answers = {(200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description=summary)}
+    if csv:
+        answers[(200, "text/csv")] = OpenApiResponse(OpenApiTypes.STR, description="ts,time,key,value[,min,max]")
+    error = OpenApiResponse(OpenApiTypes.OBJECT, description='{"error": {"code", "message", "parameter"?}}')
+
+    def wrap(view):
+        schema = extend_schema(
+            summary=summary, parameters=list(parameters), responses={**answers, 400: error, 401: error, 404: error}
+        )
+        return schema(api_view(["GET"])(view))
+
+    return wrap
+
+
+HISTORY_PARAMETERS = [
+    OpenApiParameter("keys", str, description="comma-separated; default: every numeric key the device has sent"),
+    OpenApiParameter("start", int, description="ms since the epoch, UTC, inclusive (default: end − 24 h)"),
+    OpenApiParameter("end", int, description="ms since the epoch, UTC, exclusive (default: now)"),
+    OpenApiParameter("agg", str, enum=["NONE", "AVG", "MIN", "MAX", "SUM", "COUNT"], description="default NONE"),
+    OpenApiParameter("interval", int, description="bucket width in ms (aggregates; default: chosen)"),
+    OpenApiParameter("limit", int, description="raw points per key (default 100)"),
+    OpenApiParameter("order", str, enum=["asc", "desc"], description="raw points oldest or newest first"),
+    OpenApiParameter("band", bool, description="1: min and max beside each aggregated value"),
+]
+
+
 def _asked(request: HttpRequest, key: str, form: forms.Form) -> tuple[Device, dict, list[str]] | JsonResponse:
     """The device, the valid parameters and the keys asked (all its numeric keys if none), or the error answer:
     401 for no operator, 404 for no device, 400 naming the bad parameter or a key the device never reported."""
@@ -47,7 +85,11 @@ def _asked(request: HttpRequest, key: str, form: forms.Form) -> tuple[Device, di
     return device, form.cleaned_data, asked or known
 
 
-@require_GET
+@history_endpoint(
+    "A device's stored readings, raw or aggregated (docs/history.md); `.csv`: the same points streamed as CSV",
+    parameters=HISTORY_PARAMETERS,
+    csv=True,
+)
 def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> HttpResponse:
     asked = _asked(request, key, HistoryParams(request.GET, csv=fmt == "csv"))
     if isinstance(asked, JsonResponse):
@@ -72,7 +114,15 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
     return JsonResponse({"device": device.key, **meta, "data": data})
 
 
-@require_GET
+@history_endpoint(
+    "A live chart's window: per key min/max buckets of about a pixel, then the newest raw readings",
+    parameters=[
+        OpenApiParameter("keys", str, description="comma-separated; default: every numeric key the device has sent"),
+        OpenApiParameter("start", int, description="ms since the epoch, UTC, inclusive"),
+        OpenApiParameter("end", int, description="ms since the epoch, UTC, exclusive"),
+        OpenApiParameter("px", int, description="the chart's width in pixels: about one bucket each"),
+    ],
+)
 def telemetry_window(request: HttpRequest, key: str) -> JsonResponse:
     """A live chart's window: per key min/max buckets of about one pixel for the older part, then the newest
     raw readings (ingest/selectors.py readings_window); `newest` is where the live stream takes over."""
@@ -90,7 +140,7 @@ def telemetry_window(request: HttpRequest, key: str) -> JsonResponse:
     )
 
 
-@require_GET
+@history_endpoint("The newest value of each key of a device, text values included")
 def telemetry_latest(request: HttpRequest, key: str) -> JsonResponse:
     device = _device_or_error(request, key)
     if isinstance(device, JsonResponse):

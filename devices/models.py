@@ -28,3 +28,23 @@ class Device(models.Model):
 
         if problems := labels_problems(self.labels):
             raise ValidationError({"labels": problems})
+
+
+class ProvisioningProfile(models.Model):
+    """Lets devices register themselves (POST /api/v1/provision): a device that knows the profile's key and
+    secret, and whose own key matches the pattern, gets a token once. The secret is stored only as a hash."""
+
+    key = models.SlugField(max_length=64, unique=True)
+    key_pattern = models.CharField(max_length=100, default="*", help_text="shell-style pattern over device keys")
+    labels = models.JSONField(default=dict, blank=True)  # given to every device it provisions
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    max_devices = models.PositiveIntegerField(null=True, blank=True)  # None: no limit
+    provisioned = models.PositiveIntegerField(default=0)  # devices it has provisioned so far
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key

@@ -34,6 +34,7 @@ from dashboards.watchdog import layer_watchdog
 from ingest.backends import backend_for
 from ingest.commits import CommitQueue
 from ingest.fanout import Publisher
+from ingest.ratelimit import RateLimiter
 from ingest.retention import retention_configured, retention_loop
 from ingest.revocation import OpenSockets, revocation_loop
 from ingest.service import Ingest
@@ -72,6 +73,8 @@ class HubRuntime:
         self.ingest = Ingest.from_settings(self.writer)
         self.sockets = OpenSockets()
         self.broadcaster = Broadcaster.from_settings()
+        # Device self-provisioning attempts per client address (POST /api/v1/provision, docs/api.md).
+        self.provisioning = RateLimiter(settings.HUB_PROVISION_RATE_LIMIT, settings.HUB_PROVISION_RATE_BURST)
         # Reads that stream (CSV export) take a connection of their own pool, never the writer's.
         self.reads: AsyncConnectionPool | None = None
         if self.dialect.vendor == "postgresql":

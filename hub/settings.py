@@ -57,6 +57,10 @@ INSTALLED_APPS = [
     "dashboards",
     "bridge",
     "alerts",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI as static files: the docs page works offline
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -180,6 +184,42 @@ HUB_HISTORY_MAX_LIMIT = env_int("HUB_HISTORY_MAX_LIMIT", 10_000, minimum=1)
 HUB_HISTORY_CSV_MAX_ROWS = env_int("HUB_HISTORY_CSV_MAX_ROWS", 10_000_000, minimum=1)
 HUB_HISTORY_MAX_BUCKETS = env_int("HUB_HISTORY_MAX_BUCKETS", 10_000, minimum=1)
 HUB_HISTORY_MAX_RANGE_DAYS = env_int("HUB_HISTORY_MAX_RANGE_DAYS", 3660, minimum=1)
+
+# Operator API (docs/api.md): request bodies above these sizes are refused with 413; a bulk import holds at
+# most HUB_API_BULK_MAX_DEVICES devices (one transaction); provisioning attempts per client address and process.
+HUB_API_MAX_BODY_BYTES = env_int("HUB_API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+HUB_API_BULK_MAX_BYTES = env_int("HUB_API_BULK_MAX_BYTES", 32 * 1024 * 1024, minimum=1024)
+HUB_API_BULK_MAX_DEVICES = env_int("HUB_API_BULK_MAX_DEVICES", 50_000, minimum=1)
+HUB_API_PAGE_SIZE = env_int("HUB_API_PAGE_SIZE", 100, minimum=1)
+HUB_PROVISION_RATE_LIMIT = env_float("HUB_PROVISION_RATE_LIMIT", 2.0, minimum=0.001)
+HUB_PROVISION_RATE_BURST = env_float("HUB_PROVISION_RATE_BURST", 20.0, minimum=1.0)
+
+REST_FRAMEWORK = {
+    # A bearer API token first (its 401 names the scheme), then the session of a logged-in operator, whose
+    # writes must carry the CSRF token (SessionAuthentication enforces it).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.access.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["api.access.OperatorScope"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["api.rest.BoundedJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.rest.JsonOnly",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "URL_FORMAT_OVERRIDE": None,  # `?format=` is no switch of ours
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "the hub: operator API",
+    "DESCRIPTION": "Devices, provisioning, alert rules and states, API tokens and telemetry history (docs/api.md).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 # Retention (days; 0 keeps forever). Every hub process checks each interval; one applies it (docs/history.md).
 HUB_RAW_RETENTION_DAYS = env_int("HUB_RAW_RETENTION_DAYS", 0)

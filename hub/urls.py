@@ -23,4 +23,5 @@ urlpatterns = [
     path("api/v1/<str:token>/telemetry", telemetry_post, name="telemetry-post"),
     path("alerts/", include("alerts.urls")),
     path("", include("dashboards.urls")),
+    path("api/v1/", include("api.urls")),  # the operator API, its schema and docs (docs/api.md)
 ]

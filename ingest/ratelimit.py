@@ -5,6 +5,7 @@ writer's backpressure still protects the database. 0 turns the limit off (the de
 """
 
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -19,12 +20,16 @@ class _Bucket:
 
 
 class RateLimiter:
-    """`take(device_id, n)` spends n readings from that device's bucket or raises IngestError."""
+    """A token bucket per key: `take(device_id, n)` spends n readings from that device's bucket or raises
+    IngestError; `delay(key)` is the same test for any key (the API's provisioning attempts per client address)."""
+
+    # Past this many keys, buckets that have refilled are forgotten (they would start full anyway).
+    MAX_KEYS = 100_000
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[Hashable, _Bucket] = {}
 
     @classmethod
     def from_settings(cls) -> "RateLimiter":
@@ -32,18 +37,31 @@ class RateLimiter:
         return cls(rate, settings.HUB_DEVICE_RATE_BURST or 2 * rate)
 
     def take(self, device_id: int, readings: int) -> None:
-        if self.rate <= 0 or readings == 0:
+        if readings == 0:
             return
-        now = time.monotonic()
-        bucket = self._buckets.get(device_id)
-        if bucket is None:
-            bucket = self._buckets[device_id] = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if readings > bucket.tokens:
-            wait_ms = int((readings - bucket.tokens) / self.rate * 1000) + 1
+        if wait := self.delay(device_id, readings):
             raise IngestError(
                 ErrorCode.RATE_LIMITED,
-                f"over {self.rate:g} readings/s for this device; retry in {wait_ms} ms (not stored)",
+                f"over {self.rate:g} readings/s for this device; retry in {int(wait * 1000) + 1} ms (not stored)",
             )
-        bucket.tokens -= readings
+
+    def delay(self, key: Hashable, cost: float = 1.0) -> float:
+        """Spend `cost` from `key`'s bucket and return 0, or return the seconds until it could (nothing spent)."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.MAX_KEYS:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if cost > bucket.tokens:
+            return (cost - bucket.tokens) / self.rate
+        bucket.tokens -= cost
+        return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        refill = self.burst / self.rate
+        self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < refill}

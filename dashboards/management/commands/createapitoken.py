@@ -1,20 +1,22 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboards.auth import api_token_create
+from dashboards.auth import api_token_issue
+from dashboards.models import Scope
 
 
 class Command(BaseCommand):
-    help = "Issue an API token for an operator (printed once, as the last line)."
+    help = "Issue an API token for an operator (printed once, as the last line); read-only unless --scope write."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="what the token is for")
+        parser.add_argument("--scope", choices=Scope.values, default=Scope.READ, help="read (default) or write")
 
-    def handle(self, *args, username: str, name: str, **options) -> None:
+    def handle(self, *args, username: str, name: str, scope: str, **options) -> None:
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"no user {username!r}")
-        token = api_token_create(user=user, name=name)
-        self.stderr.write(f"API token for {username}; shown once, store it now.")
-        self.stdout.write(token)
+        token, plaintext = api_token_issue(user=user, name=name, scope=scope)
+        self.stderr.write(f"API token {token.id} ({scope}) for {username}; shown once, store it now.")
+        self.stdout.write(plaintext)

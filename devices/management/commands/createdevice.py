@@ -1,7 +1,8 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from devices.services import device_create
+from devices.labels import labels_parse
+from devices.services import DevicesRefused, device_create
 
 
 class Command(BaseCommand):
@@ -10,11 +11,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("key", help="stable device key (letters, digits, - and _)")
         parser.add_argument("--name", default="", help="display name")
+        parser.add_argument("--labels", default="", help="name=value pairs, comma-separated: site=north, model=tx")
 
-    def handle(self, *args, key: str, name: str, **options) -> None:
+    def handle(self, *args, key: str, name: str, labels: str, **options) -> None:
         try:
-            _device, token = device_create(key=key, name=name)
+            _device, token = device_create(key=key, name=name, labels=labels_parse(labels))
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{f}: {' '.join(m)}" for f, m in exc.message_dict.items())) from None
+            raise CommandError(f"labels: {'; '.join(exc.messages)}") from None
+        except DevicesRefused as exc:
+            raise CommandError("; ".join(f"{p.field}: {p.message}" for p in exc.problems)) from None
         self.stderr.write(f"Created device {key!r}. Its token is shown once; store it now.")
         self.stdout.write(token)

@@ -1,0 +1,70 @@
+"""Who may call the API: an operator's session (its writes carry the CSRF token: REST framework's
+SessionAuthentication checks it) or a script's bearer API token, read-only or read-write. Provisioning devices
+are anonymous, rate-limited per client address."""
+
+import math
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from api.errors import ApiError
+from core.registry import current_runtime
+from dashboards.auth import api_token_find
+from dashboards.models import ApiToken, Scope
+
+
+class ApiTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <api token>`: its operator, with the token as `request.auth`. A token that is
+    unknown, revoked or whose operator is inactive is 401; no header at all leaves it to the session."""
+
+    def authenticate(self, request: Request):
+        scheme, _, credential = get_authorization_header(request).decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        token = api_token_find(credential.strip())
+        if token is None:
+            raise AuthenticationFailed("unknown or revoked API token")
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="hub"'
+
+
+class OperatorScope(BasePermission):
+    """Reads need an operator; writes need a session (with its CSRF token) or a read-write token (403)."""
+
+    def has_permission(self, request: Request, view) -> bool:
+        if not (request.user and request.user.is_authenticated):
+            return False  # 401: REST framework answers NotAuthenticated when no authenticator succeeded
+        token = request.auth
+        if request.method in SAFE_METHODS or not isinstance(token, ApiToken) or token.scope == Scope.WRITE:
+            return True
+        raise ApiError(403, "insufficient_scope", "this API token is read-only; writes need a read-write token")
+
+
+class ProvisionThrottle(BaseThrottle):
+    """Provisioning attempts per client address and hub process (HUB_PROVISION_RATE_LIMIT/_BURST), counted
+    before the profile is even looked up: 429 with Retry-After."""
+
+    def allow_request(self, request: Request, view) -> bool:
+        # REMOTE_ADDR, never X-Forwarded-For as sent (a client could name itself anew each time): uvicorn puts
+        # the forwarded address there when the proxy is trusted (--forwarded-allow-ips).
+        self._wait = current_runtime().provisioning.delay(request.META.get("REMOTE_ADDR", ""))
+        return self._wait == 0
+
+    def wait(self) -> float:
+        return math.ceil(self._wait)
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema (and the docs page's Authorize button) describes the bearer API token."""
+
+    target_class = ApiTokenAuthentication
+    name = "apiToken"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {"type": "http", "scheme": "bearer", "description": "an API token: manage.py createapitoken"}

@@ -1,0 +1,131 @@
+"""Provisioning profiles (operators: list, create with the secret shown once, get, delete) and the devices'
+own `POST /api/v1/provision`: anonymous, rate-limited, and refusing a wrong secret exactly as an unknown
+profile."""
+
+from django.core.exceptions import ValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api import shapes
+from api.access import ProvisionThrottle
+from api.errors import ApiError, invalid
+from api.rest import body_fields
+from core.epoch import from_epoch_ms
+from devices.models import ProvisioningProfile
+from devices.provisioning import (
+    ProfileExists,
+    ProvisioningRefused,
+    device_provision,
+    provisioning_profile_create,
+    provisioning_profile_delete,
+)
+from devices.selectors import provisioning_profile_summary
+from devices.services import DevicesRefused
+
+NONE_OR = type(None)
+
+
+class ProfileList(APIView):
+    @extend_schema(operation_id="provisioning_profiles_list", responses={200: shapes.ProvisioningProfile(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response([provisioning_profile_summary(p) for p in ProvisioningProfile.objects.all()])
+
+    @extend_schema(
+        operation_id="provisioning_profiles_create",
+        summary="Create a provisioning profile; its secret is in this answer only",
+        request=shapes.ProvisioningProfile,
+        responses={201: shapes.ProvisioningProfileCreated, 409: shapes.Error, **shapes.ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        types = {
+            "key": str,
+            "key_pattern": str,
+            "labels": dict,
+            "expires": (int, NONE_OR),
+            "max_devices": (int, NONE_OR),
+        }
+        fields = body_fields(request, types=types, required=["key"])
+        expires = fields.pop("expires", None)
+        try:
+            profile, secret = provisioning_profile_create(
+                **fields, expires_at=from_epoch_ms(expires) if expires is not None else None
+            )
+        except ValidationError as exc:
+            raise invalid(exc.message_dict) from None
+        except ProfileExists:
+            raise ApiError(409, "conflict", f"a provisioning profile {fields['key']!r} exists", field="key") from None
+        return Response({**provisioning_profile_summary(profile), "secret": secret}, status=201)
+
+
+class ProfileDetail(APIView):
+    @extend_schema(
+        operation_id="provisioning_profiles_get",
+        responses={200: shapes.ProvisioningProfile, 404: shapes.Error, **shapes.ERRORS},
+    )
+    def get(self, request: Request, key: str) -> Response:
+        profile = ProvisioningProfile.objects.filter(key=key).first()
+        if profile is None:
+            raise ApiError(404, "unknown_profile", f"no provisioning profile {key!r}")
+        return Response(provisioning_profile_summary(profile))
+
+    @extend_schema(
+        operation_id="provisioning_profiles_delete",
+        summary="Delete a profile: its secret stops working; the devices it provisioned stay",
+        responses={204: None, 404: shapes.Error, **shapes.ERRORS},
+    )
+    def delete(self, request: Request, key: str) -> Response:
+        try:
+            provisioning_profile_delete(key=key)
+        except ProvisioningProfile.DoesNotExist:
+            raise ApiError(404, "unknown_profile", f"no provisioning profile {key!r}") from None
+        return Response(status=204)
+
+
+# Refusals after the secret matched: only a device that knows it learns these.
+REFUSED_STATUS = {ProvisioningRefused.REFUSED: 401}
+
+
+class Provision(APIView):
+    authentication_classes = []  # a device has no session or API token: the profile's secret is its credential
+    permission_classes = [AllowAny]
+    throttle_classes = [ProvisionThrottle]
+
+    @extend_schema(
+        operation_id="provision",
+        summary="A device registers itself through a provisioning profile; its token is in this answer only",
+        description="401 for an unknown profile or a wrong secret alike; 403 for an expired or used-up profile "
+        "or a key outside its pattern; 409 when the key is registered already; 429 past the attempts allowed "
+        "per client address (Retry-After).",
+        request=shapes.Provision,
+        responses={
+            201: shapes.Provisioned,
+            400: shapes.Error,
+            401: shapes.Error,
+            403: shapes.Error,
+            409: shapes.Error,
+            429: shapes.Error,
+        },  # fmt: skip
+    )
+    def post(self, request: Request) -> Response:
+        fields = body_fields(
+            request,
+            types={"profile": str, "secret": str, "device": str, "name": str},
+            required=["profile", "secret", "device"],
+        )
+        try:
+            device, token = device_provision(
+                profile_key=fields["profile"],
+                secret=fields["secret"],
+                device_key=fields["device"],
+                name=fields.get("name", ""),
+            )
+        except ProvisioningRefused as exc:
+            raise ApiError(REFUSED_STATUS.get(exc.code, 403), exc.code, exc.message) from None
+        except DevicesRefused as exc:  # the device's key: invalid (400), or registered already (409)
+            status, code = (409, "conflict") if exc.conflict else (400, "invalid")
+            field = "device" if exc.problems[0].field == "key" else exc.problems[0].field
+            raise ApiError(status, code, f"{field}: {exc.problems[0].message}", field=field) from None
+        return Response({"device": device.key, "token": token}, status=201)

@@ -1,0 +1,69 @@
+"""Clients of the operator API against a served hub, for the tests of tests/api/: an operator with a read-write
+or a read-only API token, a logged-in session (with its CSRF token to send or not), and nobody."""
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from dashboards.auth import api_token_create
+
+
+@pytest.fixture
+def operator_user(transactional_db):
+    return get_user_model().objects.create_user("ops", password="pw")
+
+
+def token_client(hub, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=hub.http, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+@pytest.fixture
+async def writer(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+    """A script with a read-write API token."""
+    token = await sync_to_async(api_token_create)(user=operator_user, name="writer", scope="write")
+    async with token_client(live_hub, token) as client:
+        yield client
+
+
+@pytest.fixture
+async def reader(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+    """A script with a read-only API token."""
+    token = await sync_to_async(api_token_create)(user=operator_user, name="reader", scope="read")
+    async with token_client(live_hub, token) as client:
+        yield client
+
+
+@pytest.fixture
+async def anonymous(live_hub) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live_hub.http, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+async def browser(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+    """A logged-in operator's browser: session cookie and the CSRF cookie a page sets (`csrf` holds its value,
+    to send as X-CSRFToken, as a page's script would)."""
+
+    def session_cookie() -> str:
+        client = Client()
+        client.force_login(operator_user)
+        return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    async with httpx.AsyncClient(base_url=live_hub.http, timeout=60) as client:
+        client.cookies.set(settings.SESSION_COOKIE_NAME, await sync_to_async(session_cookie)())
+        assert (await client.get("/login/")).status_code in (200, 302)  # sets the csrftoken cookie
+        client.csrf = client.cookies[settings.CSRF_COOKIE_NAME]
+        yield client
+
+
+def error(response: httpx.Response, status: int) -> dict:
+    """The `error` object of a refusal, after checking its status."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()["error"]
+    assert body["code"] and body["message"], body
+    return body
