@@ -16,6 +16,9 @@ from ingest.writer import WriterClosed
 logger = logging.getLogger(__name__)
 
 
+_STATUS = {ErrorCode.TOO_LARGE: 413, ErrorCode.RATE_LIMITED: 429, ErrorCode.UNSTORABLE_VALUE: 422}
+
+
 def _error(status: int, code: str, message: str, **extra: object) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message, **extra}}, status=status)
 
@@ -41,8 +44,9 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
     except RequestDataTooBig:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
     except IngestError as error:
-        status = {ErrorCode.TOO_LARGE: 413, ErrorCode.RATE_LIMITED: 429}.get(error.code, 400)
-        return JsonResponse({"error": error.as_dict()}, status=status)
+        # Final answers: sending the same message again fails the same way; only a rate limit passes.
+        status = _STATUS.get(error.code, 400)
+        return JsonResponse({"error": {**error.as_dict(), "retry": status == 429}}, status=status)
     except WriterClosed:
         return _error(503, "unavailable", "the hub is shutting down; retry", retry=True)
     except Exception:

@@ -20,8 +20,10 @@ from devices.services import device_token_rotate
 from hub.asgi import router
 from ingest.client import DeviceClient
 from ingest.models import Reading
+from ingest.parsing import MAX_MAGNITUDE
 from tests import rawws
 from tests.conftest import served_hub
+from tests.ledger import bystanders
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -156,7 +158,7 @@ async def test_rate_limit_refuses_the_excess_of_one_device_only(rate_limited, li
 
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _key = st.from_regex(r"[A-Za-z0-9_.\-]{1,8}", fullmatch=True)
-_value = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.integers(-(2**53), 2**53))
+_value = st.one_of(st.floats(-MAX_MAGNITUDE, MAX_MAGNITUDE), st.booleans(), st.integers(-(2**53), 2**53))
 _valid = st.dictionaries(_key, _value, min_size=1, max_size=5)
 _invalid = st.one_of(
     st.text(max_size=50).filter(lambda s: not s.strip().startswith(("{", "["))),
@@ -212,3 +214,37 @@ async def test_a_connection_flood_is_refused_past_the_limit(transactional_db, ma
         cap = router.application_mapping["websocket"]
         await eventually(lambda: cap.open == 0, what="closed sockets to leave the count")
         await still_serving(hub, device.token)
+
+
+async def test_unstorable_values_get_a_final_error_and_never_fail_another_device(live_hub, make_device):
+    """Finding 1: a device sending what the database cannot store (NUL in text; numbers whose hourly sum would
+    overflow a double) every 10 ms over HTTP and WebSocket is answered with a final error naming the key (HTTP
+    4xx with `retry: false`, an error frame: never 500 or 1011), and the devices beside it notice nothing."""
+    hostile, ws_good, http_good = [await sync_to_async(make_device)() for _ in range(3)]
+    bodies = ['{"s": "a\\u0000b"}', '{"x": 1e308}', '{"y": -1e301}']
+    answers: set[tuple] = set()
+    async with (
+        bystanders(live_hub, (ws_good.key, ws_good.token), (http_good.key, http_good.token)) as seen,
+        httpx.AsyncClient(base_url=live_hub.http) as client,
+        websockets.connect(f"{live_hub.ws}/ws/v1/{hostile.token}/telemetry") as ws,
+    ):
+        for i in range(150):
+            body = bodies[i % 3]
+            response = await client.post(f"/api/v1/{hostile.token}/telemetry", content=body)
+            error = response.json()["error"]
+            answers.add(("http", response.status_code, error["code"], error.get("key"), error.get("retry")))
+            await ws.send(body)
+            error = orjson.loads(await ws.recv())["error"]
+            answers.add(("ws", error["code"], error["key"]))
+            assert orjson.loads(await ws.recv()) == {"ack": i + 1}
+            await asyncio.sleep(0.01)  # pace: every 10 ms, as in the report
+    assert answers == {
+        ("http", 422, "unstorable_value", "s", False),
+        ("http", 400, "value_out_of_range", "x", False),
+        ("http", 400, "value_out_of_range", "y", False),
+        ("ws", "unstorable_value", "s"),
+        ("ws", "value_out_of_range", "x"),
+        ("ws", "value_out_of_range", "y"),
+    }
+    await seen.unharmed()
+    assert await stored(hostile.id) == 0
