@@ -166,6 +166,10 @@ HUB_TOKEN_RECHECK_SECONDS = env_float("HUB_TOKEN_RECHECK_SECONDS", 5.0, minimum=
 HUB_WS_PING_INTERVAL = env_float("HUB_WS_PING_INTERVAL", 20.0, minimum=0.1)
 HUB_WS_PING_TIMEOUT = env_float("HUB_WS_PING_TIMEOUT", 20.0, minimum=0.1)
 HUB_MAX_CONNECTIONS = env_int("HUB_MAX_CONNECTIONS", 20_000, minimum=1)
+# Slow clients (hub/protocols.py): a request's headers (and a WebSocket handshake) within this many seconds, its
+# body within that many after its headers; otherwise the connection is closed.
+HUB_HTTP_HEADER_TIMEOUT_SECONDS = env_float("HUB_HTTP_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+HUB_HTTP_BODY_TIMEOUT_SECONDS = env_float("HUB_HTTP_BODY_TIMEOUT_SECONDS", 60.0, minimum=0.1)
 
 # History API (docs/history.md).
 HUB_HISTORY_MAX_LIMIT = env_int("HUB_HISTORY_MAX_LIMIT", 10_000, minimum=1)

@@ -13,6 +13,8 @@ from devices.services import device_authenticate
 from ingest.parsing import ErrorCode, IngestError
 from ingest.writer import WriterClosed
 
+DEVICE_SCOPE_KEY = "hub.device"  # set by hub/bodies.py (ingest imports no hub module)
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,7 +34,9 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
             "misdirected",
             "this hub process serves dashboard streams (HUB_ROLE=stream); send telemetry to an ingest process",
         )
-    device = await device_authenticate(token=token)
+    # Under ASGI hub/bodies.py authenticated the device before reading the body (and bounded the body).
+    device = request.scope.get(DEVICE_SCOPE_KEY) if hasattr(request, "scope") else None
+    device = device or await device_authenticate(token=token)
     if device is None:
         return _error(401, "unauthorized", "unknown device token")
     declared = request.headers.get("Content-Length", "0")
