@@ -2,6 +2,7 @@
 stored, the hub keeps serving others. Also token revocation, rate limits and dead-peer detection."""
 
 import asyncio
+import contextlib
 import logging
 import re
 import select
@@ -24,7 +25,7 @@ from ingest.client import DeviceClient
 from ingest.models import Reading
 from ingest.parsing import MAX_MAGNITUDE
 from tests import rawws
-from tests.conftest import served_hub
+from tests.conftest import database_url_for_tests, served_hub
 from tests.ledger import bystanders
 from tests.waiting import eventually
 
@@ -396,3 +397,32 @@ async def test_half_sent_requests_at_the_connection_limit_hold_it_only_until_the
         assert time.monotonic() - started < 2.5
         for _reader, writer in held:
             writer.close()
+
+
+async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_process):
+    """Finding 5: a hub logging at DEBUG is sent tokens in every path a device (or a prober) might use: ThingsBoard's
+    attributes and rpc paths, other cases and versions, 404s, WebSockets, refused bodies. Its whole log holds none of
+    the tokens, though it logs each request (with the token segment as ***)."""
+    devices = [await sync_to_async(make_device)() for _ in range(2)]
+    unknown = "unknown-TOKEN-0123456789"
+    tokens = [d.token for d in devices] + [unknown]
+    hub = await hub_process(HUB_DATABASE_URL=database_url_for_tests(), HUB_LOG_LEVEL="DEBUG").start().ready()
+    paths = ["/api/v1/{}/telemetry", "/api/v1/{}/attributes", "/api/v1/{}/rpc", "/api/v1/{}/Telemetry",
+             "/API/v1/{}/telemetry", "/api/v2/{}/telemetry", "/api/v1/{}", "/api/v1/{}/telemetry?x=1"]  # fmt: skip
+    async with httpx.AsyncClient(base_url=hub.http) as client:
+        for token in tokens:
+            for path in paths:
+                await client.post(path.format(token), content=b'{"x": 1}')
+                await client.get(path.format(token))
+            await client.post(f"/api/v1/{token}/telemetry", content=b"x" * 70_000)  # 413
+            await client.post(f"/api/v1/{token}/telemetry", content=b"{not json")  # 400
+            for path in ("/ws/v1/{}/telemetry", "/ws/v1/{}/attributes", "/WS/v1/{}/telemetry"):
+                with contextlib.suppress(websockets.InvalidStatus):
+                    async with websockets.connect(f"{hub.ws}{path.format(token)}") as ws:
+                        await ws.send("{bad")
+                        await ws.recv()
+    hub.stop()
+    log = hub.log.read_text()
+    assert log.count("/api/v1/***/attributes") >= 6 and "/ws/v1/***/attributes" in log, log[-3000:]
+    leaked = [token for token in tokens if token in log]
+    assert leaked == [], [line for line in log.splitlines() if any(t in line for t in leaked)][:5]
