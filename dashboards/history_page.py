@@ -33,6 +33,7 @@ INTERVALS = [
     (6 * HOUR_MS, "6 h"),
     (DAY_MS, "1 d"),
 ]
+DEFAULT_KEYS = 24  # keys charted when none are picked: a device may have HUB_MAX_KEYS_PER_DEVICE of them
 DEFAULT_RANGE = "24h"
 DEFAULT_AGG = "AVG"
 
@@ -71,7 +72,7 @@ def _int(value: str | None) -> int | None:
 def history_choices(query: Mapping[str, str], *, known_keys: list[str], now: int) -> HistoryChoices:
     """The page's choices from its URL; anything missing or invalid falls back to a default."""
     wanted = {k.strip() for k in query.get("keys", "").split(",")}
-    keys = tuple(k for k in known_keys if k in wanted) or tuple(known_keys)
+    keys = tuple(k for k in known_keys if k in wanted) or tuple(known_keys[:DEFAULT_KEYS])
     agg = query.get("agg", "").upper()
     agg = agg if agg in PAGE_AGGREGATES else DEFAULT_AGG
     range_ = query.get("range", "")

@@ -139,6 +139,7 @@ HUB_MAX_MESSAGE_BYTES = env_int("HUB_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1)
 HUB_MAX_READINGS_PER_MESSAGE = env_int("HUB_MAX_READINGS_PER_MESSAGE", 1000, minimum=1)
 HUB_MAX_FUTURE_SECONDS = env_int("HUB_MAX_FUTURE_SECONDS", 600)
 HUB_MAX_PAST_DAYS = env_int("HUB_MAX_PAST_DAYS", 365)
+HUB_MAX_KEYS_PER_DEVICE = env_int("HUB_MAX_KEYS_PER_DEVICE", 1000)  # distinct keys per device; 0 = no limit
 # uvicorn drops frames over this with close code 1009; a bit above the message limit so a message
 # just over it gets a named error frame instead.
 HUB_WS_MAX_SIZE = env_int("HUB_WS_MAX_SIZE", 2 * HUB_MAX_MESSAGE_BYTES, minimum=1024)

@@ -132,6 +132,11 @@ def keys_of_device(device_id: int) -> list[str]:
     )
 
 
+def device_keys(device_id: int) -> list[str]:
+    """Every key the device has stored, numeric and text."""
+    return list(LatestValue.objects.filter(device_id=device_id).values_list("key", flat=True))
+
+
 def readings_latest(device_id: int) -> dict[str, dict]:
     """A device's newest value per key: {"ts", "value"} (text values as strings)."""
     rows = LatestValue.objects.filter(device_id=device_id).order_by("key").values_list("key", "ts", "value", "text")

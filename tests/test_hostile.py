@@ -3,6 +3,7 @@ stored, the hub keeps serving others. Also token revocation, rate limits and dea
 
 import asyncio
 import contextlib
+import html
 import logging
 import re
 import select
@@ -426,3 +427,49 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
     assert log.count("/api/v1/***/attributes") >= 6 and "/ws/v1/***/attributes" in log, log[-3000:]
     leaked = [token for token in tokens if token in log]
     assert leaked == [], [line for line in log.splitlines() if any(t in line for t in leaked)][:5]
+
+
+async def test_a_device_is_held_to_its_key_budget_and_its_pages_stay_fast(live_hub, make_device, operator_cookie):
+    """Finding 6: a device sending 30 frames of 1,000 new keys gets its first 1,000 keys (the default
+    HUB_MAX_KEYS_PER_DEVICE) and `too_many_keys` naming the first new key after that; readings of keys it has
+    go on; and at the limit its device page, history page, history API and the fleet page each answer within 1 s."""
+    device, ws_good, http_good = [await sync_to_async(make_device)() for _ in range(3)]
+    t0 = now_ms() - 3_600_000
+    async with (
+        bystanders(live_hub, (ws_good.key, ws_good.token), (http_good.key, http_good.token)) as seen,
+        DeviceClient.connect(live_hub.ws, device.token) as client,
+    ):
+        for frame in range(30):
+            values = {f"k{frame}-{i}": i for i in range(1000)}
+            await client.send(orjson.dumps({"ts": t0 + frame, "values": values}).decode())
+        for step in range(1, 10):  # the 1,000 keys it has, again and again
+            await client.send(
+                orjson.dumps({"ts": t0 + 1000 + step, "values": {f"k0-{i}": i for i in range(1000)}}).decode()
+            )
+        await asyncio.wait_for(client.all_acked(), 30)
+    assert sorted(client.errors) == list(range(2, 31))
+    assert client.errors[2]["code"] == "too_many_keys" and client.errors[2]["key"] == "k1-0", client.errors[2]
+    await seen.unharmed()
+    assert await stored(device.id) == 10_000
+    timings: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=live_hub.http, headers={"Cookie": operator_cookie}, timeout=30) as web:
+        for name, path in {
+            "device page": f"/devices/{device.key}/",
+            "history page": f"/devices/{device.key}/history/",
+            "history API, limit=1": f"/api/v1/devices/{device.key}/telemetry?limit=1",
+            "history API, AVG": f"/api/v1/devices/{device.key}/telemetry?agg=AVG&start={t0 - 1}&end={t0 + 2000}",
+            "fleet page": "/",
+        }.items():
+            started = time.monotonic()
+            response = await web.get(path)
+            timings[name] = round(time.monotonic() - started, 3)
+            assert response.status_code == 200, (name, response.text[:300])
+            if name == "history page":  # and what its chart and its CSV link ask for
+                csv = html.unescape(re.search(r'href="([^"]*telemetry\.csv\?[^"]*)"', response.text)[1])
+                for what, url in (("history chart", csv.replace("telemetry.csv", "telemetry")), ("CSV", csv)):
+                    started = time.monotonic()
+                    answer = await web.get(url)
+                    timings[what] = round(time.monotonic() - started, 3)
+                    assert answer.status_code == 200, (what, answer.text[:300])
+    print(f"at 1,000 keys: {timings} s")
+    assert max(timings.values()) < 1.0, timings
