@@ -2,6 +2,7 @@
 
 import re
 
+from alerts.destinations import webhook_url_problem
 from alerts.evaluation import RuleSpec
 from alerts.models import AlertRule, Condition, Kind
 from devices.models import Device
@@ -15,6 +16,8 @@ def rule_problems(rule: AlertRule) -> dict[str, str]:
     problems: dict[str, str] = {}
     if rule.device_id and rule.device_pattern:
         problems["device_pattern"] = "choose one device or a pattern, not both"
+    if rule.webhook_url and (problem := webhook_url_problem(rule.webhook_url)):
+        problems["webhook_url"] = problem
     if rule.kind == Kind.OFFLINE:
         if rule.no_data_seconds <= 0:
             problems["no_data_seconds"] = "an offline rule needs the silence (seconds) after which it fires"

@@ -193,6 +193,8 @@ HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS
 HUB_ALERT_WEBHOOK_MAX_ATTEMPTS = env_int("HUB_ALERT_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 HUB_ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("HUB_ALERT_WEBHOOK_BACKOFF_SECONDS", 1.0, minimum=0.0)
 HUB_ALERT_WEBHOOK_POLL_SECONDS = env_float("HUB_ALERT_WEBHOOK_POLL_SECONDS", 0.5, minimum=0.05)
+# Hosts and CIDRs inside the hub's network that webhooks may reach (alerts/destinations.py); public ones always.
+HUB_ALERT_WEBHOOK_ALLOW = env_list("HUB_ALERT_WEBHOOK_ALLOW", [])
 
 # Dashboards (docs/dashboards.md, docs/stream-protocol.md).
 HUB_ONLINE_WINDOW_SECONDS = env_int("HUB_ONLINE_WINDOW_SECONDS", 120, minimum=1)
