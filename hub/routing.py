@@ -2,11 +2,11 @@
 
 from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.urls import path, re_path
 
 from dashboards.consumers import DeviceStreamConsumer, FleetStreamConsumer
+from hub.origins import SameOriginValidator
 from ingest.consumers import TelemetryConsumer
 
 
@@ -22,9 +22,9 @@ def websocket_routes(role: str) -> list:
     streams = [
         path(
             "ws/v1/devices/<slug:key>/stream",
-            AllowedHostsOriginValidator(AuthMiddlewareStack(DeviceStreamConsumer.as_asgi())),
+            SameOriginValidator(AuthMiddlewareStack(DeviceStreamConsumer.as_asgi())),
         ),
-        path("ws/v1/fleet/stream", AllowedHostsOriginValidator(AuthMiddlewareStack(FleetStreamConsumer.as_asgi()))),
+        path("ws/v1/fleet/stream", SameOriginValidator(AuthMiddlewareStack(FleetStreamConsumer.as_asgi()))),
     ]
     ingest = [path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi())]
     served = (streams if role in ("all", "stream") else []) + (ingest if role in ("all", "ingest") else [])

@@ -538,3 +538,35 @@ async def test_webhooks_cannot_be_pointed_inside_the_hubs_network(make_device, s
     assert rows == {refused: "failed", sent: "sent"} and error.startswith("refused: "), (rows, error)
     assert len(receiver.received) == 1 and receiver.received[0][0]["Host"] == receiver.url.split("/")[2]
     receiver.close()
+
+
+async def test_a_stream_opens_only_from_the_hubs_own_origin(live_hub, make_device, operator_cookie, settings):
+    """Finding 8: with a valid session, a dashboard stream opens for the hub's own origin (scheme, host and port)
+    or a trusted one, and is refused (403) for another port, another scheme, another allowed host name, no
+    Origin, or `null`."""
+    device = await sync_to_async(make_device)()
+    settings.CSRF_TRUSTED_ORIGINS = ["https://hub.example.com", "https://*.example.org"]
+    port = hub_address(live_hub)[1]
+    allowed = [live_hub.http, f"http://127.0.0.1:{port}/", "https://hub.example.com", "https://ops.example.org:443"]
+    refused = [
+        "http://127.0.0.1:9999",
+        "https://127.0.0.1",
+        f"https://127.0.0.1:{port}",
+        f"http://localhost:{port}",
+        "http://hub.example.com",
+        "https://hub.example.com:8443",
+        "https://example.org",
+        "null",
+        None,
+    ]
+    outcome: dict[str | None, int] = {}
+    for origin in allowed + refused:
+        headers = {"Cookie": operator_cookie} | ({"Origin": origin} if origin else {})
+        for path in (f"/ws/v1/devices/{device.key}/stream", "/ws/v1/fleet/stream"):
+            try:
+                async with websockets.connect(f"{live_hub.ws}{path}", additional_headers=headers) as ws:
+                    assert orjson.loads(await ws.recv())["type"] == "subscribed"
+                    outcome[origin] = 101
+            except websockets.InvalidStatus as exc:
+                outcome[origin] = exc.response.status_code
+    assert outcome == {origin: 101 for origin in allowed} | {origin: 403 for origin in refused}, outcome
