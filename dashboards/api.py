@@ -1,5 +1,9 @@
 """History API: `GET /api/v1/devices/<KEY>/telemetry` (JSON or CSV) and `GET /api/v1/devices/<KEY>/latest`."""
 
+from collections.abc import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
@@ -53,12 +57,25 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
         newest_first=params["order"] == "desc",
     )
     if fmt == "csv":
-        response = StreamingHttpResponse(csv_stream(query, band=params["band"]), content_type="text/csv")
+        aggregated = None if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
+        stream = csv_stream(query, band=params["band"], aggregated=aggregated)
+        response = StreamingHttpResponse(_released_on_failure(stream), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{device.key}-{query.start}-{query.end}.csv"'
         return response
     data = readings_raw(query) if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
     meta = {"start": query.start, "end": query.end, "agg": query.agg, "interval": query.interval}
     return JsonResponse({"device": device.key, **meta, "data": data})
+
+
+async def _released_on_failure(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Re-raises a failure midway (the server then cuts the response short: the client sees it), after giving back
+    this request's database connection, which Django gives back only when a response completes."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except BaseException:
+        await sync_to_async(connections.close_all)()  # the request's own thread: where the view queried
+        raise
 
 
 @require_GET

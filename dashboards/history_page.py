@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from core.epoch import now_ms
+from dashboards.forms import MAX_MS
 from devices.models import Device
 from ingest.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
 
@@ -89,7 +90,7 @@ def history_choices(query: Mapping[str, str], *, known_keys: list[str], now: int
 
 
 def _valid_range(start: int, end: int) -> bool:
-    return 0 <= start < end and end - start <= settings.HUB_HISTORY_MAX_RANGE_DAYS * DAY_MS
+    return 0 <= start < end <= MAX_MS and end - start <= settings.HUB_HISTORY_MAX_RANGE_DAYS * DAY_MS
 
 
 def history_page_context(*, device: Device, known_keys: list[str], choices: HistoryChoices) -> dict:

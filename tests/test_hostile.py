@@ -570,3 +570,53 @@ async def test_a_stream_opens_only_from_the_hubs_own_origin(live_hub, make_devic
             except websockets.InvalidStatus as exc:
                 outcome[origin] = exc.response.status_code
     assert outcome == {origin: 101 for origin in allowed} | {origin: 403 for origin in refused}, outcome
+
+
+async def test_numbers_at_the_edges_get_400s_finite_aggregates_and_no_silent_csv(
+    live_hub, make_device, operator_cookie, monkeypatch
+):
+    """Finding 10: history and stream parameters out of range are refused naming the parameter (400, 4400);
+    aggregates whose sums or averages leave a double's range (readings at ±1e300, or 1e308s stored before that
+    limit) answer finite numbers or null, in JSON and CSV alike; a CSV export that fails midway is cut off
+    (the client sees an incomplete body), never a 200 that merely ends early."""
+    from core.registry import current_runtime
+    from devices.services import DeviceIdentity
+    from ingest.parsing import Reading as R
+
+    device = await sync_to_async(make_device)()
+    day = 86_400_000
+    t0 = (now_ms() // day - 2) * day  # midnight, two days ago
+    legacy = [R(t0, "big", 1e308), R(t0 + 3_600_000, "big", 1e308), R(t0, "wide", 1e300), R(t0 + 1, "wide", -1e300)]
+    await (await current_runtime().writer.submit(DeviceIdentity(device.id, device.key), legacy))
+    api = f"/api/v1/devices/{device.key}/telemetry"
+    span = f"start={t0}&end={t0 + day}"
+    async with httpx.AsyncClient(base_url=live_hub.http, headers={"Cookie": operator_cookie}) as web:
+        huge = 10**20
+        for query, parameter in ((f"start={huge}&end=5", "start"), (f"{span}&agg=SUM&interval={huge}", "interval"),
+                                 (f"start=0&end={10**15}", "end"), (f"{span}&limit=-1", "limit")):  # fmt: skip
+            answer = await web.get(f"{api}?{query}")
+            assert answer.status_code == 400 and answer.json()["error"]["parameter"] == parameter, answer.text
+        sums = await web.get(f"{api}?{span}&keys=big&agg=SUM&interval={day}")
+        assert sums.status_code == 200 and sums.json()["data"]["big"] == [{"ts": t0, "value": None}], sums.text
+        average = await web.get(f"{api}?start={t0}&end={t0 + 60_000}&keys=wide&agg=AVG&interval=1500&band=1")
+        assert average.json()["data"]["wide"] == [{"ts": t0, "value": 0.0, "min": -1e300, "max": 1e300}]
+        csv = await web.get(f"{api}.csv?{span}&keys=big&agg=SUM&interval={day}")
+        assert csv.status_code == 200 and csv.text.splitlines()[1].endswith(",big,"), csv.text
+
+        async def failing(self, query, key):
+            yield b"1,1970-01-01T00:00:00.001Z,big,1.0\n"
+            raise RuntimeError("the database went away midway")
+
+        monkeypatch.setattr("core.db.Postgres.csv_raw", failing)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await web.get(f"{api}.csv?{span}&keys=big")
+    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
+    for since in ("1e308", "-5", '"x"'):
+        async with websockets.connect(
+            f"{live_hub.ws}/ws/v1/devices/{device.key}/stream", additional_headers=headers
+        ) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "subscribed"
+            await ws.send(f'{{"since": {since}}}')
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 4400
