@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -57,6 +58,7 @@ INSTALLED_APPS = [
     "dashboards",
     "bridge",
     "alerts",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -68,7 +70,33 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "hub.middleware.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its 429 answer
 ]
+
+# Operator logins (docs/deployment.md, "Hardening"): django-axes counts failed logins per username and client IP in
+# the database (shared by every hub process) and refuses that pair for a while after too many.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("HUB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("HUB_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.01))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # one attacker cannot lock an operator out everywhere
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+
+# HTTPS behind a TLS-terminating proxy (docs/deployment.md): the header the proxy sets, as "Name: value".
+HUB_SECURE_PROXY_SSL_HEADER = env_optional("HUB_SECURE_PROXY_SSL_HEADER")
+if HUB_SECURE_PROXY_SSL_HEADER:
+    _name, _, _value = HUB_SECURE_PROXY_SSL_HEADER.partition(":")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
+# Served over HTTPS: cookies only over HTTPS, and plain HTTP redirected (but the probes, which come from inside).
+HUB_HTTPS = env_bool("HUB_HTTPS", bool(HUB_SECURE_PROXY_SSL_HEADER))
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HUB_HTTPS
+SECURE_SSL_REDIRECT = env_bool("HUB_SSL_REDIRECT", HUB_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("HUB_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HUB_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("HUB_HSTS_PRELOAD", False)
 
 ROOT_URLCONF = "hub.urls"
 ASGI_APPLICATION = "hub.asgi.application"

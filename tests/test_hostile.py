@@ -5,10 +5,14 @@ import asyncio
 import contextlib
 import html
 import logging
+import os
 import re
 import select
 import socket
+import subprocess
+import sys
 import time
+from datetime import timedelta
 
 import httpx
 import orjson
@@ -27,7 +31,7 @@ from ingest.client import DeviceClient
 from ingest.models import LatestValue, Reading
 from ingest.parsing import MAX_MAGNITUDE
 from tests import rawws
-from tests.conftest import database_url_for_tests, served_hub
+from tests.conftest import ROOT, database_url_for_tests, served_hub
 from tests.ledger import bystanders
 from tests.waiting import eventually
 
@@ -620,3 +624,56 @@ async def test_numbers_at_the_edges_get_400s_finite_aggregates_and_no_silent_csv
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd.code == 4400
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> int:
+    """Submit the login form as a browser does (CSRF cookie and token); the status of the answer."""
+    page = (await client.get("/login/")).text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
+    form = {"username": username, "password": password, "csrfmiddlewaretoken": token}
+    return (await client.post("/login/", data=form, headers={"Referer": f"{client.base_url}login/"})).status_code
+
+
+async def test_logins_are_throttled_and_every_page_has_a_content_security_policy(live_hub, settings):
+    """Finding 9: after HUB_LOGIN_FAILURE_LIMIT (5) wrong passwords for one user from one address, even the right
+    one is refused (429) until the cool-off; another user is unaffected; every page (and the admin's) carries a
+    Content-Security-Policy allowing the hub's own scripts and styles only."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects
+    await sync_to_async(users.create_user)("victim", password="right")
+    await sync_to_async(users.create_user)("other", password="right")
+    async with httpx.AsyncClient(base_url=live_hub.http) as client:
+        answers = [await login(client, "victim", f"wrong-{i}") for i in range(200)]
+        assert answers[:4] == [200] * 4 and set(answers[4:]) == {429}, answers  # the form again, then locked
+        assert await login(client, "victim", "right") == 429
+        assert await login(client, "other", "right") == 302
+        settings.AXES_COOLOFF_TIME = timedelta(seconds=0.5)
+        await asyncio.sleep(0.6)  # the cool-off itself is the behaviour under test
+        assert await login(client, "victim", "right") == 302
+        for path in ("/login/", "/", "/alerts/", "/admin/login/", "/healthz", "/api/v1/devices/x/latest"):
+            policy = (await client.get(path)).headers.get("Content-Security-Policy", "")
+            assert "script-src 'self';" in policy and "style-src 'self';" in policy, (path, policy)
+            assert "unsafe-inline" not in policy
+
+
+def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
+    """Finding 9: `manage.py check --deploy` with docs/deployment.md's TLS-behind-a-proxy settings reports nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}
+    env |= {
+        "HUB_VAR_DIR": str(tmp_path),
+        "HUB_DATABASE_URL": database_url_for_tests(),
+        "HUB_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "HUB_SECRET_KEY": "Zs8x-" + "k3Jq9vLw2TfR7pYb" * 4,
+        "HUB_ALLOWED_HOSTS": "hub.example.com",
+        "HUB_CSRF_TRUSTED_ORIGINS": "https://hub.example.com",
+        "HUB_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
+        "HUB_HSTS_SECONDS": "31536000",
+        "HUB_HSTS_INCLUDE_SUBDOMAINS": "1",
+        "HUB_HSTS_PRELOAD": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
