@@ -408,15 +408,16 @@ async def test_half_sent_requests_at_the_connection_limit_hold_it_only_until_the
 async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_process):
     """Finding 5: a hub logging at DEBUG is sent tokens in every path a device (or a prober) might use: ThingsBoard's
     attributes and rpc paths, other cases and versions, 404s, WebSockets, refused bodies. Its whole log holds none of
-    the tokens, though it logs each request (with the token segment as ***)."""
-    devices = [await sync_to_async(make_device)() for _ in range(2)]
+    the tokens (nor those of two devices sending beside it), though it logs each request (the token as ***)."""
+    devices = [await sync_to_async(make_device)() for _ in range(4)]
     unknown = "unknown-TOKEN-0123456789"
     tokens = [d.token for d in devices] + [unknown]
     hub = await hub_process(HUB_DATABASE_URL=database_url_for_tests(), HUB_LOG_LEVEL="DEBUG").start().ready()
+    seen = bystanders(hub, (devices[2].key, devices[2].token), (devices[3].key, devices[3].token))
     paths = ["/api/v1/{}/telemetry", "/api/v1/{}/attributes", "/api/v1/{}/rpc", "/api/v1/{}/Telemetry",
              "/API/v1/{}/telemetry", "/api/v2/{}/telemetry", "/api/v1/{}", "/api/v1/{}/telemetry?x=1"]  # fmt: skip
-    async with httpx.AsyncClient(base_url=hub.http) as client:
-        for token in tokens:
+    async with seen as seen, httpx.AsyncClient(base_url=hub.http) as client:
+        for token in tokens[:2] + [unknown]:
             for path in paths:
                 await client.post(path.format(token), content=b'{"x": 1}')
                 await client.get(path.format(token))
@@ -427,6 +428,7 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
                     async with websockets.connect(f"{hub.ws}{path.format(token)}") as ws:
                         await ws.send("{bad")
                         await ws.recv()
+    await seen.unharmed()
     hub.stop()
     log = hub.log.read_text()
     assert log.count("/api/v1/***/attributes") >= 6 and "/ws/v1/***/attributes" in log, log[-3000:]
@@ -564,16 +566,19 @@ async def test_a_stream_opens_only_from_the_hubs_own_origin(live_hub, make_devic
         None,
     ]
     outcome: dict[str | None, int] = {}
-    for origin in allowed + refused:
-        headers = {"Cookie": operator_cookie} | ({"Origin": origin} if origin else {})
-        for path in (f"/ws/v1/devices/{device.key}/stream", "/ws/v1/fleet/stream"):
-            try:
-                async with websockets.connect(f"{live_hub.ws}{path}", additional_headers=headers) as ws:
-                    assert orjson.loads(await ws.recv())["type"] == "subscribed"
-                    outcome[origin] = 101
-            except websockets.InvalidStatus as exc:
-                outcome[origin] = exc.response.status_code
+    ws_good, http_good = [await sync_to_async(make_device)() for _ in range(2)]
+    async with bystanders(live_hub, (ws_good.key, ws_good.token), (http_good.key, http_good.token)) as seen:
+        for origin in allowed + refused:
+            headers = {"Cookie": operator_cookie} | ({"Origin": origin} if origin else {})
+            for path in (f"/ws/v1/devices/{device.key}/stream", "/ws/v1/fleet/stream"):
+                try:
+                    async with websockets.connect(f"{live_hub.ws}{path}", additional_headers=headers) as ws:
+                        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+                        outcome[origin] = 101
+                except websockets.InvalidStatus as exc:
+                    outcome[origin] = exc.response.status_code
     assert outcome == {origin: 101 for origin in allowed} | {origin: 403 for origin in refused}, outcome
+    await seen.unharmed()
 
 
 async def test_numbers_at_the_edges_get_400s_finite_aggregates_and_no_silent_csv(
@@ -587,14 +592,17 @@ async def test_numbers_at_the_edges_get_400s_finite_aggregates_and_no_silent_csv
     from devices.services import DeviceIdentity
     from ingest.parsing import Reading as R
 
-    device = await sync_to_async(make_device)()
+    device, ws_good, http_good = [await sync_to_async(make_device)() for _ in range(3)]
     day = 86_400_000
     t0 = (now_ms() // day - 2) * day  # midnight, two days ago
     legacy = [R(t0, "big", 1e308), R(t0 + 3_600_000, "big", 1e308), R(t0, "wide", 1e300), R(t0 + 1, "wide", -1e300)]
     await (await current_runtime().writer.submit(DeviceIdentity(device.id, device.key), legacy))
     api = f"/api/v1/devices/{device.key}/telemetry"
     span = f"start={t0}&end={t0 + day}"
-    async with httpx.AsyncClient(base_url=live_hub.http, headers={"Cookie": operator_cookie}) as web:
+    async with (
+        bystanders(live_hub, (ws_good.key, ws_good.token), (http_good.key, http_good.token)) as seen,
+        httpx.AsyncClient(base_url=live_hub.http, headers={"Cookie": operator_cookie}) as web,
+    ):
         huge = 10**20
         for query, parameter in ((f"start={huge}&end=5", "start"), (f"{span}&agg=SUM&interval={huge}", "interval"),
                                  (f"start=0&end={10**15}", "end"), (f"{span}&limit=-1", "limit")):  # fmt: skip
@@ -624,6 +632,7 @@ async def test_numbers_at_the_edges_get_400s_finite_aggregates_and_no_silent_csv
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd.code == 4400
+    await seen.unharmed()
 
 
 async def login(client: httpx.AsyncClient, username: str, password: str) -> int:
@@ -634,7 +643,7 @@ async def login(client: httpx.AsyncClient, username: str, password: str) -> int:
     return (await client.post("/login/", data=form, headers={"Referer": f"{client.base_url}login/"})).status_code
 
 
-async def test_logins_are_throttled_and_every_page_has_a_content_security_policy(live_hub, settings):
+async def test_logins_are_throttled_and_every_page_has_a_content_security_policy(live_hub, make_device, settings):
     """Finding 9: after HUB_LOGIN_FAILURE_LIMIT (5) wrong passwords for one user from one address, even the right
     one is refused (429) until the cool-off; another user is unaffected; every page (and the admin's) carries a
     Content-Security-Policy allowing the hub's own scripts and styles only."""
@@ -643,18 +652,24 @@ async def test_logins_are_throttled_and_every_page_has_a_content_security_policy
     users = get_user_model().objects
     await sync_to_async(users.create_user)("victim", password="right")
     await sync_to_async(users.create_user)("other", password="right")
-    async with httpx.AsyncClient(base_url=live_hub.http) as client:
+    ws_good, http_good = [await sync_to_async(make_device)() for _ in range(2)]
+    async with (
+        bystanders(live_hub, (ws_good.key, ws_good.token), (http_good.key, http_good.token)) as seen,
+        httpx.AsyncClient(base_url=live_hub.http) as client,
+    ):
         answers = [await login(client, "victim", f"wrong-{i}") for i in range(200)]
         assert answers[:4] == [200] * 4 and set(answers[4:]) == {429}, answers  # the form again, then locked
         assert await login(client, "victim", "right") == 429
         assert await login(client, "other", "right") == 302
         settings.AXES_COOLOFF_TIME = timedelta(seconds=0.5)
-        await asyncio.sleep(0.6)  # the cool-off itself is the behaviour under test
+        # Not a wait for an event: the cool-off is time passing (and an attempt while locked out starts it anew).
+        await asyncio.sleep(0.6)
         assert await login(client, "victim", "right") == 302
         for path in ("/login/", "/", "/alerts/", "/admin/login/", "/healthz", "/api/v1/devices/x/latest"):
             policy = (await client.get(path)).headers.get("Content-Security-Policy", "")
             assert "script-src 'self';" in policy and "style-src 'self';" in policy, (path, policy)
             assert "unsafe-inline" not in policy
+    await seen.unharmed()
 
 
 def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
