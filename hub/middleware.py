@@ -8,12 +8,8 @@ from django.http import HttpRequest, HttpResponse
 from core.logs import request_id, request_id_from
 
 
-class RequestIdMiddleware:
-    """Sets the request id for the logs and echoes it in the X-Request-ID response header.
-
-    The id is not reset on the way out: Django logs 4xx/5xx responses after the middleware chain
-    returns, in the same request context, and those lines need it too. Every request sets its own.
-    """
+class _AroundMiddleware:
+    """Django middleware for sync and async stacks alike: `before` the view, `after` it on the response."""
 
     sync_capable = True
     async_capable = True
@@ -27,16 +23,36 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest):
         if self.is_async:
             return self._acall(request)
-        request_id.set(request_id_from(request.headers.get("X-Request-ID")))
+        self.before(request)
         response = self.get_response(request)
-        response["X-Request-ID"] = request_id.get()
+        self.after(response)
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        request_id.set(request_id_from(request.headers.get("X-Request-ID")))
+        self.before(request)
         response = await self.get_response(request)
-        response["X-Request-ID"] = request_id.get()
+        self.after(response)
         return response
+
+    def before(self, request: HttpRequest) -> None:
+        return None
+
+    def after(self, response: HttpResponse) -> None:
+        return None
+
+
+class RequestIdMiddleware(_AroundMiddleware):
+    """Sets the request id for the logs and echoes it in the X-Request-ID response header.
+
+    The id is not reset on the way out: Django logs 4xx/5xx responses after the middleware chain
+    returns, in the same request context, and those lines need it too. Every request sets its own.
+    """
+
+    def before(self, request: HttpRequest) -> None:
+        request_id.set(request_id_from(request.headers.get("X-Request-ID")))
+
+    def after(self, response: HttpResponse) -> None:
+        response["X-Request-ID"] = request_id.get()
 
 
 # Scripts and styles from the hub's own static files only: no inline <script> or <style>, no style attributes, no
@@ -56,26 +72,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-class ContentSecurityPolicyMiddleware:
+class ContentSecurityPolicyMiddleware(_AroundMiddleware):
     """Adds the hub's Content-Security-Policy to every response that has none."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):
-        if self.is_async:
-            return self._acall(request)
-        response = self.get_response(request)
+    def after(self, response: HttpResponse) -> None:
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        return response
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        response = await self.get_response(request)
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        return response
