@@ -40,7 +40,8 @@ class BridgeStats:
 
     def refusals(self) -> list[str]:
         """One line per (device, reason) refused since the last call, then forgotten."""
-        lines = [f"bridge: refused {n} message(s) of {source}: {code} ({text})" for (source, code), (n, text) in
+        # repr: a topic is the sender's text (a newline in it must not forge a log line)
+        lines = [f"bridge: refused {n} message(s) of {source!r}: {code} ({text})" for (source, code), (n, text) in
                  sorted(self.refused.items())]  # fmt: skip
         self.refused.clear()
         return lines

@@ -306,8 +306,8 @@ async def test_poison_messages_are_acked_as_rejected_and_never_stall_another_dev
     await eventually(lambda: bridge.counters()["acked"] == 1001, what="every queued message PUBACKed")
     await eventually(lambda: "inflight 0, lag 0.000s" in bridge.run_log().splitlines()[-1], what="a quiet status")
     log = bridge.run_log()
-    assert re.search(rf"refused \d+ message\(s\) of {poison.key}: unstorable_value \(text values cannot", log)
-    assert re.search(rf"refused \d+ message\(s\) of {poison.key}: value_out_of_range", log)
+    assert re.search(rf"refused \d+ message\(s\) of '{poison.key}': unstorable_value \(text values cannot", log)
+    assert re.search(rf"refused \d+ message\(s\) of '{poison.key}': value_out_of_range", log)
     print(f"good device stored {first:.3f} s after 1,000 poison messages, {second:.3f} s after a restart")
     assert (await stored_ts([poison.id]))[1] == 0
     bad.close()
