@@ -8,6 +8,7 @@ hub processes a firing is recorded once (the process that loses the race records
 go out through the one publisher.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -56,8 +57,13 @@ class AlertEngine:
         self._states: dict[tuple[int, int], Tracked] = {}
 
     async def consume(self, committed: Committed) -> None:
-        """Evaluate committed readings; persist and announce the transitions they caused (a CommitConsumer)."""
-        await self._refresh()
+        """Evaluate committed readings; persist and announce the transitions they caused (a CommitConsumer).
+
+        Rules come from the snapshot `rules_loop` refreshes: the evaluation never waits for the database's
+        thread (busy with a thousand devices authenticating, it held the engine seconds behind), except for
+        the first batch and with HUB_ALERT_RULES_REFRESH_SECONDS=0 (a reload before every batch, for tests)."""
+        if self._loaded_at < 0 or settings.HUB_ALERT_RULES_REFRESH_SECONDS <= 0:
+            await self.refresh()
         if not self._rules:
             return
         transitions = [t for device, readings in committed.items() for t in self._evaluate(device, readings)]
@@ -98,9 +104,17 @@ class AlertEngine:
     def _tracked(self, rule_id: int, device_id: int) -> Tracked:
         return self._states.setdefault((rule_id, device_id), Tracked())
 
-    async def _refresh(self) -> None:
-        if time.monotonic() - self._loaded_at < settings.HUB_ALERT_RULES_REFRESH_SECONDS:
-            return
+    async def rules_loop(self) -> None:
+        """A loop of the hub runtime: the rule snapshot reloaded every HUB_ALERT_RULES_REFRESH_SECONDS."""
+        interval = settings.HUB_ALERT_RULES_REFRESH_SECONDS
+        while interval > 0:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:
+                logger.warning("alert rules not reloaded; the previous ones stay", exc_info=True)
+
+    async def refresh(self) -> None:
         self._loaded_at = time.monotonic()
         self._rules, states = await _load()
         self._by_device = {}

@@ -133,9 +133,9 @@ async def watch(hub: HubProcess, cookie: str, viewer: Viewer, ready: list[int], 
                 if message["type"] != "readings":
                     continue
                 viewer.messages += 1
-                for ts, _key, sent_at in message["readings"]:
-                    viewer.received.append(ts)
-                    viewer.latencies.append(arrived - sent_at)
+                readings = message["readings"]
+                viewer.received.extend([r[0] for r in readings])
+                viewer.latencies.extend([arrived - r[2] for r in readings])
         except websockets.ConnectionClosed as closed:
             viewer.closed = closed.rcvd.code if closed.rcvd else None
 
@@ -280,28 +280,101 @@ COLUMNS = [
 
 
 async def idle_memory(top: Topology, cookie: str, devices: list, count: int, path: str) -> float:
-    """KiB of the stream process's RSS per open, idle stream (`count` of them on `path`)."""
+    """KiB of the stream process's RSS per open, idle stream (`count` of them on `path`), after 20 first ones
+    (the first connections load code and caches once)."""
     hub = top.stream
-    before = rss_kib(hub.process.pid)
     headers = {"Cookie": cookie, "Origin": hub.http}
     sockets = []
-    try:
-        for i in range(count):
-            url = f"{hub.ws}{path.format(key=devices[i % len(devices)].key)}"
+
+    async def opened(n: int) -> None:
+        for _ in range(n):
+            url = f"{hub.ws}{path.format(key=devices[len(sockets) % len(devices)].key)}"
             ws = await websockets.connect(url, additional_headers=headers, max_size=None)
             sockets.append(ws)
             assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
+
+    try:
+        await opened(20)
+        before = rss_kib(hub.process.pid)
+        await opened(count)
         await asyncio.sleep(2.0)  # let the process settle (the figure is a snapshot, not a wait)
         return (rss_kib(hub.process.pid) - before) / count
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
-async def run_code(args, env: dict[str, str], root: Path, code: str, shape: str) -> tuple[list, list, list]:
+# Each page's newest drawn x and its connection states, read from the page itself.
+PAGE_STATE = """() => {
+    const chart = document.querySelector(".chart");
+    const xs = chart && chart.data ? chart.data[0].x : [];
+    return {newest: xs.length ? new Date(xs[xs.length - 1]).getTime() : 0, states: window.benchStates || []};
+}"""
+RECORD_STATES = """
+window.benchStates = [];
+new MutationObserver(() => {
+  const el = document.getElementById("connection");
+  const state = el && el.textContent;
+  if (state && window.benchStates[window.benchStates.length - 1] !== state) window.benchStates.push(state);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+async def browser_check(
+    top: Topology, url: str, cookie: str, devices: list, pages: int, viewers: int, rate: float, args
+) -> list:
+    """`pages` headless Chromium pages on one device's page while it sends `rate` readings/s and `viewers`
+    socket viewers load the stream process: every page's chart must advance, none may be closed (4008)."""
+    from playwright.async_api import async_playwright
+
+    chromium = os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    one = devices[:1]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=flags)
+        context = await browser.new_context()
+        await context.add_cookies(
+            [{"name": k, "value": v, "url": top.stream.http} for k, v in (c.split("=", 1) for c in cookie.split("; "))]
+        )
+        await context.add_init_script(RECORD_STATES)
+        tabs = [await context.new_page() for _ in range(pages)]
+        for tab in tabs:
+            await tab.goto(f"{top.stream.http}/devices/{one[0].key}/")
+        load = asyncio.create_task(scenario(top, url, one, cookie, viewers, rate, args))
+        samples = []
+        while not load.done():  # each page's newest drawn reading, every second, while the load runs
+            samples.append([await tab.evaluate(PAGE_STATE) for tab in tabs])
+            await asyncio.wait({load}, timeout=1.0)
+        result = load.result()
+        await browser.close()
+    drawing = [s for s in samples if all(page["newest"] for page in s)] or samples
+    middle, last = drawing[len(drawing) // 2], drawing[-1]
+    advanced = sum(b["newest"] > a["newest"] for a, b in zip(middle, last, strict=True))
+    closed = sum(any("too slow" in s or "closed" in s for s in b["states"]) for b in last)
+    return [
+        f"{pages} Chromium pages + {viewers:,} socket viewers, 1 device @ {rate:,.0f}/s",
+        f"{advanced} of {pages}",
+        str(closed),
+        f"{result.p50:.1f} / {result.p99:.1f}",
+    ]
+
+
+async def run_code(args, env: dict[str, str], root: Path, code: str, shape: str) -> tuple[list, list, list, list]:
     url = env["HUB_DATABASE_URL"]
     devices = devices_copy(url, args.devices, prefix="dash")
     operator_create(env, root)
-    rows, curve, idle = [], [], []
+    rows, curve, idle, browsers = [], [], [], []
+    if args.idle:  # first, each on fresh processes: a heap that served other sockets reuses their memory
+        with topology(env, shape, root, code) as top:
+            cookie = await session_cookie(top.stream.http)
+            per_device = await idle_memory(top, cookie, devices, args.idle, "/ws/v1/devices/{key}/stream")
+            idle.append([code, f"{args.idle:,} device streams", f"{per_device:.1f} KiB"])
+        fleet = devices_copy(url, args.fleet_devices, prefix="fleet")
+        with topology(env, shape, root, code) as top:
+            cookie = await session_cookie(top.stream.http)
+            per_fleet = await idle_memory(top, cookie, fleet, args.idle_fleet, "/ws/v1/fleet/stream")
+            total = args.fleet_devices + args.devices
+            idle.append([code, f"{args.idle_fleet:,} fleet streams ({total:,} devices)", f"{per_fleet:.1f} KiB"])
     with topology(env, shape, root, code) as top:
         cookie = await session_cookie(top.stream.http)
         references: dict[float, Result] = {}
@@ -319,14 +392,11 @@ async def run_code(args, env: dict[str, str], root: Path, code: str, shape: str)
                 curve.append(result_row(r, reference) + ["yes" if r.p99 <= P99_LIMIT_MS and r.complete else "NO"])
                 if r.p99 > P99_LIMIT_MS or not r.complete:
                     break
-        if args.idle:
-            per_device = await idle_memory(top, cookie, devices, args.idle, "/ws/v1/devices/{key}/stream")
-            idle.append([code, f"{args.idle:,} device streams", f"{per_device:.1f} KiB"])
-            fleet = devices_copy(url, args.fleet_devices, prefix="fleet")
-            per_fleet = await idle_memory(top, cookie, fleet, args.idle_fleet, "/ws/v1/fleet/stream")
-            idle.append([code, f"{args.idle_fleet:,} fleet streams ({args.fleet_devices + args.devices:,} devices)",
-                         f"{per_fleet:.1f} KiB"])  # fmt: skip
-    return rows, curve, idle
+        if args.browsers:
+            browsers.append(
+                await browser_check(top, url, cookie, devices, args.browsers, args.browser_viewers, 1000.0, args)
+            )
+    return rows, curve, idle, browsers
 
 
 def scenario_list(text: str) -> list[tuple[int, float]]:
@@ -351,18 +421,17 @@ def main() -> None:
     parser.add_argument("--idle-fleet", type=int, default=200, help="idle fleet streams to weigh")
     parser.add_argument("--fleet-devices", type=int, default=10_000, help="devices registered for the fleet streams")
     parser.add_argument("--no-idle", dest="idle", action="store_const", const=0)
+    parser.add_argument("--browsers", type=int, default=20, help="headless Chromium pages on one device (0: none)")
+    parser.add_argument("--browser-viewers", type=int, default=500, help="socket viewers beside the pages")
     parser.add_argument("--baseline", metavar="REV", help="also run the scenarios on this revision (one process)")
     parser.add_argument("--redis", default=os.environ.get("HUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
-    rows, curve, idle = [], [], []
     with bench_database("dashboards", redis_url=args.redis) as env:
-        r, c, i = asyncio.run(run_code(args, env, ROOT, "this tree", args.topology))
-        rows, curve, idle = rows + r, curve + c, idle + i
+        rows, curve, idle, browsers = asyncio.run(run_code(args, env, ROOT, "this tree", args.topology))
         if args.baseline:
             with baseline_tree(args.baseline, env, args.redis) as (root, base_env):
-                base_args = argparse.Namespace(**{**vars(args), "sweep": [], "idle": 0})
-                r, _, _ = asyncio.run(run_code(base_args, base_env, root, args.baseline, "one"))
-                rows += r
+                base_args = argparse.Namespace(**{**vars(args), "sweep": [], "idle": 0, "browsers": 0})
+                rows += asyncio.run(run_code(base_args, base_env, root, args.baseline, "one"))[0]
     title = f"dashboards: {args.devices} devices, frames of {args.batch}, {args.seconds:g} s per scenario"
     table(title, COLUMNS, rows)
     if curve:
@@ -370,6 +439,12 @@ def main() -> None:
             f"fan-out capacity at {args.sweep_rate:,.0f} readings/s (p99 ≤ {P99_LIMIT_MS:g} ms)",
             [*COLUMNS, "ok"],
             curve,
+        )
+    if browsers:
+        table(
+            "browser check",
+            ["load", "pages whose chart advanced", "pages closed", "socket viewers p50 / p99 ms"],
+            browsers,
         )
     if idle:
         table("idle streams: stream process RSS per socket", ["code", "streams", "RSS per socket"], idle)

@@ -1,10 +1,10 @@
 """WebSocket routes. Device ingest authenticates by token; dashboard streams by session and Origin."""
 
-from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.urls import path, re_path
 
+from dashboards.auth import StreamSessionMiddleware
 from dashboards.consumers import DeviceStreamConsumer, FleetStreamConsumer
 from hub.origins import SameOriginValidator
 from ingest.consumers import TelemetryConsumer
@@ -22,9 +22,9 @@ def websocket_routes(role: str) -> list:
     streams = [
         path(
             "ws/v1/devices/<slug:key>/stream",
-            SameOriginValidator(AuthMiddlewareStack(DeviceStreamConsumer.as_asgi())),
+            SameOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi())),
         ),
-        path("ws/v1/fleet/stream", SameOriginValidator(AuthMiddlewareStack(FleetStreamConsumer.as_asgi()))),
+        path("ws/v1/fleet/stream", SameOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))),
     ]
     ingest = [path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi())]
     served = (streams if role in ("all", "stream") else []) + (ingest if role in ("all", "ingest") else [])

@@ -81,6 +81,8 @@ class HubRuntime:
 
     def _loop_factories(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+        if self.role in INGESTS:
+            loops["hub-alert-rules"] = self.alerts.rules_loop
         if self.role in ("all", "ingest"):
             loops["hub-token-recheck"] = lambda: revocation_loop(self.sockets)
             loops["hub-alert-silence"] = lambda: silence_loop(self.alerts)

@@ -147,8 +147,13 @@ if REDIS_URLS:
     _hosts = [{"address": url, "socket_timeout": 10} for url in REDIS_URLS]
     CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": _hosts, "prefix": _prefix}}}
     if CHANNEL_LAYER_KIND == "core":
+        _capacity = env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1)
         CHANNEL_LAYERS["default"]["CONFIG"].update(
-            capacity=env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1),
+            capacity=_capacity,
+            # A process's own channels are its dashboard streams' shared one (dashboards/broadcast.py), which
+            # carries every followed device's messages, and the watchdog's: the core layer would drop past
+            # `capacity`, silently. (Its receive serves one prefix per process: both keep "specific".)
+            channel_capacity={"specific.*": 100 * _capacity},
             group_expiry=env_int("HUB_GROUP_EXPIRY", 86400, minimum=1),
         )
 else:
@@ -158,6 +163,9 @@ else:
 # HTTP ingest, the writer, alerts) or stream (the dashboards' live WebSockets), so viewers never share an
 # event loop with device acks. `serve --role` sets it.
 HUB_ROLE = env_choice("HUB_ROLE", "all", ("all", "ingest", "stream"))
+# A stream process lowers its own CPU priority by this much (nice), so on a shared machine the devices'
+# acks and the database win the CPU over the viewers' fan-out. 0 leaves it alone.
+HUB_STREAM_NICE = env_int("HUB_STREAM_NICE", 5)
 
 # MQTT broker of the bridge (docs/mqtt.md); when set, /readyz also checks it.
 HUB_MQTT_URL = env_optional("HUB_MQTT_URL")

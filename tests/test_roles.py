@@ -74,3 +74,15 @@ def test_a_role_needs_redis(tmp_path):
         timeout=60,
     )
     assert done.returncode != 0 and "--role stream needs HUB_REDIS_URL" in done.stderr
+
+
+async def test_a_stream_process_yields_the_cpu_to_ingest(hub_process):
+    """A stream process runs at a lower priority (HUB_STREAM_NICE): on a shared machine the devices' acks come
+    first. An ingest process keeps its priority."""
+
+    def nice(pid: int) -> int:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+    ingest, stream = await started(hub_process, "ingest"), await started(hub_process, "stream")
+    assert nice(stream.process.pid) - nice(ingest.process.pid) == settings.HUB_STREAM_NICE == 5

@@ -26,6 +26,8 @@ class Command(BaseCommand):
             settings.HUB_ROLE = os.environ["HUB_ROLE"] = role
         if settings.HUB_ROLE != "all" and not settings.REDIS_URLS:
             raise CommandError(f"--role {settings.HUB_ROLE} needs HUB_REDIS_URL: streams and ingest meet on Redis")
+        if settings.HUB_ROLE == "stream" and settings.HUB_STREAM_NICE:
+            os.nice(settings.HUB_STREAM_NICE)  # ingest first: its workers inherit the lower priority
         if workers > 1 and not settings.REDIS_URLS:
             raise CommandError("--workers > 1 needs HUB_REDIS_URL: the in-memory channel layer is per process")
         if workers > 1:

@@ -1,0 +1,91 @@
+"""The live fan-out's parts on their own: a device's readings encoded once per tick whatever the number of
+streams, a busy stream's readings merged (never dropped) into bounded messages, a stalled one closed."""
+
+import asyncio
+
+import orjson
+from channels.layers import InMemoryChannelLayer
+
+from core.protocol import ReadingsBatch, device_group
+from dashboards.broadcast import MESSAGE_CHARS, Broadcaster, Outbox
+from tests.waiting import eventually
+
+
+class Sink:
+    """A stream as the broadcaster sees it: records what it is handed."""
+
+    def __init__(self) -> None:
+        self.fragments: list[str] = []
+        self.messages: list[str] = []
+        self.closed_with: int | None = None
+
+    def take_readings(self, fragment: str, readings: list) -> None:
+        self.fragments.append(fragment)
+
+    def take_message(self, text: str) -> None:
+        self.messages.append(text)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed_with = code
+
+
+async def test_a_tick_encodes_a_devices_readings_once_for_all_its_streams():
+    layer = InMemoryChannelLayer()
+    broadcaster = Broadcaster(layer, tick_seconds=0.05)
+    await broadcaster.start()
+    streams = [Sink() for _ in range(3)]
+    other = Sink()
+    for stream in streams:
+        await broadcaster.follow(stream, device_group("a"))
+    await broadcaster.follow(other, device_group("b"))
+    for n in range(3):  # three flushes arriving within one tick
+        batch = ReadingsBatch(type="readings.batch", device="a", at=0, readings=[[1000 + n, "t", float(n)]])
+        await layer.group_send(device_group("a"), batch)
+
+    def handed() -> list:
+        return [orjson.loads("[" + f + "]") for f in streams[0].fragments]
+
+    await eventually(lambda: sum(map(len, handed())) == 3, what="the ticks")
+    # The first flush goes out at once; what arrives during the tick that follows waits for the next one.
+    assert len(streams[0].fragments) <= 2
+    assert [r for fragment in handed() for r in fragment] == [[1000, "t", 0.0], [1001, "t", 1.0], [1002, "t", 2.0]]
+    for i, fragment in enumerate(streams[0].fragments):
+        assert streams[1].fragments[i] is fragment and streams[2].fragments[i] is fragment, "encoded once, shared"
+    assert other.fragments == []
+    await broadcaster.unfollow(other)
+    await broadcaster.close()
+
+
+async def test_a_busy_stream_gets_its_readings_merged_in_bounded_messages():
+    sent: list[str] = []
+    release = asyncio.Event()
+
+    async def send(text: str) -> None:
+        await release.wait()
+        sent.append(text)
+
+    outbox = Outbox(send, lambda: None, max_chars=10 * MESSAGE_CHARS, stall=60)
+    outbox.add('{"type":"history"}')  # goes out first, and the socket is slow to take it
+    fragment = orjson.dumps([[i, "k", i * 0.5] for i in range(4000)]).decode()[1:-1]  # ~70 KB
+    for _ in range(8):
+        outbox.add(fragment, fragment=True)
+    release.set()
+    await eventually(lambda: sum(text.count('"k"') for text in sent) == 32_000, what="every reading sent")
+    assert sent[0] == '{"type":"history"}'
+    readings = [orjson.loads(text) for text in sent[1:]]
+    assert 1 < len(readings) < 8, "merged into fewer messages than fragments, each under the bound"
+    assert all(len(text) <= MESSAGE_CHARS for text in sent[1:])
+    assert [r[0] for message in readings for r in message["readings"]] == list(range(4000)) * 8, "in order"
+
+
+async def test_a_stream_whose_socket_takes_nothing_is_given_up():
+    overflowed = asyncio.Event()
+
+    async def never(text: str) -> None:
+        await asyncio.Event().wait()
+
+    outbox = Outbox(never, overflowed.set, max_chars=1 << 20, stall=0.2)
+    outbox.add("x")
+    await asyncio.wait_for(overflowed.wait(), 5)
+    assert outbox.closed
+    outbox.add("y")  # a closed outbox takes nothing more
