@@ -4,6 +4,7 @@ import re
 
 from django.core.exceptions import ValidationError
 
+from alerts.destinations import webhook_url_problem
 from alerts.evaluation import RuleSpec
 from alerts.models import AlertRule, Condition, Kind
 from devices.labels import devices_labelled, labels_parse
@@ -18,6 +19,8 @@ def rule_problems(rule: AlertRule) -> dict[str, str]:
     problems: dict[str, str] = {}
     if rule.device_id and rule.device_pattern:
         problems["device_pattern"] = "choose one device or a pattern, not both"
+    if rule.webhook_url and (problem := webhook_url_problem(rule.webhook_url)):
+        problems["webhook_url"] = problem
     if rule.device_id and rule.device_labels:
         problems["device_labels"] = "choose one device or labels, not both"
     try:

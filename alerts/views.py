@@ -27,7 +27,7 @@ def alert_ack(request: HttpRequest, state_id: int) -> HttpResponse:
 
 @login_required
 def rules_page(request: HttpRequest) -> HttpResponse:
-    form = AlertRuleForm(request.POST or None)
+    form = AlertRuleForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         form.save()
         messages.success(request, f"Rule {form.instance.name!r} created.")

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from alerts.destinations import Refused, webhook_destination
 from alerts.models import WebhookDelivery
 from core.db import dialect
 
@@ -68,7 +69,14 @@ async def _send(client: httpx.AsyncClient, delivery_id: int, url: str, payload: 
     if settings.HUB_ALERT_WEBHOOK_SECRET:
         headers[SIGNATURE_HEADER] = signature(settings.HUB_ALERT_WEBHOOK_SECRET, body)
     try:
-        response = await client.post(url, content=body, headers=headers)
+        target = await webhook_destination(url)  # checked again now, and connected to by the address checked
+    except Refused as refused:
+        final = max(attempts + 1, settings.HUB_ALERT_WEBHOOK_MAX_ATTEMPTS)  # not retried: it would be refused again
+        await database_sync_to_async(_settle)(delivery_id, final, f"refused: {refused}")
+        return
+    headers["Host"] = target.host
+    try:
+        response = await client.post(target.url, content=body, headers=headers, extensions={"sni_hostname": target.sni})
         error = None if response.is_success else f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"

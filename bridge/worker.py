@@ -4,7 +4,9 @@ paho-mqtt runs its network loop in its own thread; messages are handed to asynci
 call_soon_threadsafe, parsed and queued for the process's writer like any other transport, and
 acknowledged to the broker (manual ack) only when the writer's commit future resolves. Bad messages are
 acknowledged too (so the broker does not redeliver them forever), counted, and reported; so are messages of
-a device deleted while they waited for commit.
+a device deleted while they waited for commit, and messages the database refused to store (the writer
+isolates them: `unstorable_value`). Only a commit that did not happen (shutdown) leaves a message unacked,
+for the broker to redeliver.
 """
 
 import asyncio
@@ -105,6 +107,8 @@ class Bridge:
             # Acks still pending from the previous connection must not hit messages of this one that
             # reuse their packet ids; their messages are redelivered (and stored once) instead.
             self._generation += 1
+            generation = self._generation
+        self._loop.call_soon_threadsafe(self.stats.forget_before, generation)
         client.subscribe(self.config.subscription, qos=1)
         logger.info(
             "bridge: connected as %s (session present: %s), subscribed to %s",
@@ -161,7 +165,7 @@ class Bridge:
         self._client.loop_stop()
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
-        logger.info("%s (stopped)", self.stats.line())
+        self._log_stats(" (stopped)")
 
     async def _consume(self) -> None:
         while True:
@@ -173,6 +177,8 @@ class Bridge:
 
     async def _handle(self, message: Incoming) -> None:
         self.stats.received += 1
+        if message.qos > 0:
+            self.stats.unacked[(message.generation, message.mid)] = message.received_at
         key = device_key_of(message.topic)
         device = await self._device(key) if key else None
         if device is None:
@@ -184,13 +190,9 @@ class Bridge:
         except IngestError as error:
             self._reject(message, key, error.code, error.message, error.as_dict())
             return
-        self.stats.inflight += 1
-        self.stats.oldest_inflight[message.mid] = message.received_at
         future.add_done_callback(lambda f, m=message: self._committed(m, f))
 
     def _committed(self, message: Incoming, future: asyncio.Future[None]) -> None:
-        self.stats.inflight -= 1
-        self.stats.oldest_inflight.pop(message.mid, None)
         if future.cancelled():
             return  # not committed: no PUBACK, so the broker redelivers it to this session later
         error = future.exception()
@@ -203,9 +205,14 @@ class Bridge:
             key = device_key_of(message.topic)
             self._devices.pop(key, None)
             self._reject(message, key, _UNKNOWN_DEVICE, f"device {key!r} was deleted")
+        elif isinstance(error, IngestError):
+            # The database refuses its content: a redelivery would be refused again and hold a slot of the
+            # session's receive window each time, stalling every device behind it. Acked, as rejected.
+            self._reject(message, device_key_of(message.topic), error.code, error.message, error.as_dict())
         # Any other failure: not committed, no PUBACK, so the broker redelivers it to this session later.
 
     def _ack(self, message: Incoming) -> None:
+        self.stats.unacked.pop((message.generation, message.mid), None)
         with self._ack_lock:
             if message.generation != self._generation:
                 return  # that connection is gone; the broker redelivers the message on this one
@@ -215,9 +222,7 @@ class Bridge:
         metrics.BRIDGE_ACKED.inc()
 
     def _reject(self, message: Incoming, key: str | None, code: str, text: str, detail: dict | None = None) -> None:
-        self.stats.rejected += 1
-        self.stats.reasons[code] += 1
-        logger.debug("bridge: rejected a message on %s: %s (%s)", message.topic, code, text)
+        self.stats.reject(key or message.topic[:200], code, text)
         metrics.MESSAGES_REJECTED.labels("mqtt", code).inc()
         self._ack(message)  # acknowledged, so a bad message is not redelivered forever
         if self.config.error_topic and key and code != _UNKNOWN_DEVICE:
@@ -237,5 +242,10 @@ class Bridge:
     async def _report(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.config.stats_seconds)
-            logger.info("%s", self.stats.line())
-            self.stats.reasons.clear()
+            self._log_stats()
+
+    def _log_stats(self, suffix: str = "") -> None:
+        logger.info("%s%s", self.stats.line(), suffix)
+        self.stats.reasons.clear()
+        for line in self.stats.refusals():  # named devices and reasons, once per interval however many
+            logger.warning("%s", line)

@@ -69,6 +69,9 @@ class Dialect(Protocol):
     def any_of(self, param: str) -> str:
         """SQL after a column: it equals one of the values passed as parameter `param` (see `array`)."""
 
+    def exact(self, column: str) -> str:
+        """SQL: a double column in a type whose sums and averages cannot overflow (slower: the fallback)."""
+
     def array(self, values: Sequence[object]) -> object:
         """The parameter value `any_of` expects."""
 
@@ -101,6 +104,9 @@ class Postgres:
 
     def any_of(self, param: str) -> str:
         return f"= ANY(%({param})s)"
+
+    def exact(self, column: str) -> str:
+        return f"{column}::numeric"
 
     def array(self, values: Sequence[object]) -> list:
         return list(values)
@@ -156,6 +162,9 @@ class Sqlite:
 
     def any_of(self, param: str) -> str:
         return f"IN (SELECT value FROM json_each(%({param})s))"  # noqa: S608 - a parameter name only
+
+    def exact(self, column: str) -> str:
+        return column  # SQLite's sums do not fail: they reach infinity, which the selectors turn into null
 
     def array(self, values: Sequence[object]) -> str:
         return orjson.dumps(list(values)).decode()

@@ -1,4 +1,9 @@
-"""Logging filters: device tokens travel in URL paths, so every log line is scrubbed of them."""
+"""Logging filters: device tokens travel in URL paths, so every log line is scrubbed of them.
+
+Scrubbed twice: when a record is made (`install_token_redaction`, so every handler, an operator's own and
+pytest's included, gets it clean) and by the handlers' filter (`RedactTokensFilter`, for what is attached after
+that: `extra` attributes such as Django's request, and tracebacks).
+"""
 
 import logging
 import re
@@ -6,12 +11,43 @@ import time
 import uuid
 from contextvars import ContextVar
 
-# /api/v1/<TOKEN>/telemetry and /ws/v1/<TOKEN>/telemetry (ThingsBoard puts the token in the path).
-_TOKEN_PATH = re.compile(r"(/(?:api|ws)/v1/)(?!devices/)[^/\s\"?]+(/telemetry)")
+# ThingsBoard puts a device's token in the path: /api/v1/<TOKEN>/telemetry, /attributes, /rpc, ... So any segment
+# after /api/vN/ or /ws/vN/, in any case, 404s included, is treated as a token, except the hub's own named
+# routes (/api/v1/devices/<KEY>/..., /ws/v1/devices/<KEY>/stream, /ws/v1/fleet/stream), whose keys are not secret.
+_TOKEN_PATH = re.compile(r"(/(?:api|ws)/v\d+/)(?!(?:devices|fleet)(?:[/\s\"'?#]|$))[^/\s\"'?#]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    return _TOKEN_PATH.sub(r"\1***\2", text)
+    return _TOKEN_PATH.sub(r"\1***", text)
+
+
+def _scrub(record: logging.LogRecord) -> None:
+    """Redact the record's message; its arguments one by one where that suffices (formatters may read them)."""
+    if isinstance(record.msg, str):
+        record.msg = redact(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: S110 - a bad format string: the handler reports it, as logging does
+        return
+    if (cleaned := redact(message)) != message:
+        record.msg, record.args = cleaned, None
+
+
+def install_token_redaction() -> None:
+    """Every log record of this process is scrubbed of tokens as it is made (idempotent)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts_tokens", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _scrub(record)
+        return record
+
+    factory.redacts_tokens = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 _STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -22,10 +58,11 @@ class RedactTokensFilter(logging.Filter):
     serialises) so no device token reaches a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        _scrub(record)
+        if record.exc_info and not record.exc_text:  # formatted here so that the text can be scrubbed
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         for name, value in list(vars(record).items()):
             if name not in _STANDARD_ATTRIBUTES and not isinstance(value, int | float | bool | None):
                 text = str(value)

@@ -6,9 +6,11 @@ docs/api.md) whose answers are the same bytes as before it: they still build the
 stream, and their parameters are still Django forms (dashboards/forms.py). Function names and URL names are
 unchanged; a new endpoint here takes `@history_endpoint(...)` and keeps `_device_or_error`."""
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+from asgiref.sync import sync_to_async
 from django import forms
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -106,12 +108,25 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
         newest_first=params["order"] == "desc",
     )
     if fmt == "csv":
-        response = StreamingHttpResponse(csv_stream(query, band=params["band"]), content_type="text/csv")
+        aggregated = None if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
+        stream = csv_stream(query, band=params["band"], aggregated=aggregated)
+        response = StreamingHttpResponse(_released_on_failure(stream), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{device.key}-{query.start}-{query.end}.csv"'
         return response
     data = readings_raw(query) if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
     meta = {"start": query.start, "end": query.end, "agg": query.agg, "interval": query.interval}
     return JsonResponse({"device": device.key, **meta, "data": data})
+
+
+async def _released_on_failure(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Re-raises a failure midway (the server then cuts the response short: the client sees it), after giving back
+    this request's database connection, which Django gives back only when a response completes."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except BaseException:
+        await sync_to_async(connections.close_all)()  # the request's own thread: where the view queried
+        raise
 
 
 @history_endpoint(

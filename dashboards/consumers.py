@@ -25,6 +25,7 @@ from core.logs import ThrottledLog
 from core.protocol import ALERTS_GROUP, FLEET_GROUP, Close, WireReading, device_group
 from core.registry import current_runtime
 from dashboards.broadcast import FRAGMENT_READINGS, Broadcaster, Outbox
+from dashboards.forms import MAX_MS
 from devices.models import Device
 from ingest.selectors import readings_since
 
@@ -157,7 +158,9 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             since = int(orjson.loads(text_data or "")["since"])
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        except (ValueError, KeyError, TypeError, OverflowError, orjson.JSONDecodeError):
+            since = -1
+        if not 0 <= since <= MAX_MS:  # e.g. 1e308, which no datetime holds
             await self.close(code=Close.BAD_REQUEST)
             return
         # The catch-up runs beside the dispatch loop, not in it: while its query waits for a thread the stream

@@ -7,13 +7,16 @@ from core.epoch import now_ms
 from ingest.selectors import AGGREGATES, interval_auto
 
 DAY_MS = 86_400_000
+# The last instant a query may name: the parser stores nothing from here on (a ts this large is microseconds), and
+# widened to whole buckets it stays far inside what a datetime can hold (year 9999).
+MAX_MS = 10**14
 
 
 class HistoryParams(forms.Form):
     keys = forms.CharField(required=False, max_length=2000)
-    start = forms.IntegerField(required=False, min_value=0)
-    end = forms.IntegerField(required=False, min_value=0)
-    interval = forms.IntegerField(required=False, min_value=1)
+    start = forms.IntegerField(required=False, min_value=0, max_value=MAX_MS)
+    end = forms.IntegerField(required=False, min_value=0, max_value=MAX_MS)
+    interval = forms.IntegerField(required=False, min_value=1, max_value=settings.HUB_HISTORY_MAX_RANGE_DAYS * DAY_MS)
     agg = forms.CharField(required=False)
     limit = forms.IntegerField(required=False, min_value=1)
     order = forms.ChoiceField(required=False, choices=[("asc", "asc"), ("desc", "desc")])

@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from core.epoch import now_ms
+from dashboards.forms import MAX_MS
 from devices.models import Device
 from ingest.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
 
@@ -33,6 +34,7 @@ INTERVALS = [
     (6 * HOUR_MS, "6 h"),
     (DAY_MS, "1 d"),
 ]
+DEFAULT_KEYS = 24  # keys charted when none are picked: a device may have HUB_MAX_KEYS_PER_DEVICE of them
 DEFAULT_RANGE = "24h"
 DEFAULT_AGG = "AVG"
 
@@ -71,7 +73,7 @@ def _int(value: str | None) -> int | None:
 def history_choices(query: Mapping[str, str], *, known_keys: list[str], now: int) -> HistoryChoices:
     """The page's choices from its URL; anything missing or invalid falls back to a default."""
     wanted = {k.strip() for k in query.get("keys", "").split(",")}
-    keys = tuple(k for k in known_keys if k in wanted) or tuple(known_keys)
+    keys = tuple(k for k in known_keys if k in wanted) or tuple(known_keys[:DEFAULT_KEYS])
     agg = query.get("agg", "").upper()
     agg = agg if agg in PAGE_AGGREGATES else DEFAULT_AGG
     range_ = query.get("range", "")
@@ -88,7 +90,7 @@ def history_choices(query: Mapping[str, str], *, known_keys: list[str], now: int
 
 
 def _valid_range(start: int, end: int) -> bool:
-    return 0 <= start < end and end - start <= settings.HUB_HISTORY_MAX_RANGE_DAYS * DAY_MS
+    return 0 <= start < end <= MAX_MS and end - start <= settings.HUB_HISTORY_MAX_RANGE_DAYS * DAY_MS
 
 
 def history_page_context(*, device: Device, known_keys: list[str], choices: HistoryChoices) -> dict:

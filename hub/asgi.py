@@ -14,6 +14,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from core.protocol import Close  # noqa: E402
+from hub.bodies import BodyLimit  # noqa: E402
 from hub.routing import websocket_urlpatterns  # noqa: E402
 from hub.runtime import hub_runtime  # noqa: E402
 
@@ -54,7 +55,10 @@ async def _deny_websocket(scope, receive, send, status: int, body: bytes) -> Non
 # Static files (plotly.js, dashboard scripts) are served in-process so the hub needs nothing in front of
 # it; a proxy or CDN in front may serve STATIC_ROOT instead (docs/deployment.md).
 router = ProtocolTypeRouter(
-    {"http": ASGIStaticFilesHandler(django_app), "websocket": WebSocketCap(URLRouter(websocket_urlpatterns))}
+    {
+        "http": BodyLimit(ASGIStaticFilesHandler(django_app)),
+        "websocket": WebSocketCap(URLRouter(websocket_urlpatterns)),
+    }
 )
 
 

@@ -1,12 +1,12 @@
 """WebSocket routes. Device ingest authenticates by token; dashboard streams by session and Origin."""
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.urls import path, re_path
 
 from dashboards.auth import StreamSessionMiddleware
 from dashboards.consumers import DeviceStreamConsumer, FleetStreamConsumer
+from hub.origins import SameOriginValidator
 from ingest.consumers import TelemetryConsumer
 
 
@@ -22,9 +22,9 @@ def websocket_routes(role: str) -> list:
     streams = [
         path(
             "ws/v1/devices/<slug:key>/stream",
-            AllowedHostsOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi())),
+            SameOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi())),
         ),
-        path("ws/v1/fleet/stream", AllowedHostsOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))),
+        path("ws/v1/fleet/stream", SameOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))),
     ]
     ingest = [path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi())]
     served = (streams if role in ("all", "stream") else []) + (ingest if role in ("all", "ingest") else [])

@@ -12,6 +12,8 @@ import uvicorn
 from django.conf import settings
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from hub.protocols import TimedHttpProtocol, TimedWebSocketProtocol
+
 logger = logging.getLogger("uvicorn.error")
 
 # A SIGTERMed hub stops within stop_budget() (docs/reliability.md: operators SIGKILL after it). uvicorn spends
@@ -35,6 +37,9 @@ def uvicorn_options() -> dict[str, Any]:
         "ws_ping_timeout": settings.HUB_WS_PING_TIMEOUT,
         # Connection floods: past this many connections and tasks, uvicorn answers 503.
         "limit_concurrency": settings.HUB_MAX_CONNECTIONS,
+        # Slow clients: deadlines for request headers, bodies and WebSocket handshakes (uvicorn has none).
+        "http": TimedHttpProtocol,
+        "ws": TimedWebSocketProtocol,
         "log_config": None,  # Django's LOGGING (with token redaction) already configured the loggers
         "timeout_graceful_shutdown": CONNECTIONS_GRACE_SECONDS,
         "server_header": False,

@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI as static files: the docs page works offline
     "api",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -72,7 +74,33 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "hub.middleware.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its 429 answer
 ]
+
+# Operator logins (docs/deployment.md, "Hardening"): django-axes counts failed logins per username and client IP in
+# the database (shared by every hub process) and refuses that pair for a while after too many.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("HUB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("HUB_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.01))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # one attacker cannot lock an operator out everywhere
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+
+# HTTPS behind a TLS-terminating proxy (docs/deployment.md): the header the proxy sets, as "Name: value".
+HUB_SECURE_PROXY_SSL_HEADER = env_optional("HUB_SECURE_PROXY_SSL_HEADER")
+if HUB_SECURE_PROXY_SSL_HEADER:
+    _name, _, _value = HUB_SECURE_PROXY_SSL_HEADER.partition(":")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
+# Served over HTTPS: cookies only over HTTPS, and plain HTTP redirected (but the probes, which come from inside).
+HUB_HTTPS = env_bool("HUB_HTTPS", bool(HUB_SECURE_PROXY_SSL_HEADER))
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HUB_HTTPS
+SECURE_SSL_REDIRECT = env_bool("HUB_SSL_REDIRECT", HUB_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("HUB_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HUB_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("HUB_HSTS_PRELOAD", False)
 
 ROOT_URLCONF = "hub.urls"
 ASGI_APPLICATION = "hub.asgi.application"
@@ -151,6 +179,7 @@ HUB_MAX_MESSAGE_BYTES = env_int("HUB_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1)
 HUB_MAX_READINGS_PER_MESSAGE = env_int("HUB_MAX_READINGS_PER_MESSAGE", 1000, minimum=1)
 HUB_MAX_FUTURE_SECONDS = env_int("HUB_MAX_FUTURE_SECONDS", 600)
 HUB_MAX_PAST_DAYS = env_int("HUB_MAX_PAST_DAYS", 365)
+HUB_MAX_KEYS_PER_DEVICE = env_int("HUB_MAX_KEYS_PER_DEVICE", 1000)  # distinct keys per device; 0 = no limit
 # uvicorn drops frames over this with close code 1009; a bit above the message limit so a message
 # just over it gets a named error frame instead.
 HUB_WS_MAX_SIZE = env_int("HUB_WS_MAX_SIZE", 2 * HUB_MAX_MESSAGE_BYTES, minimum=1024)
@@ -178,6 +207,10 @@ HUB_TOKEN_RECHECK_SECONDS = env_float("HUB_TOKEN_RECHECK_SECONDS", 5.0, minimum=
 HUB_WS_PING_INTERVAL = env_float("HUB_WS_PING_INTERVAL", 20.0, minimum=0.1)
 HUB_WS_PING_TIMEOUT = env_float("HUB_WS_PING_TIMEOUT", 20.0, minimum=0.1)
 HUB_MAX_CONNECTIONS = env_int("HUB_MAX_CONNECTIONS", 20_000, minimum=1)
+# Slow clients (hub/protocols.py): a request's headers (and a WebSocket handshake) within this many seconds, its
+# body within that many after its headers; otherwise the connection is closed.
+HUB_HTTP_HEADER_TIMEOUT_SECONDS = env_float("HUB_HTTP_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+HUB_HTTP_BODY_TIMEOUT_SECONDS = env_float("HUB_HTTP_BODY_TIMEOUT_SECONDS", 60.0, minimum=0.1)
 
 # History API (docs/history.md).
 HUB_HISTORY_MAX_LIMIT = env_int("HUB_HISTORY_MAX_LIMIT", 10_000, minimum=1)
@@ -236,6 +269,8 @@ HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS
 HUB_ALERT_WEBHOOK_MAX_ATTEMPTS = env_int("HUB_ALERT_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 HUB_ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("HUB_ALERT_WEBHOOK_BACKOFF_SECONDS", 1.0, minimum=0.0)
 HUB_ALERT_WEBHOOK_POLL_SECONDS = env_float("HUB_ALERT_WEBHOOK_POLL_SECONDS", 0.5, minimum=0.05)
+# Hosts and CIDRs inside the hub's network that webhooks may reach (alerts/destinations.py); public ones always.
+HUB_ALERT_WEBHOOK_ALLOW = env_list("HUB_ALERT_WEBHOOK_ALLOW", [])
 
 # Dashboards (docs/dashboards.md, docs/stream-protocol.md).
 HUB_ONLINE_WINDOW_SECONDS = env_int("HUB_ONLINE_WINDOW_SECONDS", 120, minimum=1)

@@ -1,7 +1,8 @@
 """Cumulative acknowledgements for one WebSocket connection.
 
 Frames are numbered from 1. `{"ack": N}` means frames 1..N are handled: committed, or rejected with an
-error frame. Entries are resolved strictly in order, so an ack never covers an uncommitted frame.
+error frame (by the parser, or by the writer when the database refuses a value). Entries are resolved
+strictly in order, so an ack never covers an uncommitted frame.
 """
 
 import asyncio
@@ -53,6 +54,8 @@ class AckSequencer:
             else:
                 try:
                     await entry
+                except IngestError as error:  # refused for its content at commit: final, like a parse error
+                    await self._send({"error": {"frame": frame, **error.as_dict()}})
                 except Exception as exc:
                     # Not committed: never ack it; the connection is closed so the device resends.
                     await self._on_failure(exc)
@@ -72,4 +75,4 @@ def _handled(entry: Entry) -> bool:
     """Rejected, or committed (a failed commit is not: what was committed before it is acked first)."""
     if isinstance(entry, IngestError):
         return True
-    return entry.done() and not entry.cancelled() and entry.exception() is None
+    return entry.done() and not entry.cancelled() and isinstance(entry.exception(), IngestError | None)

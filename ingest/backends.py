@@ -97,6 +97,8 @@ class Backend(Protocol):
     async def write(self, batch: Batch, turn: Turn = ALONE) -> None: ...
     async def close(self) -> None: ...
     def is_transient(self, exc: BaseException) -> bool: ...
+    def refuses(self, exc: BaseException) -> bool:
+        """The database refused a value of the batch (its content), not the batch for its own state."""
 
 
 _PG_STAGING = (
@@ -259,6 +261,11 @@ class PostgresBackend:
         # Connection loss, deadlocks, pool timeouts: retry the same idempotent batch.
         return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout | OSError)
 
+    def refuses(self, exc: BaseException) -> bool:
+        # SQLSTATE class 22 (data exception: a NUL in text, a sum out of double range, ...) or a string the
+        # driver cannot encode: the same batch fails the same way every time, so retrying it whole is futile.
+        return isinstance(exc, psycopg.DataError | UnicodeError)
+
 
 async def _hypertable(conn: psycopg.AsyncConnection) -> bool:
     """The readings table is a hypertable: TimescaleDB's continuous aggregates keep the rollups."""
@@ -326,6 +333,9 @@ class SqliteBackend:
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError)
+
+    def refuses(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.DataError | UnicodeError)
 
 
 def backend_for(dialect: Dialect) -> Backend:

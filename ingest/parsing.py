@@ -17,6 +17,10 @@ _SECONDS_FLOOR = 10**9  # 2001-09-09 in seconds: from here up, a small ts is a s
 _SECONDS_CEILING = 10**11  # ms timestamps below this are before 1973: almost surely seconds
 _MICROSECONDS_FLOOR = 10**14  # ms timestamps above this are after year 5138: µs or ns
 _NANOSECONDS_FLOOR = 10**17
+# The largest magnitude stored. Rollups sum a key's readings per minute and per hour (the writer's tables, or
+# TimescaleDB's continuous aggregates) in double precision, which PostgreSQL refuses to overflow: an hour holds
+# at most 3.6 million readings of one key (one per millisecond), and 3.6e6 × 1e300 stays below 1.8e308.
+MAX_MAGNITUDE = 1e300
 
 
 class ErrorCode:
@@ -34,6 +38,9 @@ class ErrorCode:
     TS_TOO_OLD = "ts_too_old"
     UNSUPPORTED_FRAME = "unsupported_frame"
     RATE_LIMITED = "rate_limited"
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    UNSTORABLE_VALUE = "unstorable_value"
+    TOO_MANY_KEYS = "too_many_keys"
 
 
 class IngestError(Exception):
@@ -141,10 +148,21 @@ def _reading(ts: int, key: str, raw: Any, *, index: int | None) -> Reading:
             ErrorCode.INVALID_VALUE, "integer beyond ±2^53 cannot be stored exactly", index=index, key=key
         )
     if isinstance(raw, float):
-        if math.isfinite(raw):
-            return Reading(ts, key, raw)
-        raise IngestError(ErrorCode.INVALID_VALUE, "NaN and Infinity are not allowed", index=index, key=key)
+        if not math.isfinite(raw):
+            raise IngestError(ErrorCode.INVALID_VALUE, "NaN and Infinity are not allowed", index=index, key=key)
+        if abs(raw) > MAX_MAGNITUDE:
+            raise IngestError(
+                ErrorCode.VALUE_OUT_OF_RANGE,
+                f"numbers are at most {MAX_MAGNITUDE:g} in magnitude",
+                index=index,
+                key=key,
+            )
+        return Reading(ts, key, raw)
     if isinstance(raw, str):
+        if "\x00" in raw:  # PostgreSQL text cannot hold NUL
+            raise IngestError(
+                ErrorCode.UNSTORABLE_VALUE, "text values cannot contain U+0000 (NUL)", index=index, key=key
+            )
         return Reading(ts, key, None, raw)
     raise IngestError(
         ErrorCode.INVALID_VALUE,

@@ -8,13 +8,14 @@ minutes or hours read the rollups (ingest_rollup_1m/1h: tables kept by the write
 continuous aggregates); everything else reads raw readings.
 """
 
+import math
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import DataError, connection
 from django.db.models import Count, OuterRef, Subquery
 
 from core.db import dialect
@@ -91,16 +92,20 @@ def readings_raw(query: HistoryQuery) -> dict[str, list[dict]]:
     return {key: [{"ts": ts, "value": value} for ts, value in _fetch(*raw_statement(query, key))] for key in query.keys}
 
 
-def aggregate_statement(query: HistoryQuery) -> tuple[str, dict]:
-    """SQL and parameters of an aggregate: [key, bucket_ms, avg, min, max, sum, count] rows."""
+def aggregate_statement(query: HistoryQuery, *, exact: bool = False) -> tuple[str, dict]:
+    """SQL and parameters of an aggregate: [key, bucket_ms, avg, min, max, sum, count] rows. `exact`: sums and
+    averages in a type that cannot overflow (PostgreSQL refuses a double sum beyond ±1.8e308)."""
     assert query.interval, "aggregates need an interval"  # noqa: S101 - guarded by the API's validation
     start, end = bucket_bounds(query.start, query.end, query.interval)
     d = dialect()
     source = aggregate_source(query.interval)
+    wide = d.exact if exact else str
     if source == "ingest_reading":
-        time_column, columns = "ts", "avg(value), min(value), max(value), sum(value), count(*)"
+        time_column = "ts"
+        columns = f"avg({wide('value')}), min(value), max(value), sum({wide('value')}), count(*)"
     else:
-        time_column, columns = "bucket", "sum(sum) / sum(n), min(min), max(max), sum(sum), sum(n)"
+        time_column = "bucket"
+        columns = f"sum({wide('sum')}) / sum(n), min(min), max(max), sum({wide('sum')}), sum(n)"
     sql = f"""
         SELECT key, {d.bucket_ms(time_column)} AS b, {columns} FROM {source}
         WHERE device_id = %(device)s AND key {d.any_of("keys")}
@@ -115,8 +120,12 @@ def readings_aggregate(query: HistoryQuery, *, band: bool = False) -> dict[str, 
     """One point per non-empty bucket per key: {"ts": bucket start, "value": agg} (+ "min"/"max" with band)."""
     result: dict[str, list[dict]] = {key: [] for key in query.keys}
     pick = {"AVG": 2, "MIN": 3, "MAX": 4, "SUM": 5, "COUNT": 6}[query.agg]
-    for row in _fetch(*aggregate_statement(query)):
-        point = {"ts": int(row[1]), "value": row[pick] if query.agg != "COUNT" else int(row[6])}
+    try:
+        rows = _fetch(*aggregate_statement(query))
+    except DataError:  # a sum or an average beyond a double (readings near ±1e300, or stored before that limit)
+        rows = _fetch(*aggregate_statement(query, exact=True))
+    for row in rows:
+        point = {"ts": int(row[1]), "value": _finite(row[pick]) if query.agg != "COUNT" else int(row[6])}
         if band:
             point["min"], point["max"] = row[3], row[4]
         result[row[0]].append(point)
@@ -170,6 +179,14 @@ def readings_window(
     return series
 
 
+def _finite(value: object) -> float | None:
+    """A double for JSON and CSV; null for a sum beyond a double's range (never Infinity, which JSON lacks)."""
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type] - a float, or a Decimal from the exact path
+    return number if math.isfinite(number) else None
+
+
 def keys_of_device(device_id: int) -> list[str]:
     """Numeric keys the device has ever reported (from its latest values)."""
     return list(
@@ -183,6 +200,11 @@ def keys_of_devices(device_ids: Collection[int]) -> dict[str, int]:
     """Numeric key -> how many of the devices have reported it (the compare view's default keys)."""
     rows = LatestValue.objects.filter(device_id__in=device_ids, value__isnull=False).values("key")
     return dict(rows.annotate(n=Count("device_id")).order_by("key").values_list("key", "n"))
+
+
+def device_keys(device_id: int) -> list[str]:
+    """Every key the device has stored, numeric and text."""
+    return list(LatestValue.objects.filter(device_id=device_id).values_list("key", flat=True))
 
 
 def readings_latest(device_id: int) -> dict[str, dict]:
@@ -244,11 +266,17 @@ def _csv_line(cells: list) -> str:
     return ",".join("" if c is None else str(c) for c in cells) + "\n"
 
 
-async def csv_stream(query: HistoryQuery, *, band: bool = False) -> AsyncIterator[bytes]:
-    """Exactly what the JSON API returns for `query`, as CSV, streamed in chunks (never all in memory)."""
+async def csv_stream(
+    query: HistoryQuery, *, band: bool = False, aggregated: dict[str, list[dict]] | None = None
+) -> AsyncIterator[bytes]:
+    """Exactly what the JSON API returns for `query`, as CSV, streamed in chunks (never all in memory).
+
+    `aggregated`: the aggregate, queried before the response started (so a failure is an error answer, not a
+    200 whose body ends early). A raw export that fails midway raises: the server then closes the connection
+    without the chunked body's last chunk, and the client sees the export was cut short."""
     yield CSV_BAND_HEADER if band else CSV_HEADER
     if query.agg != "NONE":
-        data = await sync_to_async(readings_aggregate)(query, band=band)
+        data = aggregated if aggregated is not None else await sync_to_async(readings_aggregate)(query, band=band)
         for key, points in data.items():
             for i in range(0, len(points), _CSV_CHUNK):
                 yield "".join(

@@ -2,13 +2,16 @@
 
 import asyncio
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from core import metrics
 from core.epoch import now_ms
 from devices.services import DeviceIdentity
+from ingest.keylimit import KeyBudget
 from ingest.parsing import IngestError, Limits, parse_telemetry
 from ingest.ratelimit import RateLimiter
+from ingest.selectors import device_keys
 from ingest.writer import Writer
 
 
@@ -24,14 +27,16 @@ def ingest_limits() -> Limits:
 class Ingest:
     """What a transport hands a device's message to (one per process, owned by the hub runtime)."""
 
-    def __init__(self, writer: Writer, *, limits: Limits, limiter: RateLimiter) -> None:
+    def __init__(self, writer: Writer, *, limits: Limits, limiter: RateLimiter, keys: KeyBudget) -> None:
         self.writer = writer
         self._limits = limits
         self._limiter = limiter
+        self._keys = keys
 
     @classmethod
     def from_settings(cls, writer: Writer) -> "Ingest":
-        return cls(writer, limits=ingest_limits(), limiter=RateLimiter.from_settings())
+        keys = KeyBudget(settings.HUB_MAX_KEYS_PER_DEVICE, database_sync_to_async(device_keys))
+        return cls(writer, limits=ingest_limits(), limiter=RateLimiter.from_settings(), keys=keys)
 
     async def message(self, *, device: DeviceIdentity, body: bytes | str, transport: str) -> asyncio.Future[None]:
         """Validate one message and queue its readings; the future resolves once they are committed.
@@ -41,6 +46,7 @@ class Ingest:
         """
         try:
             readings = parse_telemetry(body, now_ms=now_ms(), limits=self._limits)
+            await self._keys.admit(device.id, readings)
             self._limiter.take(device.id, len(readings))
         except IngestError as error:
             metrics.MESSAGES_REJECTED.labels(transport, error.code).inc()

@@ -13,7 +13,12 @@ from devices.services import device_authenticate
 from ingest.parsing import ErrorCode, IngestError
 from ingest.writer import WriterClosed
 
+DEVICE_SCOPE_KEY = "hub.device"  # set by hub/bodies.py (ingest imports no hub module)
+
 logger = logging.getLogger(__name__)
+
+
+_STATUS = {ErrorCode.TOO_LARGE: 413, ErrorCode.RATE_LIMITED: 429, ErrorCode.UNSTORABLE_VALUE: 422}
 
 
 def _error(status: int, code: str, message: str, **extra: object) -> JsonResponse:
@@ -29,7 +34,9 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
             "misdirected",
             "this hub process serves dashboard streams (HUB_ROLE=stream); send telemetry to an ingest process",
         )
-    device = await device_authenticate(token=token)
+    # Under ASGI hub/bodies.py authenticated the device before reading the body (and bounded the body).
+    device = request.scope.get(DEVICE_SCOPE_KEY) if hasattr(request, "scope") else None
+    device = device or await device_authenticate(token=token)
     if device is None:
         return _error(401, "unauthorized", "unknown device token")
     declared = request.headers.get("Content-Length", "0")
@@ -41,8 +48,9 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
     except RequestDataTooBig:
         return _error(413, ErrorCode.TOO_LARGE, f"the limit is {settings.HUB_MAX_MESSAGE_BYTES} bytes")
     except IngestError as error:
-        status = {ErrorCode.TOO_LARGE: 413, ErrorCode.RATE_LIMITED: 429}.get(error.code, 400)
-        return JsonResponse({"error": error.as_dict()}, status=status)
+        # Final answers: sending the same message again fails the same way; only a rate limit passes.
+        status = _STATUS.get(error.code, 400)
+        return JsonResponse({"error": {**error.as_dict(), "retry": status == 429}}, status=status)
     except WriterClosed:
         return _error(503, "unavailable", "the hub is shutting down; retry", retry=True)
     except Exception:

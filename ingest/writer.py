@@ -11,6 +11,10 @@ resolve and it goes to the after-commit consumers only after the previous flush'
 the one behind it rolls back too, and both are retried alone, in order, with backoff; the batch is
 idempotent (first write of a (device, key, ts) wins, rollups count only rows inserted), so a retry after
 an uncertain commit stores nothing twice.
+
+One device's bad input never fails another's: a batch the database refuses for a value it holds is split
+in halves, each stored alone, until the refused message is alone; that message fails with
+`unstorable_value` (a permanent answer: error frame, HTTP 422, MQTT rejected) and every other commits.
 """
 
 import asyncio
@@ -29,7 +33,7 @@ from core import metrics
 from devices.services import DeviceIdentity
 from ingest.backends import Backend, Batch, DevicesGone, LatestRow
 from ingest.commits import Committed
-from ingest.parsing import Reading
+from ingest.parsing import ErrorCode, IngestError, Reading
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +252,8 @@ class Writer:
                 logger.warning("writer: %s; their readings are refused", gone)
                 taken = _fail(taken, gone, gone.device_ids)
             except Exception as exc:
+                if self._backend.refuses(exc):
+                    return await self._isolate(taken, exc)
                 if not self._backend.is_transient(exc):
                     logger.exception("writer: batch of %d readings refused by the database", len(taken))
                     _fail(taken, exc)
@@ -259,6 +265,20 @@ class Writer:
                 self._flushed(taken, started)
                 return taken
         return taken
+
+    async def _isolate(self, taken: list[_Pending], exc: BaseException) -> list[_Pending]:
+        """Bisect a refused batch: store each half alone until the refused message is alone, then fail it."""
+        if len(taken) > 1:
+            half = len(taken) // 2
+            return await self._store(taken[:half]) + await self._store(taken[half:])
+        refused = taken[0]
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning(
+            "writer: the database refuses a message of device %s (%s); not stored", refused.device.key, reason
+        )
+        metrics.MESSAGES_REJECTED.labels(refused.transport, ErrorCode.UNSTORABLE_VALUE).inc()
+        _fail(taken, IngestError(ErrorCode.UNSTORABLE_VALUE, f"the database cannot store this message: {reason}"))
+        return []
 
     def _retrying(self, exc: BaseException, delay: float) -> None:
         self.stats["retries"] += 1

@@ -164,3 +164,68 @@ async def http_device(
                     break
                 await asyncio.sleep(0.2)  # retry backoff, as a device has
             await asyncio.sleep(0.01)  # pace: the posts spread over a while, so a fault lands among them
+
+
+@dataclass
+class Bystanders:
+    """What a well-behaved WebSocket device and HTTP device noticed while sending beside a hostile one."""
+
+    ledger: Ledger = field(default_factory=Ledger)
+    failures: list[str] = field(default_factory=list)  # anything but an ack or a 200, on the first try
+
+    async def unharmed(self) -> dict[str, int]:
+        """Every reading acked on its first try and stored once; returns (and prints) the ledger."""
+        report = await self.ledger.reconcile()
+        assert self.failures == [], f"the bystanders noticed: {self.failures[:5]} ({len(self.failures)} in all)"
+        assert report["sent"] > 0 and report["acked"] == report["sent"] == report["stored"], report
+        assert report["lost"] == report["unexpected"] == report["duplicates"] == 0, report
+        return report
+
+
+@contextlib.asynccontextmanager
+async def bystanders(hub, ws_token: tuple[str, str], http_token: tuple[str, str], *, every: float = 0.01):
+    """Inside the block a WebSocket device (one connection, never resending) and an HTTP device (each POST once)
+    send a message of 5 readings every `every` s; on the way out their last messages are awaited."""
+    seen, stop = Bystanders(), asyncio.Event()
+
+    async def ws_sender(key: str, token: str) -> None:
+        numbered: dict[int, list[int]] = {}
+        next_ts = now_ms() - 600_000
+        try:
+            async with DeviceClient.connect(hub.ws, token, on_handled=seen.ledger.acker(key, numbered)) as client:
+                while not stop.is_set():
+                    ts = [next_ts + i for i in range(5)]
+                    next_ts += 5
+                    seen.ledger.record_sent(key, ts)
+                    numbered[await client.send(_message(ts))] = ts
+                    await asyncio.sleep(every)  # pace: a device sending at its own rate
+                async with asyncio.timeout(10):
+                    await client.all_acked()
+                seen.failures += [f"ws error frame {e}" for e in client.errors.values()]
+        except (OSError, TimeoutError, ConnectionError, websockets.WebSocketException) as exc:
+            seen.failures.append(f"ws: {type(exc).__name__}: {exc}")
+
+    async def http_sender(key: str, token: str) -> None:
+        next_ts = now_ms() - 1_200_000
+        async with httpx.AsyncClient(timeout=10) as client:
+            while not stop.is_set():
+                ts = [next_ts + i for i in range(5)]
+                next_ts += 5
+                seen.ledger.record_sent(key, ts)
+                try:
+                    response = await client.post(f"{hub.http}/api/v1/{token}/telemetry", content=_message(ts))
+                except httpx.HTTPError as exc:
+                    seen.failures.append(f"http: {type(exc).__name__}: {exc}")
+                else:
+                    if response.status_code == 200:
+                        seen.ledger.record_acked(key, ts)
+                    else:
+                        seen.failures.append(f"http {response.status_code}: {response.text[:200]}")
+                await asyncio.sleep(every)  # pace
+
+    tasks = [asyncio.create_task(ws_sender(*ws_token)), asyncio.create_task(http_sender(*http_token))]
+    try:
+        yield seen
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

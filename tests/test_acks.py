@@ -57,6 +57,27 @@ async def test_frames_committed_together_get_one_ack_and_errors_come_before_the_
     await acks.close()
 
 
+async def test_a_frame_the_database_refuses_gets_an_error_frame_and_the_socket_goes_on():
+    """A commit future failing with an IngestError (the writer isolated a value the database refuses) is a
+    final answer for that frame: an error frame, then the ack covering it; no failure, no close."""
+    acks, sent, failures = await sequencer()
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(3)]
+    for frame, future in enumerate(futures, 1):
+        await acks.committed_later(frame, future)
+    futures[1].set_exception(IngestError(ErrorCode.UNSTORABLE_VALUE, "the database cannot store this message"))
+    futures[0].set_result(None)
+    futures[2].set_result(None)
+    await eventually(lambda: {"ack": 3} in sent, what="the ack covering frame 3")
+    assert sent[0]["error"] == {
+        "frame": 2,
+        "code": "unstorable_value",
+        "message": "the database cannot store this message",
+    }
+    assert failures == []
+    await acks.close()
+
+
 async def test_a_failed_commit_is_never_acked_and_reported_once():
     acks, sent, failures = await sequencer()
     loop = asyncio.get_running_loop()

@@ -76,6 +76,7 @@ def alert_settings(settings, receiver):
     settings.HUB_ALERT_WEBHOOK_SECRET = SECRET
     settings.HUB_ALERT_WEBHOOK_POLL_SECONDS = 0.05
     settings.HUB_ALERT_WEBHOOK_BACKOFF_SECONDS = 0.05
+    settings.HUB_ALERT_WEBHOOK_ALLOW = ["127.0.0.1"]  # the receiver is on loopback, which webhooks may not reach
     return settings
 
 

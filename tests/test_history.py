@@ -296,3 +296,24 @@ async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(ma
     settings.HUB_ROLLUP_1H_RETENTION_DAYS = 30
     await sync_to_async(retention_apply)()
     assert await sync_to_async(rollup_count)() == 10
+
+
+async def test_aggregates_beyond_a_double_answer_null_or_finite_numbers(make_device, runtime):
+    """Sums or averages a double cannot hold (a raw bucket of ±1e300: an average's running variance overflows;
+    1e308s stored before the parser's limit, in two hours: their day's sum from the hour rollups) are asked
+    again exactly: the average is 0, the sum null (never Infinity, never a 500); min, max and count stay exact."""
+    from ingest.selectors import readings_aggregate
+
+    device = await sync_to_async(make_device)()
+    day = 86_400_000
+    t0 = (now_ms() // day - 2) * day
+    await store(device, [R(t0, "big", 1e308), R(t0 + HOUR, "big", 1e308), R(t0, "w", 1e300), R(t0 + 1, "w", -1e300)])
+    await sync_to_async(refresh_aggregates)()
+    query = HistoryQuery(device_id=device.id, keys=("big", "w"), start=t0, end=t0 + day, agg="SUM", interval=day)
+    assert aggregate_source(day) == "ingest_rollup_1h"
+    sums = await sync_to_async(readings_aggregate)(query, band=True)
+    assert sums == {"big": [{"ts": t0, "value": None, "min": 1e308, "max": 1e308}],
+                    "w": [{"ts": t0, "value": 0.0, "min": -1e300, "max": 1e300}]}  # fmt: skip
+    raw = HistoryQuery(device_id=device.id, keys=("w",), start=t0, end=t0 + MINUTE, agg="AVG", interval=1500)
+    assert aggregate_source(1500) == "ingest_reading"
+    assert await sync_to_async(readings_aggregate)(raw) == {"w": [{"ts": t0, "value": 0.0}]}

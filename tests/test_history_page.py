@@ -187,7 +187,9 @@ async def test_in_a_browser_the_page_shows_local_time_and_queries_utc(live_hub, 
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             await page.goto(live_hub.http + url + query)
-            await page.wait_for_function("document.getElementById('history-status').textContent.includes('points')")
+            await page.wait_for_function(
+                "() => document.getElementById('history-status').textContent.includes('points')"
+            )
             assert (await page.input_value("input[name=start_local]")).startswith("2025-01-15T05:30")
             axis = await page.evaluate("document.getElementById('history-chart').layout.xaxis.range")
             assert axis[0].startswith("2025-01-15 05:30") and axis[1].startswith("2025-01-15 11:30"), axis
@@ -197,8 +199,10 @@ async def test_in_a_browser_the_page_shows_local_time_and_queries_utc(live_hub, 
                     {'xaxis.range[0]': '2025-01-15 07:00:00', 'xaxis.range[1]': '2025-01-15 08:00:00'})"""
             )
             zoomed = f"start={t0 + 90 * MINUTE}&end={t0 + 150 * MINUTE}"
-            await page.wait_for_function(f"document.getElementById('history-csv').href.includes('{zoomed}')")
-            await page.wait_for_function("document.getElementById('history-status').textContent.includes('every')")
+            await page.wait_for_function(f"() => document.getElementById('history-csv').href.includes('{zoomed}')")
+            await page.wait_for_function(
+                "() => document.getElementById('history-status').textContent.includes('every')"
+            )
             href = await page.get_attribute("#history-csv", "href")
             drawn = await page.evaluate(
                 """() => { const avg = document.getElementById('history-chart').data.find((t) => t.name === 't avg');

@@ -2,8 +2,10 @@
 stored exactly once, nothing PUBACKed lost across crashes, shared subscriptions split the load."""
 
 import asyncio
+import re
 import signal
 import threading
+import time
 
 import httpx
 import orjson
@@ -260,6 +262,56 @@ async def test_a_deleted_devices_messages_are_acked_as_rejected(make_device, bri
     assert "unknown_device" in bridge.log.read_text()
     for p in publishers:
         p.close()
+
+
+def publish_poison(publisher: Publisher, t0: int, count: int) -> None:
+    """Messages no database could store: NUL in text, and numbers whose hourly sums overflow a double."""
+    for i in range(count):
+        values = {"s": "a\x00b"} if i % 2 else {"x": 1e308}
+        publisher.publish(t0 + i, {}, payload=orjson.dumps({"ts": t0 + i, "values": values}))
+
+
+async def stored_within(device_id: int, count: int, seconds: float) -> float:
+    started = time.monotonic()
+
+    async def stored() -> bool:
+        return (await stored_ts([device_id]))[1] == count
+
+    await eventually(stored, timeout=seconds, what=f"{count} readings of the good device stored")
+    return time.monotonic() - started
+
+
+async def test_poison_messages_are_acked_as_rejected_and_never_stall_another_device(make_device, bridges, broker):
+    """1,000 QoS 1 messages that can never be stored, from one device: each is PUBACKed as rejected (counted,
+    logged naming the device and the reason), so they never fill the session's receive window; another
+    device's messages are stored within 1 s, and again after a bridge restart that finds 1,000 more poison
+    messages queued; the status line's inflight is what is really unacked."""
+    poison, good = [await sync_to_async(make_device)(f"{name}{RUN}") for name in ("poison", "good")]
+    bridge = await bridges(broker.url, "poison").start().subscribed()
+    bad = Publisher("127.0.0.1", broker.port, poison.key)
+    ok = Publisher("127.0.0.1", broker.port, good.key)
+    t0 = base_ts()
+    publish_poison(bad, t0, 1000)
+    await asyncio.to_thread(bad.wait_all_acked)
+    ok.publish(t0, {"v": 1})
+    first = await stored_within(good.id, 1, 1.0)
+    await eventually(lambda: bridge.counters()["acked"] == 1001, what="every message PUBACKed")
+    assert bridge.counters()["rejected"] == 1000
+    bridge.stop()
+    publish_poison(bad, t0 + 1000, 1000)  # queued by the broker for the bridge's session
+    ok.publish(t0 + 1, {"v": 2})
+    await asyncio.to_thread(bad.wait_all_acked)
+    await bridge.start().subscribed()
+    second = await stored_within(good.id, 2, 1.0)
+    await eventually(lambda: bridge.counters()["acked"] == 1001, what="every queued message PUBACKed")
+    await eventually(lambda: "inflight 0, lag 0.000s" in bridge.run_log().splitlines()[-1], what="a quiet status")
+    log = bridge.run_log()
+    assert re.search(rf"refused \d+ message\(s\) of '{poison.key}': unstorable_value \(text values cannot", log)
+    assert re.search(rf"refused \d+ message\(s\) of '{poison.key}': value_out_of_range", log)
+    print(f"good device stored {first:.3f} s after 1,000 poison messages, {second:.3f} s after a restart")
+    assert (await stored_ts([poison.id]))[1] == 0
+    bad.close()
+    ok.close()
 
 
 async def test_a_renamed_key_stops_working_within_the_cache_ttl(make_device, bridges, broker):

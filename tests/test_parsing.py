@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.parsing import ErrorCode, IngestError, Limits, Reading, parse_telemetry
+from ingest.parsing import MAX_MAGNITUDE, ErrorCode, IngestError, Limits, Reading, parse_telemetry
 
 NOW = 1_795_000_000_000  # 2026-11-18, ms
 LIMITS = Limits()
@@ -84,6 +84,11 @@ def test_integral_float_ts_is_accepted():
         ('{"ts": "now", "values": {"a": 1}}', ErrorCode.INVALID_TS, None, None),
         ('{"ts": true, "values": {"a": 1}}', ErrorCode.INVALID_TS, None, None),
         ('{"ts": 1.5, "values": {"a": 1}}', ErrorCode.INVALID_TS, None, None),
+        # What the database would refuse: NUL in text; numbers whose hourly rollup sum could overflow.
+        ('[{"ok": "x"}, {"s": "a\\u0000b"}]', ErrorCode.UNSTORABLE_VALUE, 1, "s"),
+        ('{"x": 1e308}', ErrorCode.VALUE_OUT_OF_RANGE, None, "x"),
+        ('{"x": -1.0000000000000002e300}', ErrorCode.VALUE_OUT_OF_RANGE, None, "x"),
+        ('{"x": 1' + "0" * 301 + "}", ErrorCode.VALUE_OUT_OF_RANGE, None, "x"),  # an integer literal, 1e301
     ],
 )
 def test_each_rule_is_named_with_its_index_and_key(body, code, index, key):
@@ -159,7 +164,7 @@ def test_no_json_document_crashes_the_parser(document):
 
 
 _key = st.from_regex(r"[A-Za-z0-9_.\-]{1,64}", fullmatch=True)
-_number = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_number = st.floats(min_value=-MAX_MAGNITUDE, max_value=MAX_MAGNITUDE, width=64)
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,5 +1,6 @@
 """Settings come from HUB_* variables; bad values and dangerous combinations are refused with their name."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def test_tokens_are_redacted_from_paths():
         redact(line) == '127.0.0.1:5 - "POST /api/v1/***/telemetry HTTP/1.1" 200 and "WebSocket /ws/v1/***/telemetry"'
     )
     assert redact("/ws/v1/devices/kitchen/stream") == "/ws/v1/devices/kitchen/stream"
+    assert (
+        redact("/ws/v1/fleet/stream /api/v1/devices/k/telemetry") == "/ws/v1/fleet/stream /api/v1/devices/k/telemetry"
+    )
+    assert redact("Not Found: /API/v2/s3cr3t/rpc?x=1") == "Not Found: /API/v2/***/rpc?x=1"
+
+
+def test_records_are_scrubbed_as_they_are_made_for_every_handler(caplog):
+    """Any handler (pytest's here, which has no filter) gets the record already scrubbed, arguments included."""
+    caplog.set_level(logging.INFO)
+    logging.getLogger("hub.tests").info('"%s %s"', "POST", "/api/v1/s3cr3t/attributes")
+    assert caplog.records[-1].getMessage() == '"POST /api/v1/***/attributes"'
+    assert caplog.records[-1].args == ("POST", "/api/v1/***/attributes")
 
 
 def test_every_setting_is_listed_in_env_example_and_documented():

@@ -24,6 +24,7 @@ from ingest.backends import (
     postgres_conninfo,
 )
 from ingest.models import Reading
+from ingest.parsing import ErrorCode, IngestError
 from ingest.parsing import Reading as R
 from ingest.writer import GC_THRESHOLDS, Writer, WriterClosed, WriterConfig, collector_tune
 from tests.sinks import RecordingSink
@@ -174,6 +175,30 @@ async def test_a_deleted_devices_readings_are_refused_and_the_rest_of_the_flush_
     await writer.drain()
     assert await stored(kept.id) == 5
     assert await stored(gone.id) == 0
+
+
+async def test_a_message_the_database_refuses_fails_alone_and_the_rest_of_its_flush_commits(make_device):
+    """One flush: nine devices' good messages and one message whose text PostgreSQL cannot hold (NUL; the
+    parser refuses it too, this reaches the writer behind the parser's back). Only that message fails, with
+    the permanent `unstorable_value`; the nine commit in the same round; the writer goes on."""
+    devices = [await sync_to_async(make_device)() for _ in range(10)]
+    backend = GatedBackend(conninfo())
+    writer = Writer(backend, config=WriterConfig(flush_interval=0.001), after_commit=[])
+    writer.start()
+    futures = []
+    for i, device in enumerate(devices):
+        poison = [R(now_ms() - 1000, "s", None, "a\x00b")] if i == 6 else readings(5)
+        futures.append(await writer.submit(DeviceIdentity(device.id, device.key), poison))
+    backend.gate.open()  # everything above is queued: one flush
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 20)
+    refused = results.pop(6)
+    assert isinstance(refused, IngestError) and refused.code == ErrorCode.UNSTORABLE_VALUE, refused
+    assert results == [None] * 9
+    assert [await stored(d.id) for d in devices] == [5] * 6 + [0] + [5] * 3
+    assert backend.writes <= 2 * 4 + 1, "bisected: about 2·log2(10) writes, not one per message"
+    await asyncio.wait_for(await writer.submit(DeviceIdentity(devices[6].id, devices[6].key), readings(3)), 10)
+    await writer.drain()
+    assert await stored(devices[6].id) == 3
 
 
 async def test_deleting_a_device_around_its_flush_leaves_no_reading_behind(make_device):

@@ -1,0 +1,94 @@
+"""uvicorn's protocols with the read deadlines uvicorn lacks.
+
+uvicorn times out only an idle kept-alive connection (`timeout_keep_alive`, armed after a response). A connection
+that never sends a byte, or sends a request's headers a byte every few seconds, or stops halfway through its body,
+is never closed: 200 such sockets stayed open for as long as they were held, and with HUB_MAX_CONNECTIONS of them
+every new request, /healthz included, was answered 503 (issue 17). Here a request's headers must arrive within
+HUB_HTTP_HEADER_TIMEOUT_SECONDS of the connection (or of the request's first byte on a kept-alive one), its body
+within HUB_HTTP_BODY_TIMEOUT_SECONDS of its headers, and a WebSocket handshake must be over within the header
+timeout of the upgrade; otherwise the connection is closed (HTTP: after a 408 while no response has started).
+"""
+
+import asyncio
+import logging
+
+from django.conf import settings
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from core import metrics
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class TimedHttpProtocol(HttpToolsProtocol):
+    """HTTP/1.1 (httptools, uvicorn's default) with a deadline for each request's headers and for its body."""
+
+    _deadline: asyncio.TimerHandle | None = None
+    _phase = "headers"
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("headers", settings.HUB_HTTP_HEADER_TIMEOUT_SECONDS)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # the next request on a kept-alive connection: its first byte starts the clock
+            self._arm("headers", settings.HUB_HTTP_HEADER_TIMEOUT_SECONDS)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm("body", settings.HUB_HTTP_BODY_TIMEOUT_SECONDS)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the WebSocket protocol bounds its own handshake
+        super().handle_websocket_upgrade()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        self._disarm()
+        self._phase = phase
+        self._deadline = self.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        metrics.HTTP_READ_TIMEOUTS.labels(self._phase).inc()
+        logger.debug("closing a connection from %s: its request %s took too long", self.client, self._phase)
+        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+            self.transport.write(_REQUEST_TIMEOUT)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's next receive() is http.disconnect; its sends are dropped
+        self.transport.close()
+
+
+class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, closing a connection whose handshake is not over within the header timeout."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._handshake_deadline = self.loop.call_later(settings.HUB_HTTP_HEADER_TIMEOUT_SECONDS, self._timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handshake_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _timed_out(self) -> None:
+        if not self.handshake_complete and not self.transport.is_closing():
+            metrics.HTTP_READ_TIMEOUTS.labels("handshake").inc()
+            self.transport.close()
