@@ -106,7 +106,7 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
     async with streaming(device, keys, seeded_until - 1) as sent:
         await page.add_init_script(MEASURE)
         await log_in(page, f"{live_hub.http}/devices/{device.key}/")
-        await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'")
+        await page.wait_for_function("() => document.getElementById('connection').dataset.state === 'live'")
         await page.wait_for_function(
             "n => document.querySelectorAll('.chart').length === 2 && document.querySelector('.chart').data", arg=2
         )
@@ -191,7 +191,7 @@ async def test_the_compare_view_follows_five_devices_live(page, live_hub, make_d
     url = f"{live_hub.http}/compare/?label=site%3Dnorth&keys=temperature"
     await log_in(page, url)
     await page.wait_for_function(
-        "document.querySelectorAll('#compare-devices .connection[data-state=live]').length === 5"
+        "() => document.querySelectorAll('#compare-devices .connection[data-state=live]').length === 5"
     )
     assert await page.locator("#compare-devices li").count() == 5, "the south boiler is not picked"
     names = await page.evaluate("document.querySelector('.chart').data.map((t) => t.name)")
@@ -283,7 +283,7 @@ async def test_the_fleet_page_of_ten_thousand_devices_is_fast_and_stays_responsi
     try:
         await page.add_init_script(MEASURE)
         await log_in(page, f"{live_hub.http}/")
-        await page.wait_for_function("performance.getEntriesByName('first-contentful-paint').length > 0")
+        await page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0")
         first = await page.evaluate(
             """() => ({fcp: performance.getEntriesByName('first-contentful-paint')[0].startTime,
                       response: performance.getEntriesByType('navigation')[0].responseEnd,
