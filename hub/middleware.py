@@ -61,7 +61,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
         "script-src 'self'",
-        "style-src 'self'",
+        # Plotly.js adds two <style> elements at run time (an empty one, then its global rules): allowed by hash,
+        # so nothing else inline applies. tests/browser_chromium.py fails a page on any violation (a new Plotly).
+        "style-src 'self' 'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=' "
+        "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='",
         "img-src 'self' data:",
         "connect-src 'self'",  # the pages' fetches and WebSockets (CSP 3: 'self' covers ws: and wss: too)
         "object-src 'none'",

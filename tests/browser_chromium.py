@@ -15,7 +15,7 @@ import pytest
 from tests.services import REQUIRED
 
 if TYPE_CHECKING:
-    from playwright.async_api import Page
+    from playwright.async_api import ConsoleMessage, Page
 
 CHROMIUM = os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,7 +45,8 @@ def need_chromium() -> None:
 
 @contextlib.asynccontextmanager
 async def chromium_page() -> AsyncIterator[tuple["Page", list[str]]]:
-    """A fresh browser and page, with the list the page's uncaught JavaScript errors are collected in."""
+    """A fresh browser and page, with the list the page's uncaught JavaScript errors and Content-Security-Policy
+    violations (what the hub's policy blocked: a script or style that would not run or apply) are collected in."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -55,6 +56,12 @@ async def chromium_page() -> AsyncIterator[tuple["Page", list[str]]]:
             page.set_default_timeout(30_000)
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", lambda message: _collect_csp_violation(message, errors))
             yield page, errors
         finally:
             await browser.close()
+
+
+def _collect_csp_violation(message: "ConsoleMessage", errors: list[str]) -> None:
+    if message.type == "error" and "Content Security Policy" in message.text:
+        errors.append(message.text)

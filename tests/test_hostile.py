@@ -667,7 +667,7 @@ async def test_logins_are_throttled_and_every_page_has_a_content_security_policy
         assert await login(client, "victim", "right") == 302
         for path in ("/login/", "/", "/alerts/", "/admin/login/", "/healthz", "/api/v1/devices/x/latest"):
             policy = (await client.get(path)).headers.get("Content-Security-Policy", "")
-            assert "script-src 'self';" in policy and "style-src 'self';" in policy, (path, policy)
+            assert "script-src 'self';" in policy and "style-src 'self' 'sha256-" in policy, (path, policy)
             assert "unsafe-inline" not in policy
     await seen.unharmed()
 
