@@ -20,12 +20,17 @@ devices and `serve --role stream` for the viewers, as docs/deployment.md routes 
 import argparse
 import asyncio
 import contextlib
+import gc
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import httpx
@@ -55,11 +60,22 @@ P99_LIMIT_MS = 250.0
 
 @dataclass
 class Viewer:
+    """One socket viewer: what arrived and when, parsed only after the run (so the client's own work while it
+    runs is the least it can be: a busy client would count its own delays as the hub's latency)."""
+
     device: str
-    latencies: list[float] = field(default_factory=list)
-    received: list[int] = field(default_factory=list)  # ts of every reading delivered, duplicates included
-    messages: int = 0
+    arrivals: list[tuple[float, bytes | str]] = field(default_factory=list)
     closed: int | None = None
+
+    def readings(self) -> tuple[list[int], list[float]]:
+        """The `ts` of every reading delivered (duplicates included) and each one's latency in seconds."""
+        received, latencies = [], []
+        for arrived, raw in self.arrivals:
+            message = orjson.loads(raw)
+            if message["type"] == "readings":
+                received.extend([r[0] for r in message["readings"]])
+                latencies.extend([arrived - r[2] for r in message["readings"]])
+        return received, latencies
 
 
 @dataclass
@@ -114,30 +130,98 @@ async def session_cookie(http: str) -> str:
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
-async def watch(hub: HubProcess, cookie: str, viewer: Viewer, ready: list[int], stop: asyncio.Event) -> None:
-    headers = {"Cookie": cookie, "Origin": hub.http}
-    url = f"{hub.ws}/ws/v1/devices/{viewer.device}/stream"
-    async with websockets.connect(url, additional_headers=headers, max_queue=None, max_size=None) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
-        await ws.send(orjson.dumps({"since": now_ms()}).decode())
-        assert orjson.loads(await ws.recv())["type"] == "history"  # noqa: S101
-        ready[0] += 1
-        try:
-            while not stop.is_set():
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), 0.5)
-                except TimeoutError:
-                    continue
-                arrived = time.time()
-                message = orjson.loads(raw)
-                if message["type"] != "readings":
-                    continue
-                viewer.messages += 1
-                readings = message["readings"]
-                viewer.received.extend([r[0] for r in readings])
-                viewer.latencies.extend([arrived - r[2] for r in readings])
-        except websockets.ConnectionClosed as closed:
-            viewer.closed = closed.rcvd.code if closed.rcvd else None
+async def watch(ws: websockets.ClientConnection, viewer: Viewer, delivered: Synchronized) -> None:
+    """Every reading the stream delivers, until the socket closes (the worker closes it at the end: 1000)."""
+    try:
+        async for raw in ws:
+            viewer.arrivals.append((time.time(), raw))
+            delivered.value += 1
+    except websockets.ConnectionClosed:
+        pass
+    if ws.close_code != 1000:  # the hub closed it (4008: too slow), not the worker
+        viewer.closed = ws.close_code
+
+
+async def subscribed(hub_ws: str, origin: str, cookie: str, key: str) -> websockets.ClientConnection:
+    headers = {"Cookie": cookie, "Origin": origin}
+    url = f"{hub_ws}/ws/v1/devices/{key}/stream"
+    ws = await websockets.connect(url, additional_headers=headers, max_queue=None, max_size=None)
+    assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
+    await ws.send(orjson.dumps({"since": now_ms()}).decode())
+    assert orjson.loads(await ws.recv())["type"] == "history"  # noqa: S101
+    return ws
+
+
+@dataclass
+class Tally:
+    """What one viewer process measured, summed over its viewers (latencies in ms, after the warm-up)."""
+
+    latencies: bytes = b""  # array("f")
+    messages: int = 0
+    delivered: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    closed: int = 0
+
+
+def viewer_process(
+    conn: Connection,
+    hub: tuple[str, str],
+    cookie: str,
+    keys: list[str],
+    url: str,
+    seconds: float,
+    nice: int,
+    delivered: Synchronized,
+) -> None:
+    """A process of viewers (the bench's own client must not share a core, or a GIL, with the devices it
+    times): it subscribes them, says "ready", streams until told "stop", then checks each against the database."""
+    os.nice(nice)
+    asyncio.run(viewers_run(conn, hub, cookie, keys, url, seconds, delivered))
+
+
+async def viewers_run(
+    conn: Connection,
+    hub: tuple[str, str],
+    cookie: str,
+    keys: list[str],
+    url: str,
+    seconds: float,
+    delivered: Synchronized,
+) -> None:
+    loop = asyncio.get_running_loop()
+    watching = [Viewer(key) for key in keys]
+    try:
+        sockets = []
+        for i in range(0, len(keys), 50):  # 50 handshakes at a time: the hub's login check is a DB query each
+            sockets += await asyncio.gather(*(subscribed(*hub, cookie, key) for key in keys[i : i + 50]))
+    except Exception as exc:  # noqa: BLE001 - reported to the bench, which stops
+        conn.send(("failed", repr(exc)))
+        return
+    watchers = [asyncio.create_task(watch(ws, v, delivered)) for ws, v in zip(sockets, watching, strict=True)]
+    # The client's own pauses must not count as the hub's latency: the connections' objects are left out of
+    # the collector's full passes (as the hub does for its start-up heap), and young passes are rarer.
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+    conn.send(("ready", len(sockets)))
+    since = await loop.run_in_executor(None, conn.recv)
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    await asyncio.gather(*watchers)
+    stored = await loop.run_in_executor(None, stored_since, url, since)
+    tally, latencies = Tally(), array("f")
+    for v in watching:
+        delivered, waited = v.readings()
+        received = set(delivered)
+        tally.messages += len(v.arrivals)
+        tally.delivered += len(delivered)
+        tally.missing += len(stored.get(v.device, set()) - received)
+        tally.duplicates += len(delivered) - len(received)
+        tally.closed += v.closed is not None
+        # Latency after a warm-up second, so connection set-up does not count.
+        latencies.extend([s * 1000 for s in waited[int(len(waited) / seconds) :]])
+    tally.latencies = latencies.tobytes()
+
+    conn.send(tally)
 
 
 async def device(
@@ -194,56 +278,97 @@ class Result:
     duplicates: int = 0
     closed: int = 0
     cpu: float = 0.0
+    client_cpu: float = 0.0
 
     @property
     def complete(self) -> bool:
         return self.missing == self.duplicates == self.closed == 0 and self.sent == self.stored
 
 
+class ViewerProcesses:
+    """The viewers of one scenario, spread over `count` processes at the stream process's priority."""
+
+    def __init__(self, top: Topology, url: str, cookie: str, keys: list[str], args) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self.delivered = [spawn.Value("q", 0, lock=False) for _ in range(args.viewer_processes)]
+        self.pipes, self.processes = [], []
+        for i, delivered in enumerate(self.delivered):
+            ours, theirs = spawn.Pipe()
+            share = keys[i :: args.viewer_processes]
+            hub = (top.stream.ws, top.stream.http)
+            process = spawn.Process(
+                target=viewer_process,
+                args=(theirs, hub, cookie, share, url, args.seconds, args.viewer_nice, delivered),
+                daemon=True,
+            )
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    async def ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pipe in self.pipes:
+            state, detail = await loop.run_in_executor(None, pipe.recv)
+            if state != "ready":
+                raise SystemExit(f"viewers failed to subscribe: {detail}")
+
+    async def stop(self, since: int) -> list[Tally]:
+        loop = asyncio.get_running_loop()
+        for pipe in self.pipes:
+            pipe.send(since)
+        tallies = [await loop.run_in_executor(None, pipe.recv) for pipe in self.pipes]
+        for process in self.processes:
+            process.join(10)
+        return tallies
+
+
 async def scenario(top: Topology, url: str, devices: list, cookie: str, viewers: int, rate: float, args) -> Result:
     """V viewers spread over the devices, the devices sending `rate` readings/s for `args.seconds`."""
     result = Result(top.code, top.shape, viewers, rate, args.seconds)
-    watching = [Viewer(devices[i % len(devices)].key) for i in range(viewers)]
-    stop_viewers, stop_devices = asyncio.Event(), asyncio.Event()
-    ready, sent, acks = [0], [0], []
+    keys = [devices[i % len(devices)].key for i in range(viewers)]
+    stop_devices = asyncio.Event()
+    sent, acks = [0], []
     label = f"{top.code}, {viewers:,} viewers @ {rate:,.0f}/s"
     with progress() as bar:
-        task = bar.add_task(f"{label}: subscribing", total=max(1, viewers), status="")
-        watchers = [asyncio.create_task(watch(top.stream, cookie, v, ready, stop_viewers)) for v in watching]
-        while ready[0] < viewers:
-            if any(w.done() for w in watchers):
-                raise SystemExit(f"a viewer failed to subscribe: {next(w for w in watchers if w.done()).exception()}")
-            bar.update(task, completed=ready[0])
-            await asyncio.sleep(0.1)
+        bar.add_task(f"{label}: subscribing", total=None, status="")
+        watching = ViewerProcesses(top, url, cookie, keys, args) if viewers else None
+        if watching:
+            await watching.ready()
         since = now_ms()
-        started, cpu_before = time.monotonic(), cpu_seconds(top.pids)
+        measured = top.pids + (watching.pids if watching else [])
+        started, cpu_before = time.monotonic(), [cpu_seconds([pid]) for pid in measured]
         senders = [
             asyncio.create_task(device(top.ingest, d.token, rate / len(devices), args.batch, sent, acks, stop_devices))
             for d in devices
         ]
         task = bar.add_task(f"{label}: streaming", total=args.seconds, status="")
         while (elapsed := time.monotonic() - started) < args.seconds:
-            delivered = sum(len(v.received) for v in watching)
-            bar.update(task, completed=elapsed, status=f"sent {sent[0]:,}, delivered {delivered:,}")
+            delivered = sum(d.value for d in watching.delivered) if watching else 0
+            bar.update(task, completed=elapsed, status=f"sent {sent[0]:,}, stream messages {delivered:,}")
             await asyncio.sleep(0.25)
         stop_devices.set()
         await asyncio.gather(*senders)
         duration = time.monotonic() - started
-        result.cpu = (cpu_seconds(top.pids) - cpu_before) / duration
+        cpu = [(cpu_seconds([pid]) - before) / duration for pid, before in zip(measured, cpu_before, strict=True)]
+        result.cpu, result.client_cpu = sum(cpu[: len(top.pids)]), sum(cpu[len(top.pids) :])
         await asyncio.sleep(1.0)
-        stop_viewers.set()
-        await asyncio.gather(*watchers)
+        tallies = await watching.stop(since) if watching else []
     stored = stored_since(url, since)
     result.sent, result.stored = sent[0], sum(map(len, stored.values()))
-    result.missing = sum(len(stored.get(v.device, set()) - set(v.received)) for v in watching)
-    result.duplicates = sum(len(v.received) - len(set(v.received)) for v in watching)
-    result.closed = sum(v.closed is not None for v in watching)
-    # Latency after a warm-up second, so connection set-up does not count.
-    latencies = [s * 1000 for v in watching for s in v.latencies[int(len(v.latencies) / args.seconds) :]]
+    result.missing = sum(t.missing for t in tallies)
+    result.duplicates = sum(t.duplicates for t in tallies)
+    result.closed = sum(t.closed for t in tallies)
+    latencies = array("f")
+    for t in tallies:
+        latencies.frombytes(t.latencies)
     result.p50, result.p99 = p50_p99(latencies) if latencies else (0.0, 0.0)
     result.ack_p99 = p50_p99(acks)[1] * 1000
-    result.messages_per_s = sum(v.messages for v in watching) / duration
-    result.delivered_per_s = sum(len(v.received) for v in watching) / duration
+    result.messages_per_s = sum(t.messages for t in tallies) / duration
+    result.delivered_per_s = sum(t.delivered for t in tallies) / duration
     return result
 
 
@@ -261,6 +386,7 @@ def result_row(r: Result, reference: Result | None) -> list[str]:
         f"{r.sent:,} / {r.stored:,}",
         f"{r.missing:,} / {r.duplicates:,} / {r.closed}",
         f"{r.cpu:.2f}",
+        f"{r.client_cpu:.2f}",
     ]
 
 
@@ -276,6 +402,7 @@ COLUMNS = [
     "sent / stored",
     "missing / dup / closed",
     "hub cores",
+    "viewer-process cores",
 ]
 
 
@@ -424,9 +551,15 @@ def main() -> None:
     parser.add_argument("--browsers", type=int, default=20, help="headless Chromium pages on one device (0: none)")
     parser.add_argument("--browser-viewers", type=int, default=500, help="socket viewers beside the pages")
     parser.add_argument("--baseline", metavar="REV", help="also run the scenarios on this revision (one process)")
+    parser.add_argument("--viewer-processes", type=int, default=2, help="processes the socket viewers run in")
+    parser.add_argument("--viewer-nice", type=int, default=5, help="their CPU priority (as HUB_STREAM_NICE)")
+    parser.add_argument(
+        "--hub-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the hub processes"
+    )
     parser.add_argument("--redis", default=os.environ.get("HUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
-    with bench_database("dashboards", redis_url=args.redis) as env:
+    settings = dict(item.split("=", 1) for item in args.hub_env)
+    with bench_database("dashboards", redis_url=args.redis, **settings) as env:
         rows, curve, idle, browsers = asyncio.run(run_code(args, env, ROOT, "this tree", args.topology))
         if args.baseline:
             with baseline_tree(args.baseline, env, args.redis) as (root, base_env):

@@ -36,6 +36,8 @@ MESSAGE_CHARS = 256 * 1024
 class Stream(Protocol):
     """What the broadcaster needs of a dashboard stream (dashboards/consumers.py)."""
 
+    outbox: "Outbox | None"
+
     def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
         """Readings of its device, `fragment` their JSON array without its brackets (shared, encoded once)."""
 
@@ -50,9 +52,14 @@ class Outbox:
 
     Readings queued back to back leave as one `readings` message (their fragments joined, no re-encoding):
     a viewer whose socket is slower than the ticks gets fewer, larger messages. A viewer whose socket has not
-    taken a message for `stall` seconds, or with more than `max_chars` waiting, has stopped reading and is
+    taken a message for `stall` seconds (`stalled()`, which the broadcaster asks about every stream once a
+    second: cheaper than a timer per send), or with more than `max_chars` waiting, has stopped reading and is
     closed. (Fragments are shared between streams: what waits costs little per viewer.)
     """
+
+    # Messages sent by every outbox of the process since the broadcaster last added them to the metric: one
+    # counter update per tick, not one per message.
+    sent = 0
 
     def __init__(
         self, send: Callable[[str], Awaitable[None]], overflow: Callable[[], None], *, max_chars: int, stall: float
@@ -64,6 +71,7 @@ class Outbox:
         self._items: deque[tuple[bool, str]] = deque()  # (is a readings fragment, text)
         self._chars = 0
         self._sender: asyncio.Task[None] | None = None
+        self._sending_since: float | None = None  # loop time the send in progress began
         self.closed = False
 
     def add(self, text: str, *, fragment: bool = False) -> None:
@@ -76,6 +84,12 @@ class Outbox:
         elif self._chars > self._max_chars:  # the memory bound: this much waits behind a send
             self._stopped_reading()
 
+    def stalled(self, now: float) -> bool:
+        """Whether the socket has taken nothing for `stall` seconds (loop time `now`); if so it is given up."""
+        if self._sending_since is not None and now - self._sending_since > self._stall:
+            self._stopped_reading()
+        return self.closed
+
     def _stopped_reading(self) -> None:
         if not self.closed:
             self.discard()
@@ -87,6 +101,7 @@ class Outbox:
         self.closed = True
         self._items.clear()
         self._chars = 0
+        self._sending_since = None
         if self._sender is not None:
             self._sender.cancel()
             self._sender = None
@@ -109,26 +124,26 @@ class Outbox:
         loop = asyncio.get_running_loop()
         try:
             while self._items:
-                # A socket that takes nothing for `stall` seconds belongs to a browser that stopped reading.
-                watch = loop.call_later(self._stall, self._stopped_reading)
-                try:
-                    await self._send(self._next())
-                finally:
-                    watch.cancel()
-                metrics.STREAM_MESSAGES.inc()
+                self._sending_since = loop.time()
+                await self._send(self._next())
+                Outbox.sent += 1
         except Exception:  # the socket went away: disconnect cleans up
             self._items.clear()
             self._chars = 0
         finally:
             self._sender = None
+            self._sending_since = None
 
 
 class Broadcaster:
     """This process's one channel-layer subscriber for every dashboard stream it serves."""
 
-    def __init__(self, layer: BaseChannelLayer | None, *, tick_seconds: float) -> None:
+    def __init__(
+        self, layer: BaseChannelLayer | None, *, tick_seconds: float, stall_check_seconds: float = 1.0
+    ) -> None:
         self._layer = layer
         self._tick = tick_seconds
+        self._stall_check = stall_check_seconds
         self._channel: str | None = None
         self._followers: dict[str, set[Stream]] = {}  # group -> local streams
         self._joined: set[str] = set()  # groups the channel is in on the layer
@@ -137,6 +152,7 @@ class Broadcaster:
         self._oldest: dict[str, int] = {}  # device key -> `at` of its oldest pending batch
         self._arrived = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
+        self._stall_watch: asyncio.Task[None] | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._failures = ThrottledLog(logger)
 
@@ -145,17 +161,23 @@ class Broadcaster:
         from channels.layers import get_channel_layer
         from django.conf import settings
 
-        return cls(get_channel_layer(), tick_seconds=settings.HUB_STREAM_TICK_MS / 1000)
+        return cls(
+            get_channel_layer(),
+            tick_seconds=settings.HUB_STREAM_TICK_MS / 1000,
+            stall_check_seconds=min(1.0, settings.HUB_STREAM_STALL_SECONDS / 4),
+        )
 
     async def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._hand_out(), name="hub-stream-tick")
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(self._hand_out(), name="hub-stream-tick")
+        self._stall_watch = loop.create_task(self._watch_stalls(), name="hub-stream-stalls")
 
     async def close(self) -> None:
-        tasks = [task for task in (self._ticker, self._receiver) if task is not None]
+        tasks = [task for task in (self._ticker, self._stall_watch, self._receiver) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._ticker = self._receiver = None
+        self._ticker = self._stall_watch = self._receiver = None
 
     async def _subscribed(self) -> str:
         """This process's channel on the layer, made (and listened to) when a stream first needs it: Redis may
@@ -262,6 +284,18 @@ class Broadcaster:
             text = orjson.dumps(payload).decode()  # once, whatever the number of followers
             for stream in list(followers):
                 stream.take_message(text)
+
+    async def _watch_stalls(self) -> None:
+        """Give up the streams whose socket has taken nothing for their stall time (each closes itself)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._stall_check)
+            metrics.STREAM_MESSAGES.inc(Outbox.sent)
+            Outbox.sent = 0
+            now = loop.time()
+            for stream in {stream for followers in self._followers.values() for stream in followers}:
+                if stream.outbox is not None:
+                    stream.outbox.stalled(now)
 
     async def _hand_out(self) -> None:
         """Every tick, each device's merged readings: encoded once, handed to each of its streams."""

@@ -123,7 +123,8 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             await broadcaster.unfollow(self)
 
     async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
+        # Straight to the server (Channels' send() only wraps it): this runs for every viewer of every tick.
+        await self.base_send({"type": "websocket.send", "text": text})
 
     async def disconnect(self, code: int) -> None:
         await self._leave()

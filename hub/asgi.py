@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - after
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from core.collector import collector_for_serving  # noqa: E402
 from core.protocol import Close  # noqa: E402
 from hub.bodies import BodyLimit  # noqa: E402
 from hub.routing import websocket_urlpatterns  # noqa: E402
@@ -68,6 +69,7 @@ async def lifespan(receive, send) -> None:
     await receive()  # lifespan.startup
     try:
         await stack.enter_async_context(hub_runtime(role=settings.HUB_ROLE))
+        stack.enter_context(collector_for_serving())
     except Exception as exc:
         logger.exception("hub start-up failed")
         await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})

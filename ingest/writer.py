@@ -19,7 +19,6 @@ in halves, each stored alone, until the refused message is alone; that message f
 
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 import time
@@ -30,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from core import metrics
+from core.collector import collector_tune
 from devices.services import DeviceIdentity
 from ingest.backends import Backend, Batch, DevicesGone, LatestRow
 from ingest.commits import Committed
@@ -42,20 +42,6 @@ class CommitSink(Protocol):
     """Takes each committed flush, in commit order, without waiting (ingest/commits.py: CommitQueue)."""
 
     def offer(self, committed: Committed) -> None: ...
-
-
-# CPython collects generation 0 every 700 new containers. Ingest makes several per reading (the parsed JSON
-# objects, a Reading, a row tuple, a wire list), so at 100,000 readings/s it collected about a thousand
-# times a second, and readings waiting in the queue were promoted into, and rescanned by, the older
-# generations: a quarter of the event loop (bench/ingest.py at B=100: 134,000 readings/s with CPython's
-# thresholds, 176,000-185,000 with these). The older generations keep CPython's ratios.
-GC_THRESHOLDS = (50_000, 10, 10)
-
-
-def collector_tune() -> None:
-    """Raise the cyclic collector's generation-0 threshold, process-wide, unless it is already higher."""
-    if 0 < gc.get_threshold()[0] < GC_THRESHOLDS[0]:
-        gc.set_threshold(*GC_THRESHOLDS)
 
 
 class WriterClosed(Exception):

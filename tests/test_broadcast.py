@@ -84,8 +84,13 @@ async def test_a_stream_whose_socket_takes_nothing_is_given_up():
     async def never(text: str) -> None:
         await asyncio.Event().wait()
 
+    loop = asyncio.get_running_loop()
     outbox = Outbox(never, overflowed.set, max_chars=1 << 20, stall=0.2)
     outbox.add("x")
-    await asyncio.wait_for(overflowed.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert not outbox.stalled(loop.time()), "sending for less than its stall time"
+    await asyncio.sleep(0.25)
+    assert outbox.stalled(loop.time())
+    assert overflowed.is_set()
     assert outbox.closed
     outbox.add("y")  # a closed outbox takes nothing more

@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from core.collector import GC_THRESHOLDS, collector_tune
 from core.epoch import now_ms
 from devices.models import Device
 from devices.services import DeviceIdentity
@@ -26,7 +27,7 @@ from ingest.backends import (
 from ingest.models import Reading
 from ingest.parsing import ErrorCode, IngestError
 from ingest.parsing import Reading as R
-from ingest.writer import GC_THRESHOLDS, Writer, WriterClosed, WriterConfig, collector_tune
+from ingest.writer import Writer, WriterClosed, WriterConfig
 from tests.sinks import RecordingSink
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import Gate, eventually

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 
 from bridge.config import bridge_config
 from bridge.worker import Bridge
+from core.collector import collector_for_serving
 from hub.runtime import hub_runtime
 
 
@@ -26,4 +27,5 @@ class Command(BaseCommand):
             loop.add_signal_handler(sig, stop.set)  # drain: flush, ack what was committed, disconnect
         config = bridge_config(url=url, client_id=client_id, protocol=protocol)
         async with hub_runtime(role="bridge") as runtime:
-            await Bridge(config, runtime.ingest).run(stop)
+            with collector_for_serving():
+                await Bridge(config, runtime.ingest).run(stop)
