@@ -4,17 +4,23 @@ Each reading carries its send time (wall clock, seconds) as its value, so every 
 device -> hub -> commit -> channel layer -> browser socket latency for every reading it receives. One run
 prints every scenario beside its no-viewer reference (the same rate, no viewers: the devices' send->ack p99
 that viewers must not raise), per-viewer completeness against the database (missing and duplicate
-readings), and the hubs' CPU; then a sweep of viewers upward at one rate until the p99 passes 250 ms (the
-fan-out's capacity), and the memory of idle streams. Loopback only.
+readings), and the CPU of the hubs and of the viewers; then a sweep of viewers upward at one rate until the
+p99 passes 250 ms (the fan-out's capacity), a check with headless Chromium pages, and the memory of idle
+streams. Loopback only.
 
     .venv/bin/python bench/dashboards.py                                  # the issue's scenarios, split roles
-    .venv/bin/python bench/dashboards.py --scenarios 100@1000 --no-sweep --no-idle
+    .venv/bin/python bench/dashboards.py --scenarios 100@1000 --no-sweep --no-idle --browsers 0
     .venv/bin/python bench/dashboards.py --topology one                   # one `serve` process does all
     .venv/bin/python bench/dashboards.py --baseline f1f12d6 --no-sweep    # and that revision's code, one process
 
 Topologies: `split` (default) runs two hub processes on this 2-core machine, `serve --role ingest` for the
 devices and `serve --role stream` for the viewers, as docs/deployment.md routes them; `one` runs a single
 `serve` (the old code's only shape, so --baseline uses it).
+
+The viewers run in processes of their own (`--viewer-processes`) at the stream process's priority, on
+websockets' sans-I/O protocol, stamping each frame as it arrives and parsing after the run: the client
+shares the machine's two cores with the hub, and its own delays would otherwise count as the hub's. The
+devices stay in this process, at normal priority, so their acks are timed by a loop that does nothing else.
 """
 
 import argparse
@@ -50,6 +56,9 @@ from harness import (
     rss_kib,
     table,
 )
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
 from core.epoch import now_ms
 from ingest.client import DeviceClient, Handled
@@ -64,18 +73,20 @@ class Viewer:
     runs is the least it can be: a busy client would count its own delays as the hub's latency)."""
 
     device: str
-    arrivals: list[tuple[float, bytes | str]] = field(default_factory=list)
+    arrivals: list[tuple[float, bytes]] = field(default_factory=list)
     closed: int | None = None
 
-    def readings(self) -> tuple[list[int], list[float]]:
-        """The `ts` of every reading delivered (duplicates included) and each one's latency in seconds."""
-        received, latencies = [], []
+    def readings(self) -> tuple[int, list[int], list[float]]:
+        """How many `readings` messages came, the `ts` of every reading delivered (duplicates included) and
+        each one's latency in seconds."""
+        messages, received, latencies = 0, [], []
         for arrived, raw in self.arrivals:
             message = orjson.loads(raw)
             if message["type"] == "readings":
+                messages += 1
                 received.extend([r[0] for r in message["readings"]])
                 latencies.extend([arrived - r[2] for r in message["readings"]])
-        return received, latencies
+        return messages, received, latencies
 
 
 @dataclass
@@ -130,26 +141,84 @@ async def session_cookie(http: str) -> str:
         return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
-async def watch(ws: websockets.ClientConnection, viewer: Viewer, delivered: Synchronized) -> None:
-    """Every reading the stream delivers, until the socket closes (the worker closes it at the end: 1000)."""
-    try:
-        async for raw in ws:
-            viewer.arrivals.append((time.time(), raw))
-            delivered.value += 1
-    except websockets.ConnectionClosed:
-        pass
-    if ws.close_code != 1000:  # the hub closed it (4008: too slow), not the worker
-        viewer.closed = ws.close_code
+class SocketViewer(asyncio.Protocol):
+    """One viewer's socket on websockets' sans-I/O protocol: each frame is stamped and kept as it arrives, with
+    no task, future or queue per message (the client's cost is the bench's noise; it shares the machine)."""
+
+    def __init__(self, viewer: Viewer, url: str, headers: dict[str, str], delivered: Synchronized) -> None:
+        self.viewer = viewer
+        self.delivered = delivered
+        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self.request = self.protocol.connect()
+        self.request.headers.update(headers)
+        self.transport: asyncio.Transport | None = None
+        self.changed = asyncio.Event()  # frames arrived or the socket closed (waited on while subscribing)
+        self.gone = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.protocol.send_request(self.request)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.time()
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.viewer.arrivals.append((arrived, bytes(event.data)))
+                self.delivered.value += 1
+        self.changed.set()
+        self.flush()  # pongs, the answer to a close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        code = self.protocol.close_code
+        if code != 1000:  # the hub closed it (4008: too slow), not the bench
+            self.viewer.closed = code
+        self.changed.set()
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def flush(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    def send(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        self.flush()
+
+    async def message(self, n: int) -> dict:
+        """The viewer's n-th message (from 1), waiting for it while subscribing."""
+        async with asyncio.timeout(30):
+            while len(self.viewer.arrivals) < n:
+                if self.gone.done():
+                    raise ConnectionError(f"closed while subscribing: {self.protocol.handshake_exc!r}")
+                self.changed.clear()
+                await self.changed.wait()
+        return orjson.loads(self.viewer.arrivals[n - 1][1])
+
+    async def close(self) -> None:
+        if not self.gone.done():
+            self.protocol.send_close(1000)
+            self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.gone), 5)
+        self.transport.close()
 
 
-async def subscribed(hub_ws: str, origin: str, cookie: str, key: str) -> websockets.ClientConnection:
+async def subscribed(hub: tuple[str, str], cookie: str, viewer: Viewer, delivered: Synchronized) -> SocketViewer:
+    hub_ws, origin = hub
+    url = f"{hub_ws}/ws/v1/devices/{viewer.device}/stream"
+    host, port = hub_ws.removeprefix("ws://").split(":")
     headers = {"Cookie": cookie, "Origin": origin}
-    url = f"{hub_ws}/ws/v1/devices/{key}/stream"
-    ws = await websockets.connect(url, additional_headers=headers, max_queue=None, max_size=None)
-    assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
-    await ws.send(orjson.dumps({"since": now_ms()}).decode())
-    assert orjson.loads(await ws.recv())["type"] == "history"  # noqa: S101
-    return ws
+    loop = asyncio.get_running_loop()
+    _, socket = await loop.create_connection(lambda: SocketViewer(viewer, url, headers, delivered), host, int(port))
+    assert (await socket.message(1))["type"] == "subscribed"  # noqa: S101
+    socket.send(orjson.dumps({"since": now_ms()}).decode())
+    assert (await socket.message(2))["type"] == "history"  # noqa: S101
+    return socket
 
 
 @dataclass
@@ -194,25 +263,23 @@ async def viewers_run(
     try:
         sockets = []
         for i in range(0, len(keys), 50):  # 50 handshakes at a time: the hub's login check is a DB query each
-            sockets += await asyncio.gather(*(subscribed(*hub, cookie, key) for key in keys[i : i + 50]))
+            sockets += await asyncio.gather(*(subscribed(hub, cookie, v, delivered) for v in watching[i : i + 50]))
     except Exception as exc:  # noqa: BLE001 - reported to the bench, which stops
         conn.send(("failed", repr(exc)))
         return
-    watchers = [asyncio.create_task(watch(ws, v, delivered)) for ws, v in zip(sockets, watching, strict=True)]
     # The client's own pauses must not count as the hub's latency: the connections' objects are left out of
     # the collector's full passes (as the hub does for its start-up heap), and young passes are rarer.
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)
     conn.send(("ready", len(sockets)))
     since = await loop.run_in_executor(None, conn.recv)
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    await asyncio.gather(*watchers)
+    await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
     stored = await loop.run_in_executor(None, stored_since, url, since)
     tally, latencies = Tally(), array("f")
     for v in watching:
-        delivered, waited = v.readings()
+        messages, delivered, waited = v.readings()
         received = set(delivered)
-        tally.messages += len(v.arrivals)
+        tally.messages += messages
         tally.delivered += len(delivered)
         tally.missing += len(stored.get(v.device, set()) - received)
         tally.duplicates += len(delivered) - len(received)
@@ -544,8 +611,10 @@ def main() -> None:
     parser.add_argument("--sweep", type=lambda t: [int(v) for v in t.split(",")], default="500,1000,2000,3000,4000")
     parser.add_argument("--sweep-rate", type=float, default=1000.0)
     parser.add_argument("--no-sweep", dest="sweep", action="store_const", const=[])
-    parser.add_argument("--idle", type=int, default=1000, help="idle device streams to weigh (0: none)")
-    parser.add_argument("--idle-fleet", type=int, default=200, help="idle fleet streams to weigh")
+    # Thousands, not hundreds: a snapshot of RSS also holds young garbage the collector has not reached yet
+    # (up to its 50,000-object threshold, core/collector.py), a few MiB whatever the number of sockets.
+    parser.add_argument("--idle", type=int, default=3000, help="idle device streams to weigh (0: none)")
+    parser.add_argument("--idle-fleet", type=int, default=1000, help="idle fleet streams to weigh")
     parser.add_argument("--fleet-devices", type=int, default=10_000, help="devices registered for the fleet streams")
     parser.add_argument("--no-idle", dest="idle", action="store_const", const=0)
     parser.add_argument("--browsers", type=int, default=20, help="headless Chromium pages on one device (0: none)")

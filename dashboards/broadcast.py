@@ -57,8 +57,20 @@ class Outbox:
     closed. (Fragments are shared between streams: what waits costs little per viewer.)
     """
 
+    __slots__ = (
+        "_send",
+        "_overflow",
+        "_max_chars",
+        "_stall",
+        "_items",
+        "_chars",
+        "_sender",
+        "_sending_since",
+        "closed",
+    )
+
     # Messages sent by every outbox of the process since the broadcaster last added them to the metric: one
-    # counter update per tick, not one per message.
+    # counter update a second, not one per message.
     sent = 0
 
     def __init__(

@@ -14,7 +14,8 @@ from tests.waiting import eventually
 class Sink:
     """A stream as the broadcaster sees it: records what it is handed."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox | None = None) -> None:
+        self.outbox = outbox
         self.fragments: list[str] = []
         self.messages: list[str] = []
         self.closed_with: int | None = None
@@ -94,3 +95,26 @@ async def test_a_stream_whose_socket_takes_nothing_is_given_up():
     assert overflowed.is_set()
     assert outbox.closed
     outbox.add("y")  # a closed outbox takes nothing more
+
+
+async def test_the_broadcaster_gives_up_a_followed_stream_whose_socket_takes_nothing():
+    """One sweep a second over the streams (not a timer per send) finds the stalled one; the others stay."""
+
+    async def never(text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def instant(text: str) -> None:
+        pass
+
+    broadcaster = Broadcaster(InMemoryChannelLayer(), tick_seconds=0.05, stall_check_seconds=0.05)
+    await broadcaster.start()
+    stalled, wrongly_closed = asyncio.Event(), asyncio.Event()
+    deaf = Sink(Outbox(never, stalled.set, max_chars=1 << 20, stall=0.2))
+    live = Sink(Outbox(instant, wrongly_closed.set, max_chars=1 << 20, stall=0.2))
+    for stream in (deaf, live):
+        await broadcaster.follow(stream, device_group("a"))
+        stream.outbox.add("x")
+    await asyncio.wait_for(stalled.wait(), 5)
+    assert deaf.outbox.closed
+    assert not live.outbox.closed and not wrongly_closed.is_set()
+    await broadcaster.close()
