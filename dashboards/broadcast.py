@@ -2,17 +2,20 @@
 
 One `Broadcaster` per process is the only subscriber on the channel layer: it joins a group when the first
 local stream follows it and leaves with the last. Committed readings that arrive for a device are merged
-and, once per tick (HUB_STREAM_TICK_MS, 100 ms: ≤ 10 updates/s per device stream), encoded once and handed
-to every stream following that device. Each stream has an `Outbox`: while its socket is busy, what arrives
-merges into fewer, larger messages (never dropped); a stream whose socket takes nothing for
-HUB_STREAM_STALL_SECONDS (or with more than HUB_STREAM_MAX_PENDING_KIB waiting) has stopped reading and is
-closed with 4008, and its browser catches up from the database. No task exists
-for an idle stream, and no queue or chain of tasks grows with how far behind the slowest viewer is.
+and, once per tick (HUB_STREAM_TICK_MS, 100 ms: ≤ 10 updates/s per device stream; each device in its own
+slot of the tick, `TickSchedule`), encoded once and handed to every stream following that device. Each
+stream has an `Outbox`: while its socket is busy, what arrives merges into fewer, larger messages (never
+dropped); a stream whose socket takes nothing for HUB_STREAM_STALL_SECONDS (or with more than
+HUB_STREAM_MAX_PENDING_KIB waiting) has stopped reading and is closed with 4008, and its browser catches up
+from the database. No task exists for an idle stream, and no queue or chain of tasks grows with how far
+behind the slowest viewer is.
 """
 
 import asyncio
 import contextlib
 import logging
+import math
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -147,6 +150,75 @@ class Outbox:
             self._sending_since = None
 
 
+class TickSchedule:
+    """When each device's pending readings are handed out: at most once a tick, each device in its own slot.
+
+    The tick is cut into `SLOTS` slots and a device keeps one (a hash of its key), so a process following
+    many devices hands them out a slot at a time rather than all at once: with 2,000 viewers one tick's
+    sends were one 50 ms burst, whose last viewer waited for all of it. A device idle for two ticks goes
+    out at once (a quiet device is not made to wait for its slot); after that it settles into its slot,
+    never sooner than half a tick after its previous hand-out. Time is the event loop's, in seconds.
+    """
+
+    SLOTS = 10
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self._slot_seconds = tick / self.SLOTS
+        self._slots: list[dict[str, list[WireReading]]] = [{} for _ in range(self.SLOTS)]
+        self._now: dict[str, list[WireReading]] = {}  # devices that were idle: out at the next hand-out
+        self._last: dict[str, float] = {}  # device key -> its latest hand-out (pruned after two idle ticks)
+        self._done: int | None = None  # the last slot (counted from the loop's epoch) handed out
+        self.oldest: dict[str, int] = {}  # device key -> `at` of its oldest pending batch (for the lag metric)
+
+    def _slot(self, key: str) -> dict[str, list[WireReading]]:
+        return self._slots[zlib.crc32(key.encode()) % self.SLOTS]
+
+    def add(self, key: str, readings: list[WireReading], at: int, now: float) -> bool:
+        """Queue a device's readings (in arrival order); True when they are due at once."""
+        self.oldest.setdefault(key, at)
+        slot = self._slot(key)
+        if key in slot:
+            slot[key].extend(readings)
+            return False
+        if key in self._now or now - self._last.get(key, -math.inf) >= 2 * self.tick:
+            self._now.setdefault(key, []).extend(readings)
+            return True
+        slot[key] = list(readings)
+        return False
+
+    def waiting(self) -> bool:
+        return any(self._slots)
+
+    def until_next_slot(self, now: float) -> float:
+        return (math.floor(now / self._slot_seconds) + 1) * self._slot_seconds - now
+
+    def take(self, now: float) -> dict[str, list[WireReading]]:
+        """The readings due at `now`, per device: the idle devices', and those of every slot reached since the
+        previous call whose device has not been handed out in the last half tick."""
+        due, self._now = self._now, {}
+        current = math.floor(now / self._slot_seconds)
+        first = current - self.SLOTS + 1 if self._done is None else max(self._done + 1, current - self.SLOTS + 1)
+        for index in range(first, current + 1):
+            slot = self._slots[index % self.SLOTS]
+            for key in [k for k in slot if now - self._last.get(k, -math.inf) >= self.tick / 2]:
+                due[key] = slot.pop(key)
+        self._done = current
+        for key in due:
+            self._last[key] = now
+        return due
+
+    def forget_idle(self, now: float) -> None:
+        """Drop the hand-out times of devices idle for two ticks (they count as never handed out)."""
+        self._last = {key: at for key, at in self._last.items() if now - at < 2 * self.tick}
+
+    def clear(self) -> None:
+        for slot in self._slots:
+            slot.clear()
+        self._now.clear()
+        self.oldest.clear()
+
+
 class Broadcaster:
     """This process's one channel-layer subscriber for every dashboard stream it serves."""
 
@@ -160,8 +232,7 @@ class Broadcaster:
         self._followers: dict[str, set[Stream]] = {}  # group -> local streams
         self._joined: set[str] = set()  # groups the channel is in on the layer
         self._membership = asyncio.Lock()
-        self._pending: dict[str, list[WireReading]] = {}  # device key -> readings not yet handed out
-        self._oldest: dict[str, int] = {}  # device key -> `at` of its oldest pending batch
+        self._schedule = TickSchedule(tick_seconds)  # device key -> readings not yet handed out, and when
         self._arrived = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._stall_watch: asyncio.Task[None] | None = None
@@ -241,8 +312,7 @@ class Broadcaster:
         streams = {stream for followers in self._followers.values() for stream in followers}
         self._followers.clear()
         self._joined.clear()
-        self._pending.clear()
-        self._oldest.clear()
+        self._schedule.clear()
         self._channel = None
         if self._receiver is not None:
             self._receiver.cancel()
@@ -277,9 +347,10 @@ class Broadcaster:
         if kind == "readings.batch":
             key = message["device"]
             if device_group(key) in self._followers:
-                self._pending.setdefault(key, []).extend(message["readings"])
-                self._oldest.setdefault(key, message.get("at", now_ms()))
-                self._arrived.set()
+                waiting = self._schedule.waiting()  # if so, the hand-out is already timed for the next slot
+                now = asyncio.get_running_loop().time()
+                if self._schedule.add(key, message["readings"], message.get("at", now_ms()), now) or not waiting:
+                    self._arrived.set()
         elif kind == "readings.gap":
             for stream in list(self._followers.get(device_group(message["device"]), ())):
                 asyncio.get_running_loop().create_task(stream.close(code=Close.STREAM_INTERRUPTED))
@@ -308,27 +379,30 @@ class Broadcaster:
             for stream in {stream for followers in self._followers.values() for stream in followers}:
                 if stream.outbox is not None:
                     stream.outbox.stalled(now)
+            self._schedule.forget_idle(now)
 
     async def _hand_out(self) -> None:
-        """Every tick, each device's merged readings: encoded once, handed to each of its streams."""
+        """Each device's merged readings when its slot comes (TickSchedule): encoded once, handed to each of its
+        streams. A process that falls behind hands out more readings per slot instead of more slots."""
         loop = asyncio.get_running_loop()
+        schedule = self._schedule
         while True:
-            await self._arrived.wait()
+            if schedule.waiting():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(schedule.until_next_slot(loop.time())):
+                        await self._arrived.wait()
+            else:
+                await self._arrived.wait()
             self._arrived.clear()
-            started = loop.time()
-            pending, oldest = self._pending, self._oldest
-            self._pending, self._oldest = {}, {}
             now = now_ms()
-            for key, readings in pending.items():
+            for key, readings in schedule.take(loop.time()).items():
+                oldest = schedule.oldest.pop(key, now)
                 followers = self._followers.get(device_group(key))
                 if not followers:
                     continue
-                metrics.STREAM_LAG_SECONDS.observe(max(0, now - oldest[key]) / 1000)
+                metrics.STREAM_LAG_SECONDS.observe(max(0, now - oldest) / 1000)
                 for i in range(0, len(readings), FRAGMENT_READINGS):
                     chunk = readings[i : i + FRAGMENT_READINGS]
                     fragment = orjson.dumps(chunk).decode()[1:-1]
                     for stream in list(followers):
                         stream.take_readings(fragment, chunk)
-            # At most one hand-out per tick: a stream follows its device at ≤ 1/tick updates per second, and
-            # a process that falls behind hands out more readings per tick instead of more ticks.
-            await asyncio.sleep(max(0.0, self._tick - (loop.time() - started)))

@@ -7,7 +7,7 @@ import orjson
 from channels.layers import InMemoryChannelLayer
 
 from core.protocol import ReadingsBatch, device_group
-from dashboards.broadcast import MESSAGE_CHARS, Broadcaster, Outbox
+from dashboards.broadcast import MESSAGE_CHARS, Broadcaster, Outbox, TickSchedule
 from tests.waiting import eventually
 
 
@@ -118,3 +118,33 @@ async def test_the_broadcaster_gives_up_a_followed_stream_whose_socket_takes_not
     assert deaf.outbox.closed
     assert not live.outbox.closed and not wrongly_closed.is_set()
     await broadcaster.close()
+
+
+def test_each_device_is_handed_out_at_most_once_a_tick_in_its_own_slot():
+    """Readings every 5 ms from many devices for 2 s (the loop's clock given, not waited for): an idle device
+    goes out at once, then each device once a tick at its own phase, every reading in order; the devices'
+    hand-outs spread over the tick instead of one burst."""
+    schedule = TickSchedule(0.1)
+    keys = [f"dev-{i}" for i in range(40)]
+    handed: dict[str, list[tuple[float, list]]] = {key: [] for key in keys}
+    step, now = 0.005, 1000.0
+    assert schedule.add("dev-0", [[0, "t", 0.0]], 0, now), "an idle device is due at once"
+    for n in range(1, 400):
+        for key in keys[1:] if n == 1 else keys:
+            schedule.add(key, [[n, "t", float(n)]], 0, now)
+        for key, readings in schedule.take(now).items():
+            handed[key].append((now, readings))
+        now += step
+    for key, readings in schedule.take(now + 1.0).items():
+        handed[key].append((now + 1.0, readings))
+    assert not schedule.waiting()
+    for key in keys:
+        assert sum(len(r) for _, r in handed[key]) == 399, "every reading, once"
+        times = [at for at, _ in handed[key]][:-1]
+        gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]  # after settling into its slot
+        assert gaps and all(abs(gap - 0.1) < 1e-6 for gap in gaps), f"{key}: once a tick, {gaps[:5]}"
+        assert times[1] - times[0] >= 0.05 - 1e-9, "never sooner than half a tick after the previous"
+        sent = [r[0] for _, readings in handed[key] for r in readings]
+        assert sent == sorted(sent) and len(sent) == len(set(sent)), "in order, once"
+    phases = {round((handed[key][-2][0] * 1000) % 100) for key in keys}
+    assert len(phases) >= 5, f"the devices' hand-outs fall in several slots of the tick: {sorted(phases)}"
