@@ -60,6 +60,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
+from core.collector import GC_THRESHOLDS
 from core.epoch import now_ms
 from ingest.client import DeviceClient, Handled
 
@@ -233,61 +234,55 @@ class Tally:
     closed: int = 0
 
 
-def viewer_process(
-    conn: Connection,
-    hub: tuple[str, str],
-    cookie: str,
-    keys: list[str],
-    url: str,
-    seconds: float,
-    nice: int,
-    delivered: Synchronized,
-) -> None:
+@dataclass(frozen=True)
+class ViewerShare:
+    """One viewer process's part of a scenario (picklable: it is handed to a spawned process)."""
+
+    stream: tuple[str, str]  # the stream process's ws:// address and its http:// one (the Origin)
+    cookie: str
+    keys: list[str]  # the device each of its viewers follows
+    url: str  # the database each viewer is checked against
+    seconds: float
+
+
+def viewer_process(conn: Connection, share: ViewerShare, nice: int, delivered: Synchronized) -> None:
     """A process of viewers (the bench's own client must not share a core, or a GIL, with the devices it
     times): it subscribes them, says "ready", streams until told "stop", then checks each against the database."""
     os.nice(nice)
-    asyncio.run(viewers_run(conn, hub, cookie, keys, url, seconds, delivered))
+    asyncio.run(viewers_run(conn, share, delivered))
 
 
-async def viewers_run(
-    conn: Connection,
-    hub: tuple[str, str],
-    cookie: str,
-    keys: list[str],
-    url: str,
-    seconds: float,
-    delivered: Synchronized,
-) -> None:
+async def viewers_run(conn: Connection, share: ViewerShare, delivered: Synchronized) -> None:
     loop = asyncio.get_running_loop()
-    watching = [Viewer(key) for key in keys]
+    watching = [Viewer(key) for key in share.keys]
     try:
         sockets = []
-        for i in range(0, len(keys), 50):  # 50 handshakes at a time: the hub's login check is a DB query each
-            sockets += await asyncio.gather(*(subscribed(hub, cookie, v, delivered) for v in watching[i : i + 50]))
+        for i in range(0, len(watching), 50):  # 50 handshakes at a time: the hub's login check is a DB query each
+            batch = watching[i : i + 50]
+            sockets += await asyncio.gather(*(subscribed(share.stream, share.cookie, v, delivered) for v in batch))
     except Exception as exc:  # noqa: BLE001 - reported to the bench, which stops
         conn.send(("failed", repr(exc)))
         return
     # The client's own pauses must not count as the hub's latency: the connections' objects are left out of
     # the collector's full passes (as the hub does for its start-up heap), and young passes are rarer.
     gc.freeze()
-    gc.set_threshold(50_000, 10, 10)
+    gc.set_threshold(*GC_THRESHOLDS)
     conn.send(("ready", len(sockets)))
     since = await loop.run_in_executor(None, conn.recv)
     await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
-    stored = await loop.run_in_executor(None, stored_since, url, since)
+    stored = await loop.run_in_executor(None, stored_since, share.url, since)
     tally, latencies = Tally(), array("f")
     for v in watching:
-        messages, delivered, waited = v.readings()
-        received = set(delivered)
+        messages, arrived, waited = v.readings()
+        received = set(arrived)
         tally.messages += messages
-        tally.delivered += len(delivered)
+        tally.delivered += len(arrived)
         tally.missing += len(stored.get(v.device, set()) - received)
-        tally.duplicates += len(delivered) - len(received)
+        tally.duplicates += len(arrived) - len(received)
         tally.closed += v.closed is not None
         # Latency after a warm-up second, so connection set-up does not count.
-        latencies.extend([s * 1000 for s in waited[int(len(waited) / seconds) :]])
+        latencies.extend([s * 1000 for s in waited[int(len(waited) / share.seconds) :]])
     tally.latencies = latencies.tobytes()
-
     conn.send(tally)
 
 
@@ -353,7 +348,8 @@ class Result:
 
 
 class ViewerProcesses:
-    """The viewers of one scenario, spread over `count` processes at the stream process's priority."""
+    """The viewers of one scenario, spread over `args.viewer_processes` processes at the stream process's
+    priority (`args.viewer_nice`)."""
 
     def __init__(self, top: Topology, url: str, cookie: str, keys: list[str], args) -> None:
         spawn = multiprocessing.get_context("spawn")
@@ -361,12 +357,10 @@ class ViewerProcesses:
         self.pipes, self.processes = [], []
         for i, delivered in enumerate(self.delivered):
             ours, theirs = spawn.Pipe()
-            share = keys[i :: args.viewer_processes]
-            hub = (top.stream.ws, top.stream.http)
+            stream = (top.stream.ws, top.stream.http)
+            share = ViewerShare(stream, cookie, keys[i :: args.viewer_processes], url, args.seconds)
             process = spawn.Process(
-                target=viewer_process,
-                args=(theirs, hub, cookie, share, url, args.seconds, args.viewer_nice, delivered),
-                daemon=True,
+                target=viewer_process, args=(theirs, share, args.viewer_nice, delivered), daemon=True
             )
             process.start()
             self.pipes.append(ours)

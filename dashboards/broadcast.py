@@ -226,7 +226,6 @@ class Broadcaster:
         self, layer: BaseChannelLayer | None, *, tick_seconds: float, stall_check_seconds: float = 1.0
     ) -> None:
         self._layer = layer
-        self._tick = tick_seconds
         self._stall_check = stall_check_seconds
         self._channel: str | None = None
         self._followers: dict[str, set[Stream]] = {}  # group -> local streams
@@ -304,12 +303,16 @@ class Broadcaster:
                             await self._layer.group_discard(group, self._channel)
 
     def __len__(self) -> int:
-        return len({stream for followers in self._followers.values() for stream in followers})
+        return len(self._streams())
+
+    def _streams(self) -> set[Stream]:
+        """Every stream of the process, once (a fleet stream follows two groups)."""
+        return {stream for followers in self._followers.values() for stream in followers}
 
     async def interrupt(self) -> int:
         """Close every stream with 4011 (live messages may have been lost: they reconnect and catch up), and
         start over with a fresh channel: whatever the layer held for the old one is not to be trusted."""
-        streams = {stream for followers in self._followers.values() for stream in followers}
+        streams = self._streams()
         self._followers.clear()
         self._joined.clear()
         self._schedule.clear()
@@ -376,7 +379,7 @@ class Broadcaster:
             metrics.STREAM_MESSAGES.inc(Outbox.sent)
             Outbox.sent = 0
             now = loop.time()
-            for stream in {stream for followers in self._followers.values() for stream in followers}:
+            for stream in self._streams():
                 if stream.outbox is not None:
                     stream.outbox.stalled(now)
             self._schedule.forget_idle(now)
