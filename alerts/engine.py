@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from alerts.config import AlertConfig
 from alerts.evaluation import FIRED, PENDING_CLEARED, PENDING_STARTED, RESOLVED, RuleSpec, Tracked, threshold_step
 from alerts.models import AlertEvent, AlertRule, AlertState, Kind, State, WebhookDelivery, alert_event_payload
 from alerts.rules import rule_spec
@@ -29,8 +29,8 @@ from core.protocol import AlertEventPayload
 from devices.selectors import device_labels_by_id
 from devices.services import DeviceIdentity
 from ingest.commits import Committed
-from ingest.fanout import Publisher
 from ingest.parsing import Reading
+from live.publisher import Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ class AlertEngine:
 
     name = "alerts"
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, config: AlertConfig) -> None:
         self._publisher = publisher
+        self.config = config
         self._shed_log = ThrottledLog(logger)
         self._rules: list[RuleSpec] = []
         self._loaded_at = -1e9
@@ -64,13 +65,13 @@ class AlertEngine:
         Rules come from the snapshot `rules_loop` refreshes: the evaluation never waits for the database's
         thread (busy with a thousand devices authenticating, it held the engine seconds behind), except for
         the first batch and with HUB_ALERT_RULES_REFRESH_SECONDS=0 (a reload before every batch, for tests)."""
-        if self._loaded_at < 0 or settings.HUB_ALERT_RULES_REFRESH_SECONDS <= 0:
+        if self._loaded_at < 0 or self.config.rules_refresh_seconds <= 0:
             await self.refresh()
         if not self._rules:
             return
         transitions = [t for device, readings in committed.items() for t in self._evaluate(device, readings)]
         if transitions:
-            await self.announce(await database_sync_to_async(record)(transitions))
+            await self.announce(await database_sync_to_async(record)(transitions, self.config.webhooks.default_url))
 
     async def shed(self, devices: set[DeviceIdentity]) -> None:
         self._shed_log.warning("alerts: readings of %d devices not evaluated (the engine fell behind)", len(devices))
@@ -108,7 +109,7 @@ class AlertEngine:
 
     async def rules_loop(self) -> None:
         """A loop of the hub runtime: the rule snapshot reloaded every HUB_ALERT_RULES_REFRESH_SECONDS."""
-        interval = settings.HUB_ALERT_RULES_REFRESH_SECONDS
+        interval = self.config.rules_refresh_seconds
         while interval > 0:
             await asyncio.sleep(interval)
             try:
@@ -139,19 +140,20 @@ def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None
     return rules, states, labels
 
 
-def record(transitions: list[Transition]) -> list[AlertEventPayload]:
-    """Persist transitions; returns the events recorded (fired/resolved), each exactly once."""
+def record(transitions: list[Transition], default_webhook: str = "") -> list[AlertEventPayload]:
+    """Persist transitions; returns the events recorded (fired/resolved), each exactly once. An event of a rule
+    without a webhook URL of its own is delivered to `default_webhook` (when set)."""
     events = []
     for t in transitions:
         with transaction.atomic():
             state, _ = AlertState.objects.select_for_update().get_or_create(rule_id=t.rule.id, device_id=t.device.id)
-            event = _apply(state, t)
+            event = _apply(state, t, default_webhook)
             if event is not None:
                 events.append(event)
     return events
 
 
-def _apply(state: AlertState, t: Transition) -> AlertEventPayload | None:
+def _apply(state: AlertState, t: Transition, default_webhook: str) -> AlertEventPayload | None:
     at = from_epoch_ms(t.ts)
     if t.kind == PENDING_STARTED and state.state == State.OK:
         state.state, state.pending_since, state.value = State.PENDING, at, t.value
@@ -163,22 +165,22 @@ def _apply(state: AlertState, t: Transition) -> AlertEventPayload | None:
         state.state, state.fired_at, state.value = State.FIRING, at, t.value
         state.acknowledged_by, state.acknowledged_at = None, None
         state.save()
-        return _event(t, AlertEvent.Type.FIRED, at)
+        return _event(t, AlertEvent.Type.FIRED, at, default_webhook)
     elif t.kind == RESOLVED and state.state == State.FIRING:
         state.state, state.pending_since = State.OK, None
         state.save()
-        return _event(t, AlertEvent.Type.RESOLVED, at)
+        return _event(t, AlertEvent.Type.RESOLVED, at, default_webhook)
     return None
 
 
-def _event(t: Transition, kind: str, at: datetime) -> AlertEventPayload:
+def _event(t: Transition, kind: str, at: datetime, default_webhook: str) -> AlertEventPayload:
     event = AlertEvent.objects.create(
         rule_id=t.rule.id, device_id=t.device.id, type=kind, at=at, value=t.value, severity=t.rule.severity
     )
     payload = alert_event_payload(
         event_id=event.id, kind=kind, rule=t.rule, device_key=t.device.key, at_ms=epoch_ms(at), value=t.value
     )
-    url = t.rule.webhook_url or settings.HUB_ALERT_WEBHOOK_URL
+    url = t.rule.webhook_url or default_webhook
     if url:
         WebhookDelivery.objects.create(event=event, url=url, payload=payload, next_attempt_at=timezone.now())
     return payload

@@ -9,7 +9,7 @@ from alerts.evaluation import RuleSpec
 from alerts.models import AlertRule, Condition, Kind
 from devices.labels import devices_labelled, labels_parse
 from devices.models import Device
-from ingest.models import LatestValue
+from storage.models import LatestValue
 
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 

@@ -5,7 +5,6 @@ import asyncio
 import logging
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from alerts.engine import FIRED, AlertEngine, Transition, record
 from alerts.evaluation import FIRING, Tracked, silence_step
@@ -16,12 +15,12 @@ from core.epoch import now_ms as wall_clock_ms
 from core.protocol import AlertEventPayload
 from devices.models import Device
 from devices.services import DeviceIdentity
-from ingest.selectors import latest_heard
+from history.selectors import latest_heard
 
 logger = logging.getLogger(__name__)
 
 
-def silence_check(*, now_ms: int | None = None) -> list[AlertEventPayload]:
+def silence_check(*, now_ms: int | None = None, default_webhook: str = "") -> list[AlertEventPayload]:
     """Evaluate every enabled no-data/offline rule against every device in its scope; returns events."""
     now_ms = now_ms if now_ms is not None else wall_clock_ms()
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind__in=[Kind.NO_DATA, Kind.OFFLINE])]
@@ -46,13 +45,16 @@ def silence_check(*, now_ms: int | None = None) -> list[AlertEventPayload]:
             if change:
                 at = now_ms if change == FIRED else last
                 transitions.append(Transition(rule, DeviceIdentity(device_id, key), change, at, None))
-    return record(transitions) if transitions else []
+    return record(transitions, default_webhook) if transitions else []
 
 
 async def silence_loop(engine: AlertEngine) -> None:
+    """A loop of the hub runtime: every `silence_check_seconds` of the engine's configuration."""
+    config = engine.config
     while True:
-        await asyncio.sleep(settings.HUB_ALERT_SILENCE_CHECK_SECONDS)
+        await asyncio.sleep(config.silence_check_seconds)
         try:
-            await engine.announce(await database_sync_to_async(silence_check)())
+            check = database_sync_to_async(silence_check)
+            await engine.announce(await check(default_webhook=config.webhooks.default_url))
         except Exception:
             logger.exception("no-data check failed; retrying next interval")

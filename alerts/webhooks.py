@@ -14,13 +14,13 @@ from datetime import timedelta
 import httpx
 import orjson
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from alerts.config import WebhookConfig
 from alerts.destinations import Refused, webhook_destination
 from alerts.models import WebhookDelivery
-from core.db import dialect
+from storage.engines import engine
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +33,26 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _claim() -> list[tuple[int, str, dict, int]]:
+def _claim(config: WebhookConfig) -> list[tuple[int, str, dict, int]]:
     """Due deliveries, pushed into the future so no other worker takes them while we send."""
     with transaction.atomic():
         due = WebhookDelivery.objects.filter(
             status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now()
         ).order_by("next_attempt_at")
-        if dialect().skip_locked:
+        if engine().skip_locked:
             due = due.select_for_update(skip_locked=True)
         rows = list(due.values_list("id", "url", "payload", "attempts")[:_BATCH])
-        lease = timezone.now() + timedelta(seconds=settings.HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS * 2)
+        lease = timezone.now() + timedelta(seconds=config.timeout_seconds * 2)
         WebhookDelivery.objects.filter(id__in=[r[0] for r in rows]).update(next_attempt_at=lease)
     return rows
 
 
-def _settle(delivery_id: int, attempts: int, error: str | None) -> None:
+def _settle(config: WebhookConfig, delivery_id: int, attempts: int, error: str | None) -> None:
     if error is None:
         WebhookDelivery.objects.filter(id=delivery_id).update(status=WebhookDelivery.Status.SENT, attempts=attempts)
         return
-    failed = attempts >= settings.HUB_ALERT_WEBHOOK_MAX_ATTEMPTS
-    backoff = min(settings.HUB_ALERT_WEBHOOK_BACKOFF_SECONDS * 2 ** (attempts - 1), 300)
+    failed = attempts >= config.max_attempts
+    backoff = min(config.backoff_seconds * 2 ** (attempts - 1), 300)
     WebhookDelivery.objects.filter(id=delivery_id).update(
         status=WebhookDelivery.Status.FAILED if failed else WebhookDelivery.Status.PENDING,
         attempts=attempts,
@@ -63,16 +63,18 @@ def _settle(delivery_id: int, attempts: int, error: str | None) -> None:
         logger.warning("webhook delivery %d to %s failed after %d attempts: %s", delivery_id, "…", attempts, error)
 
 
-async def _send(client: httpx.AsyncClient, delivery_id: int, url: str, payload: dict, attempts: int) -> None:
+async def _send(
+    config: WebhookConfig, client: httpx.AsyncClient, delivery_id: int, url: str, payload: dict, attempts: int
+) -> None:
     body = orjson.dumps(payload)
     headers = {"Content-Type": "application/json", "X-Hub-Event": payload["type"], "X-Hub-Delivery": str(delivery_id)}
-    if settings.HUB_ALERT_WEBHOOK_SECRET:
-        headers[SIGNATURE_HEADER] = signature(settings.HUB_ALERT_WEBHOOK_SECRET, body)
+    if config.secret:
+        headers[SIGNATURE_HEADER] = signature(config.secret, body)
     try:
         target = await webhook_destination(url)  # checked again now, and connected to by the address checked
     except Refused as refused:
-        final = max(attempts + 1, settings.HUB_ALERT_WEBHOOK_MAX_ATTEMPTS)  # not retried: it would be refused again
-        await database_sync_to_async(_settle)(delivery_id, final, f"refused: {refused}")
+        final = max(attempts + 1, config.max_attempts)  # not retried: it would be refused again
+        await database_sync_to_async(_settle)(config, delivery_id, final, f"refused: {refused}")
         return
     headers["Host"] = target.host
     try:
@@ -80,22 +82,22 @@ async def _send(client: httpx.AsyncClient, delivery_id: int, url: str, payload: 
         error = None if response.is_success else f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
-    await database_sync_to_async(_settle)(delivery_id, attempts + 1, error)
+    await database_sync_to_async(_settle)(config, delivery_id, attempts + 1, error)
 
 
-async def webhooks_deliver_due(client: httpx.AsyncClient) -> int:
-    rows = await database_sync_to_async(_claim)()
-    await asyncio.gather(*(_send(client, *row) for row in rows))
+async def webhooks_deliver_due(config: WebhookConfig, client: httpx.AsyncClient) -> int:
+    rows = await database_sync_to_async(_claim)(config)
+    await asyncio.gather(*(_send(config, client, *row) for row in rows))
     return len(rows)
 
 
-async def webhook_loop() -> None:
+async def webhook_loop(config: WebhookConfig) -> None:
     """A loop of the hub runtime."""
-    async with httpx.AsyncClient(timeout=settings.HUB_ALERT_WEBHOOK_TIMEOUT_SECONDS) as client:
+    async with httpx.AsyncClient(timeout=config.timeout_seconds) as client:
         while True:
             try:
-                if await webhooks_deliver_due(client):
+                if await webhooks_deliver_due(config, client):
                     continue
             except Exception:
                 logger.exception("webhook delivery round failed; retrying")
-            await asyncio.sleep(settings.HUB_ALERT_WEBHOOK_POLL_SECONDS)
+            await asyncio.sleep(config.poll_seconds)

@@ -11,10 +11,10 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from api.credentials import api_token_find
 from api.errors import ApiError
-from core.registry import current_runtime
-from dashboards.auth import api_token_find
-from dashboards.models import ApiToken, Scope
+from api.models import ApiToken, Scope
+from core.state import runtime_in
 
 
 class ApiTokenAuthentication(BaseAuthentication):
@@ -53,7 +53,8 @@ class ProvisionThrottle(BaseThrottle):
     def allow_request(self, request: Request, view) -> bool:
         # REMOTE_ADDR, never X-Forwarded-For as sent (a client could name itself anew each time): uvicorn puts
         # the forwarded address there when the proxy is trusted (--forwarded-allow-ips).
-        self._wait = current_runtime().provisioning.delay(request.META.get("REMOTE_ADDR", ""))
+        limiter = runtime_in(request.scope).provisioning  # the served hub's, from the connection's scope
+        self._wait = limiter.delay(request.META.get("REMOTE_ADDR", ""))
         return self._wait == 0
 
     def wait(self) -> float:

@@ -12,10 +12,9 @@ from rest_framework.views import APIView
 from alerts.selectors import alert_events_of_device
 from api import shapes
 from api.errors import ApiError, devices_refused, invalid
-from api.params import DeviceFilter, params_valid
+from api.params import DeviceFilter, HistoryParams, params_valid
 from api.rest import BulkCSVParser, BulkJSONParser, Pages, body_fields
 from core.epoch import from_epoch_ms
-from dashboards.forms import HistoryParams
 from devices.imports import device_specs_from_csv, device_specs_from_json, devices_import
 from devices.models import Device
 from devices.selectors import STATUSES, device_summary, devices_matching

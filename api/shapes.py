@@ -4,7 +4,7 @@ validate with the hub's own services and forms, so a refusal carries the same me
 from rest_framework import serializers
 
 from alerts.models import Condition, Kind, Severity, State
-from dashboards.models import Scope
+from api.models import Scope
 from devices.selectors import STATUSES
 
 

@@ -6,11 +6,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import shapes
+from api.credentials import api_token_issue, api_token_revoke
 from api.errors import ApiError
+from api.models import ApiToken, Scope
 from api.rest import body_fields
 from core.epoch import epoch_ms
-from dashboards.auth import api_token_issue, api_token_revoke
-from dashboards.models import ApiToken, Scope
 
 
 def token_summary(token: ApiToken) -> dict:

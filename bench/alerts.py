@@ -13,8 +13,8 @@ import orjson
 import psycopg
 from harness import bench_database, console, devices_copy, hubs_running, progress, table
 
+from clients.device import DeviceClient, Handled
 from core.epoch import now_ms
-from ingest.client import DeviceClient, Handled
 
 WINDOW = 8  # unacked frames per connection
 

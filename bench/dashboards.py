@@ -60,9 +60,10 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
+from clients.device import DeviceClient, Handled
+from clients.viewer import ProtocolViolation, StreamOpening, ViewerClient, WebsocketsSocket, stream_url, viewer_headers
 from core.collector import GC_THRESHOLDS
 from core.epoch import now_ms
-from ingest.client import DeviceClient, Handled
 
 OPERATOR, PASSWORD = "bench-operator", "bench-operator-password"
 P99_LIMIT_MS = 250.0
@@ -210,15 +211,19 @@ class SocketViewer(asyncio.Protocol):
 
 
 async def subscribed(hub: tuple[str, str], cookie: str, viewer: Viewer, delivered: Synchronized) -> SocketViewer:
+    """A viewer's stream through the opening of the protocol (clients/viewer.py: subscribed, since, history)."""
     hub_ws, origin = hub
-    url = f"{hub_ws}/ws/v1/devices/{viewer.device}/stream"
+    url = stream_url(hub_ws, viewer.device)
     host, port = hub_ws.removeprefix("ws://").split(":")
-    headers = {"Cookie": cookie, "Origin": origin}
+    headers = viewer_headers(hub_ws, cookie, origin)
     loop = asyncio.get_running_loop()
     _, socket = await loop.create_connection(lambda: SocketViewer(viewer, url, headers, delivered), host, int(port))
-    assert (await socket.message(1))["type"] == "subscribed"  # noqa: S101
-    socket.send(orjson.dumps({"since": now_ms()}).decode())
-    assert (await socket.message(2))["type"] == "history"  # noqa: S101
+    opening = StreamOpening(device=True)
+    opening.take(await socket.message(1))
+    socket.send(StreamOpening.since(now_ms()))
+    opening.take(await socket.message(2))
+    if opening.history is None:
+        raise ProtocolViolation("no history after since")
     return socket
 
 
@@ -467,19 +472,19 @@ COLUMNS = [
 ]
 
 
-async def idle_memory(top: Topology, cookie: str, devices: list, count: int, path: str) -> float:
-    """KiB of the stream process's RSS per open, idle stream (`count` of them on `path`), after 20 first ones
-    (the first connections load code and caches once)."""
+async def idle_memory(top: Topology, cookie: str, devices: list, count: int, fleet: bool) -> float:
+    """KiB of the stream process's RSS per open, idle stream (`count` device streams, or fleet streams), after 20
+    first ones (the first connections load code and caches once)."""
     hub = top.stream
-    headers = {"Cookie": cookie, "Origin": hub.http}
     sockets = []
 
     async def opened(n: int) -> None:
         for _ in range(n):
-            url = f"{hub.ws}{path.format(key=devices[len(sockets) % len(devices)].key)}"
-            ws = await websockets.connect(url, additional_headers=headers, max_size=None)
+            key = None if fleet else devices[len(sockets) % len(devices)].key
+            headers = viewer_headers(hub.ws, cookie)
+            ws = await websockets.connect(stream_url(hub.ws, key), additional_headers=headers, max_size=None)
             sockets.append(ws)
-            assert orjson.loads(await ws.recv())["type"] == "subscribed"  # noqa: S101
+            await ViewerClient.opened(WebsocketsSocket(ws), device=not fleet)  # subscribed
 
     try:
         await opened(20)
@@ -555,12 +560,12 @@ async def run_code(args, env: dict[str, str], root: Path, code: str, shape: str)
     if args.idle:  # first, each on fresh processes: a heap that served other sockets reuses their memory
         with topology(env, shape, root, code) as top:
             cookie = await session_cookie(top.stream.http)
-            per_device = await idle_memory(top, cookie, devices, args.idle, "/ws/v1/devices/{key}/stream")
+            per_device = await idle_memory(top, cookie, devices, args.idle, fleet=False)
             idle.append([code, f"{args.idle:,} device streams", f"{per_device:.1f} KiB"])
         fleet = devices_copy(url, args.fleet_devices, prefix="fleet")
         with topology(env, shape, root, code) as top:
             cookie = await session_cookie(top.stream.http)
-            per_fleet = await idle_memory(top, cookie, fleet, args.idle_fleet, "/ws/v1/fleet/stream")
+            per_fleet = await idle_memory(top, cookie, fleet, args.idle_fleet, fleet=True)
             total = args.fleet_devices + args.devices
             idle.append([code, f"{args.idle_fleet:,} fleet streams ({total:,} devices)", f"{per_fleet:.1f} KiB"])
     with topology(env, shape, root, code) as top:

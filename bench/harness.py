@@ -2,7 +2,7 @@
 
 Loopback only: every address here is 127.0.0.1. Benches import it as `from harness import ...` (they run
 as scripts, `bench/` is on sys.path); importing it puts the project root on sys.path, so the hub's own
-modules (`hub.process`, `ingest.client`, `core.epoch`) import after it.
+modules (`testkit.process`, `clients.device`, `core.epoch`) import after it.
 """
 
 import hashlib
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hub.process import HubExited, HubProcess  # noqa: E402 - needs the root on sys.path
+from testkit.process import HubExited, HubProcess  # noqa: E402 - needs the root on sys.path
 
 ADMIN_URL = os.environ.get("HUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Wide when piped (to a file, `make bench | tee`): tables stay one line per row.

@@ -4,7 +4,7 @@
 
 1. A fresh database `hub_bench_history` (CREATE DATABASE, then `manage.py migrate` under HUB_DATABASE_URL).
 2. Load: each device's 100,000 readings are one batch of the hub's own storage backend
-   (`ingest.backends.PostgresBackend.write`, two batches in flight): COPY into the writer's staging table,
+   (`storage.postgres.PostgresBackend.write`, two batches in flight): COPY into the writer's staging table,
    then the writer's `INSERT … ON CONFLICT DO NOTHING RETURNING` whose returned rows are upserted into the
    minute and hour rollups in the same statement, then latest values and last_seen, in one transaction.
    So the rollups are exactly what a running hub would hold for these readings.
@@ -50,8 +50,10 @@ from harness import (
 )
 
 from core.epoch import now_ms
-from hub.process import HubProcess
-from ingest.backends import Batch, LatestRow, PostgresBackend, Row
+from storage.engine import Batch, LatestRow, Row
+from storage.engines import POSTGRES
+from storage.postgres import PostgresBackend
+from testkit.process import HubProcess
 
 DB = "hub_bench_history"
 KEYS = ("humidity", "pressure", "temperature", "voltage")
@@ -107,7 +109,7 @@ def device_batch(device_id: int, index: int, points: int, end: int) -> Batch:
 
 async def load(devices: list[tuple[int, str]], points: int, end: int) -> float:
     """Every device through the hub's PostgreSQL backend, two batches in flight; returns rows per second."""
-    backend = PostgresBackend(URL, pool_size=2)
+    backend = POSTGRES.writer_backend(URL, pool_size=2)
     await backend.open()
     total = len(devices) * len(KEYS) * points
     in_flight: set[asyncio.Task] = set()
@@ -158,7 +160,7 @@ def api_token() -> str:
     """An operator `bench` and an API token for it (in this process: Django is set up on the bench database)."""
     from django.contrib.auth import get_user_model
 
-    from dashboards.auth import api_token_create
+    from api.credentials import api_token_create
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     return api_token_create(user=user, name="bench/history.py")
@@ -198,7 +200,7 @@ def time_http(client: httpx.Client, devices: list[tuple[int, str]], params: dict
 
 def time_selector(devices: list[tuple[int, str]], params: dict, runs: int) -> tuple:
     """The same query through the selector in this process: SQL plus row decoding, no HTTP or JSON."""
-    from ingest.selectors import HistoryQuery, readings_aggregate, readings_raw
+    from history.selectors import HistoryQuery, readings_aggregate, readings_raw
 
     def call(i: int) -> None:
         query = HistoryQuery(
@@ -218,7 +220,7 @@ def time_selector(devices: list[tuple[int, str]], params: dict, runs: int) -> tu
 def explain(devices: list[tuple[int, str]], params: dict) -> str:
     from django.db import connection
 
-    from ingest.selectors import HistoryQuery, aggregate_statement, raw_statement
+    from history.selectors import HistoryQuery, aggregate_statement, raw_statement
 
     query = HistoryQuery(
         device_id=devices[0][0],

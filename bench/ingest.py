@@ -46,9 +46,9 @@ from harness import (
 )
 from layers import LAYERS, layer_for
 
+from clients.device import DeviceClient, Handled
 from core.epoch import now_ms
-from hub.process import HubProcess
-from ingest.client import DeviceClient, Handled
+from testkit.process import HubProcess
 
 TARGETS = {100: ("readings/s", 150_000), 1: ("frames/s", 8_000)}
 WRITER_BATCH_ROWS = 20_000  # HUB_WRITER_BATCH_ROWS default: the ceiling's transaction size
@@ -123,7 +123,7 @@ class FanoutCounter:
     async def start(self, keys: list[str]) -> None:
         for key in keys:
             channel = await self.layer.new_channel()
-            await self.layer.group_add(f"device.{key}", channel)  # ingest.fanout.device_group
+            await self.layer.group_add(f"device.{key}", channel)  # live.publisher.device_group
             self._tasks.append(asyncio.create_task(self._receive(channel)))
 
     async def _receive(self, channel: str) -> None:

@@ -39,7 +39,7 @@ from harness import (
 )
 
 from core.epoch import now_ms
-from hub.process import free_port
+from testkit.process import free_port
 
 
 @dataclass

@@ -28,7 +28,7 @@ from harness import (
     table,
 )
 
-from ingest.client import DeviceClient, Handled
+from clients.device import DeviceClient, Handled
 
 
 async def device(

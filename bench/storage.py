@@ -10,13 +10,13 @@ uncompressed and TimescaleDB compressed, from one run on the same simulated flee
    σ 0.15), timing wandering ±30 %. (Text values are stored only as latest values, not per reading.)
 2. Per engine, a fresh database (`manage.py migrate` with HUB_TIMESCALE=auto: plain on the 5432 cluster,
    a hypertable with continuous aggregates on TimescaleDB's 5433), the devices registered, then every
-   reading through the hub's own storage backend (`PostgresBackend.write`: COPY, INSERT, rollups, latest
-   values) in time order, in batches of the writer's 20,000 rows, two in flight: the writer's rate.
+   reading through the hub's own storage backend (`storage.postgres.PostgresBackend.write`: COPY, INSERT,
+   rollups, latest values) in time order, in batches of the writer's 20,000 rows, two in flight: the writer's rate.
 3. TimescaleDB: the continuous aggregates refreshed over the whole span (what their policy does), sizes
    measured; then every chunk older than HUB_COMPRESS_AFTER (1 day) compressed, as the compression policy
    does, and measured again.
 4. History queries, the median of `--runs` (a different device each run, two warm-ups), with the hub's
-   own SQL (`ingest.selectors`): one key over 1 day at 1-minute buckets (AVG with the min/max band), over
+   own SQL (`history.selectors`): one key over 1 day at 1-minute buckets (AVG with the min/max band), over
    30 days at 1-hour buckets, and a raw page of 10,000 points from the start of the span.
 
 Targets: ≤ 10 bytes per reading in compressed chunks; every query within its history target (1 day < 50 ms,
@@ -45,8 +45,9 @@ import django  # noqa: E402
 django.setup()
 
 from core.epoch import now_ms  # noqa: E402
-from ingest.backends import Batch, LatestRow, PostgresBackend  # noqa: E402
-from ingest.selectors import HistoryQuery, aggregate_statement, raw_statement  # noqa: E402
+from history.selectors import HistoryQuery, aggregate_statement, raw_statement  # noqa: E402
+from storage.engine import Batch, LatestRow  # noqa: E402
+from storage.engines import POSTGRES  # noqa: E402
 
 PLAIN_ADMIN = os.environ.get("HUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TIMESCALE_ADMIN = os.environ.get("HUB_BENCH_TIMESCALE_URL", "postgresql://root@127.0.0.1:5433/postgres")
@@ -142,7 +143,7 @@ def _batch(rows: list[tuple[int, str, int, float]]) -> Batch:
 
 async def load(url: str, device_ids: list[int], args: argparse.Namespace, end: int) -> tuple[int, float]:
     """Every reading through the hub's backend, two batches in flight; (readings, rows per second)."""
-    backend = PostgresBackend(url, pool_size=2)
+    backend = POSTGRES.writer_backend(url, pool_size=2)
     await backend.open()
     total, in_flight = 0, set()
     expected = int(len(device_ids) * len(KEYS) * args.days * DAY_MS / (args.interval * 1000))

@@ -29,9 +29,9 @@ from bridge.config import BridgeConfig
 from bridge.stats import BridgeStats
 from core import metrics
 from devices.services import DeviceIdentity, device_identity_by_key
-from ingest.backends import DevicesGone
 from ingest.parsing import IngestError
 from ingest.service import Ingest
+from storage.engine import DevicesGone
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,10 @@
 import time
 from datetime import UTC, datetime
 
+# The last instant a query may name: the parser stores nothing from here on (a ts this large is microseconds), and
+# widened to whole buckets it stays far inside what a datetime can hold (year 9999).
+MAX_MS = 10**14
+
 
 def now_ms() -> int:
     """The wall clock in epoch milliseconds, as devices stamp readings."""

@@ -15,10 +15,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
-from core.epoch import now_ms
-from dashboards.forms import MAX_MS
+from core.epoch import MAX_MS, now_ms
 from devices.models import Device
-from ingest.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
+from history.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
 
 DAY_MS = 24 * HOUR_MS
 PRESETS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}

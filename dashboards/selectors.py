@@ -14,7 +14,7 @@ from alerts.selectors import SEVERITY_ORDER, alerts_open_by_device
 from core.epoch import epoch_ms
 from devices.labels import devices_labelled
 from devices.models import Device
-from ingest.selectors import keys_of_devices, latest_wire_by_device, readings_per_minute
+from history.selectors import keys_of_devices, latest_wire_by_device, readings_per_minute
 
 FLEET_SORTS = ("status", "seen", "rate", "name")
 FLEET_STATUSES = ("alerting", "online", "offline", "never")

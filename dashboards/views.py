@@ -15,7 +15,7 @@ from core.protocol import close_codes
 from dashboards.selectors import compare_selection
 from devices.labels import labels_from_query, labels_text
 from devices.models import Device
-from ingest.selectors import keys_of_device, readings_latest
+from history.selectors import keys_of_device, readings_latest
 
 # The live pages' windows (`?window=`): a fixed few; longer ranges belong to the history page.
 LIVE_WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "6h": timedelta(hours=6)}

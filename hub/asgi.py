@@ -1,8 +1,14 @@
-"""ASGI entry point: HTTP (Django), WebSocket (Channels) and a lifespan that runs the hub runtime."""
+"""ASGI entry point: HTTP (Django), WebSocket (Channels) and a lifespan that runs the hub runtime.
+
+The lifespan builds the process's runtime and puts it into the lifespan state, which uvicorn copies into every
+connection's scope (`scope["state"]["hub"]`, core/state.py): that is how consumers and views are handed it.
+"""
 
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -15,11 +21,18 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from core.collector import collector_for_serving  # noqa: E402
 from core.protocol import Close  # noqa: E402
-from hub.bodies import BodyLimit  # noqa: E402
-from hub.routing import websocket_urlpatterns  # noqa: E402
-from hub.runtime import hub_runtime  # noqa: E402
+from core.state import RUNTIME_KEY  # noqa: E402
+from hub.config import HubConfig  # noqa: E402
+from hub.roles import Role  # noqa: E402
+from hub.routing import websocket_routes  # noqa: E402
+from hub.runtime import HubRuntime, hub_runtime  # noqa: E402
+from transports.bodies import BodyLimit  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class WebSocketCap:
@@ -28,12 +41,13 @@ class WebSocketCap:
     uvicorn's limit_concurrency does not count WebSocket upgrades, so connection floods are bounded here.
     """
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: Any, limit: int) -> None:
         self.app = app
+        self.limit = limit
         self.open = 0
 
-    async def __call__(self, scope, receive, send) -> None:
-        if self.open >= settings.HUB_MAX_CONNECTIONS:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.open >= self.limit:
             await _deny_websocket(scope, receive, send, 503, b"too many connections; retry later")
             return
         self.open += 1
@@ -43,7 +57,7 @@ class WebSocketCap:
             self.open -= 1
 
 
-async def _deny_websocket(scope, receive, send, status: int, body: bytes) -> None:
+async def _deny_websocket(scope: Scope, receive: Receive, send: Send, status: int, body: bytes) -> None:
     await receive()  # websocket.connect
     if "websocket.http.response" in scope.get("extensions", {}):
         headers = [(b"content-type", b"text/plain"), (b"retry-after", b"5")]
@@ -53,40 +67,59 @@ async def _deny_websocket(scope, receive, send, status: int, body: bytes) -> Non
         await send({"type": "websocket.close", "code": Close.TRY_AGAIN_LATER})
 
 
-# Static files (plotly.js, dashboard scripts) are served in-process so the hub needs nothing in front of
-# it; a proxy or CDN in front may serve STATIC_ROOT instead (docs/deployment.md).
-router = ProtocolTypeRouter(
-    {
-        "http": BodyLimit(ASGIStaticFilesHandler(django_app)),
-        "websocket": WebSocketCap(URLRouter(websocket_urlpatterns)),
-    }
-)
+def protocol_router(role: Role) -> ProtocolTypeRouter:
+    """HTTP (Django, bodies bounded before they are read) and the WebSocket routes of this role. Static files
+    (plotly.js, dashboard scripts) are served in-process so the hub needs nothing in front of it; a proxy or CDN in
+    front may serve STATIC_ROOT instead (docs/deployment.md)."""
+    return ProtocolTypeRouter(
+        {
+            "http": BodyLimit(ASGIStaticFilesHandler(django_app)),
+            "websocket": WebSocketCap(URLRouter(websocket_routes(role)), settings.HUB_MAX_CONNECTIONS),
+        }
+    )
 
 
-async def lifespan(receive, send) -> None:
-    """Start the hub runtime with the server (or report why it could not); stop it, writer drained, on shutdown."""
-    stack = contextlib.AsyncExitStack()
-    await receive()  # lifespan.startup
-    try:
-        await stack.enter_async_context(hub_runtime(role=settings.HUB_ROLE))
-        stack.enter_context(collector_for_serving())
-    except Exception as exc:
-        logger.exception("hub start-up failed")
-        await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
-        return
-    await send({"type": "lifespan.startup.complete"})
-    await receive()  # lifespan.shutdown
-    try:
-        await stack.aclose()
-    except Exception as exc:
-        logger.exception("hub shutdown failed")
-        await send({"type": "lifespan.shutdown.failed", "message": f"{type(exc).__name__}: {exc}"})
-        return
-    await send({"type": "lifespan.shutdown.complete"})
+class HubApplication:
+    """The hub as an ASGI application: its lifespan runs the runtime (built here from settings, or `runtime`, built
+    and stopped by whoever hands it in: the demo, the tests) and hands it to every connection."""
+
+    def __init__(self, role: Role, *, runtime: HubRuntime | None = None) -> None:
+        self.role = role
+        self.runtime = runtime
+        self.router = protocol_router(role)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the runtime with the server (or report why it could not); stop it, writer drained, on shutdown."""
+        stack = contextlib.AsyncExitStack()
+        await receive()  # lifespan.startup
+        try:
+            if "state" not in scope:
+                raise RuntimeError("the server passes no lifespan state (uvicorn >= 0.21 does)")
+            runtime = self.runtime
+            if runtime is None:
+                runtime = await stack.enter_async_context(hub_runtime(HubConfig.from_settings(role=self.role)))
+                stack.enter_context(collector_for_serving())
+            scope["state"][RUNTIME_KEY] = runtime
+        except Exception as exc:
+            logger.exception("hub start-up failed")
+            await stack.aclose()
+            await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await stack.aclose()
+        except Exception as exc:
+            logger.exception("hub shutdown failed")
+            await send({"type": "lifespan.shutdown.failed", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
 
 
-async def application(scope, receive, send) -> None:
-    if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-    else:
-        await router(scope, receive, send)
+application = HubApplication(Role(settings.HUB_ROLE))

@@ -3,11 +3,11 @@
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
-from core.db import dialect
+from storage.engines import engine
 
 
 def _embedded() -> bool:
-    return dialect().embedded
+    return engine().embedded
 
 
 @register()

@@ -9,8 +9,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from core.db import dialect
 from core.metrics import metrics_exposition
+from storage.engines import engine
 
 _CHECK_TIMEOUT = 2.0
 
@@ -47,7 +47,7 @@ async def _timed(name: str, check) -> tuple[str, str | None]:
 
 
 async def _database() -> None:
-    await dialect().ping(_CHECK_TIMEOUT)
+    await engine().ping(_CHECK_TIMEOUT)
 
 
 async def _channel_layer() -> None:

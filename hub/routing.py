@@ -1,13 +1,13 @@
 """WebSocket routes. Device ingest authenticates by token; dashboard streams by session and Origin."""
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
-from django.urls import path, re_path
+from django.urls import URLPattern, URLResolver, path, re_path
 
-from dashboards.auth import StreamSessionMiddleware
-from dashboards.consumers import DeviceStreamConsumer, FleetStreamConsumer
-from hub.origins import SameOriginValidator
-from ingest.consumers import TelemetryConsumer
+from hub.roles import Role
+from live.origins import SameOriginValidator
+from live.sessions import StreamSessionMiddleware
+from live.streams import DeviceStreamConsumer, FleetStreamConsumer
+from transports.websocket import TelemetryConsumer
 
 
 class NoRouteConsumer(AsyncWebsocketConsumer):
@@ -17,18 +17,17 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
         await self.close()
 
 
-def websocket_routes(role: str) -> list:
-    """The WebSocket paths a process of this HUB_ROLE serves; any other path is refused at the handshake."""
-    streams = [
-        path(
-            "ws/v1/devices/<slug:key>/stream",
-            SameOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi())),
-        ),
-        path("ws/v1/fleet/stream", SameOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))),
-    ]
-    ingest = [path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi())]
-    served = (streams if role in ("all", "stream") else []) + (ingest if role in ("all", "ingest") else [])
-    return [*served, re_path(r"", NoRouteConsumer.as_asgi())]
-
-
-websocket_urlpatterns = websocket_routes(settings.HUB_ROLE)
+def websocket_routes(role: Role) -> list[URLPattern | URLResolver]:
+    """The WebSocket paths a process of this role serves; any other path is refused at the handshake."""
+    routes: list[URLPattern | URLResolver] = []
+    if role.streams:
+        routes += [
+            path(
+                "ws/v1/devices/<slug:key>/stream",
+                SameOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi())),
+            ),
+            path("ws/v1/fleet/stream", SameOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))),
+        ]
+    if role.serves_devices:
+        routes.append(path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi()))
+    return [*routes, re_path(r"", NoRouteConsumer.as_asgi())]

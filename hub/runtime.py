@@ -1,114 +1,129 @@
 """One hub process, assembled in one place: what it is made of, and the order it starts and stops in.
 
-`async with hub_runtime(role=...) as runtime:` builds, for this process,
+`async with hub_runtime(config) as runtime:` builds, for this process and as its `Role` says,
 
-    dialect -> writer (its backend chosen for the dialect) -> after-commit consumers, each on its own queue
-    (publisher, alert engine) -> the ingest entry point -> registries of open device sockets and dashboard
-    streams -> loops (token re-check, alert silence, webhooks, layer watchdog, retention)
+    storage engine -> writer (its engine's backend) -> after-commit consumers, each on its own queue (publisher,
+    alert engine) -> the ingest entry point -> device transports (open sockets) -> dashboard streams
+    (broadcaster, catch-up) -> streaming reads -> loops (token re-check, alert rules and silence, webhooks,
+    layer watchdog, retention)
 
-and stops them in reverse: loops cancelled, the writer drained (whatever was acked is committed), each
-consumer given its backlog, the publisher's last fleet digest sent, pools closed. The ASGI lifespan
-(hub/asgi.py), `mqtt_bridge` and the tests build the hub only through it; while it runs, consumers and views
-find it through core/registry.py. docs/architecture.md draws the whole.
+and stops them in reverse: loops cancelled, the writer drained (whatever was acked is committed), each consumer
+given its backlog, the publisher's last fleet digest sent, pools closed. The ASGI lifespan (hub/asgi.py) hands
+the runtime to every connection through its scope's lifespan state; `mqtt_bridge` and the tests hand it to
+what they drive. docs/architecture.md draws the whole.
 """
 
 import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Literal
+from typing import Any
 
 from channels.db import database_sync_to_async
-from django.conf import settings
-from django.db import connections
-from psycopg_pool import AsyncConnectionPool
+from channels.layers import get_channel_layer
+from django.core.exceptions import ImproperlyConfigured
 
 from alerts.engine import AlertEngine
 from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
-from core.db import dialect, postgres_conninfo
-from core.registry import runtime_install, runtime_uninstall
-from core.timescale import TimescaleUnavailable, timescale_required
-from dashboards.broadcast import Broadcaster
-from dashboards.watchdog import layer_watchdog
-from ingest.backends import backend_for
+from history.selectors import device_keys
+from hub.config import HubConfig
+from hub.roles import Role
 from ingest.commits import CommitQueue
-from ingest.fanout import Publisher
 from ingest.ratelimit import RateLimiter
-from ingest.retention import retention_configured, retention_loop
-from ingest.revocation import OpenSockets, revocation_loop
 from ingest.service import Ingest
-from ingest.writer import Writer, WriterConfig
+from ingest.writer import Writer
+from live.broadcast import Broadcaster
+from live.publisher import Publisher
+from live.streams import Streams
+from live.watchdog import layer_watchdog
+from storage.engines import engine
+from storage.retention import retention_loop
+from transports.revocation import OpenSockets, revocation_loop
+from transports.shared import DeviceTransports
 
 logger = logging.getLogger(__name__)
 
-# all: a `serve` process doing everything (the default); ingest: devices and what follows their commits;
-# stream: the dashboards' live streams; bridge: an MQTT bridge worker (ingest and its consumers, no loops).
-Role = Literal["all", "ingest", "stream", "bridge"]
-INGESTS = ("all", "ingest", "bridge")
-STREAMS = ("all", "stream")
-
-
-def writer_config() -> WriterConfig:
-    return WriterConfig(
-        flush_interval=settings.HUB_WRITER_FLUSH_MS / 1000,
-        batch_rows=settings.HUB_WRITER_BATCH_ROWS,
-        max_pending_rows=settings.HUB_WRITER_MAX_PENDING_ROWS,
-        drain_timeout=settings.HUB_WRITER_DRAIN_SECONDS,
-    )
+Loop = Callable[[], Coroutine[Any, Any, None]]
 
 
 class HubRuntime:
-    """Every long-lived part of one hub process. Build it in a running event loop; `hub_runtime()` runs it."""
+    """Every long-lived part of one hub process. Build it in a running event loop; `hub_runtime()` runs it.
 
-    def __init__(self, *, role: Role = "all") -> None:
-        self.role = role
-        self.dialect = dialect()
-        self.publisher = Publisher.from_settings()
-        self.alerts = AlertEngine(self.publisher)
-        self.consumers = [
-            CommitQueue(consumer, max_rows=settings.HUB_CONSUMER_MAX_ROWS) for consumer in (self.publisher, self.alerts)
-        ]
-        self.writer = Writer(backend_for(self.dialect), config=writer_config(), after_commit=self.consumers)
-        self.ingest = Ingest.from_settings(self.writer)
-        self.sockets = OpenSockets()
-        self.broadcaster = Broadcaster.from_settings()
+    A part the role does not use is not built (None): a stream process has no writer, an ingest process no
+    broadcaster."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.role = role = config.role
+        self.storage = engine()
+        layer = get_channel_layer()
+        self.publisher: Publisher | None = None
+        self.alerts: AlertEngine | None = None
+        self.consumers: list[CommitQueue] = []
+        self.writer: Writer | None = None
+        self.ingest: Ingest | None = None
+        if role.writes:
+            self.publisher = Publisher(layer, digest_seconds=config.streams.fleet_digest_seconds)
+            self.alerts = AlertEngine(self.publisher, config.alerts)
+            self.consumers = [CommitQueue(c, max_rows=config.consumer_max_rows) for c in (self.publisher, self.alerts)]
+            self.writer = Writer(self.storage.writer_backend(), config=config.writer, after_commit=self.consumers)
+            self.ingest = Ingest(self.writer, config=config.ingest, keys_of=database_sync_to_async(device_keys))
+        self.devices: DeviceTransports | None = None
+        if role.serves_devices and self.ingest is not None:
+            self.devices = DeviceTransports(self.ingest, OpenSockets(), config.transports)
+        self.streams: Streams | None = None
+        if role.streams:
+            stall_check = config.streams.stall_check_seconds
+            broadcaster = Broadcaster(layer, tick_seconds=config.streams.tick_seconds, stall_check_seconds=stall_check)
+            self.streams = Streams(broadcaster, config.streams)
+        self._layer = layer
         # Device self-provisioning attempts per client address (POST /api/v1/provision, docs/api.md).
-        self.provisioning = RateLimiter(settings.HUB_PROVISION_RATE_LIMIT, settings.HUB_PROVISION_RATE_BURST)
-        # Reads that stream (CSV export) take a connection of their own pool, never the writer's.
-        self.reads: AsyncConnectionPool | None = None
-        if self.dialect.vendor == "postgresql":
-            conninfo = postgres_conninfo(connections["default"].settings_dict)
-            self.reads = AsyncConnectionPool(conninfo, min_size=0, max_size=settings.HUB_READ_POOL_SIZE, open=False)
+        self.provisioning = RateLimiter(config.provision_rate, config.provision_burst)
+        # Reads that stream (CSV export) take connections of their own, never the writer's.
+        self.reads = self.storage.reads(size=config.read_pool_size)
         self._loops: list[asyncio.Task[None]] = []
 
-    def _loop_factories(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
-        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
-        if self.role in INGESTS:
-            loops["hub-alert-rules"] = self.alerts.rules_loop
-        if self.role in ("all", "ingest"):
-            loops["hub-token-recheck"] = lambda: revocation_loop(self.sockets)
-            loops["hub-alert-silence"] = lambda: silence_loop(self.alerts)
-            loops["hub-alert-webhooks"] = webhook_loop
-            if retention_configured():
-                loops["hub-retention"] = retention_loop
-        if self.role in STREAMS:
-            loops["hub-layer-watchdog"] = lambda: layer_watchdog(self.broadcaster)
+    def _loop_factories(self) -> dict[str, Loop]:
+        config = self.config
+        loops: dict[str, Loop] = {}
+        if (alerts := self.alerts) is not None:
+            loops["hub-alert-rules"] = alerts.rules_loop
+            if self.role.maintains:
+                loops["hub-alert-silence"] = lambda: silence_loop(alerts)
+        if (devices := self.devices) is not None:
+            every = config.transports.token_recheck_seconds
+            loops["hub-token-recheck"] = lambda: revocation_loop(devices.sockets, every)
+        if self.role.maintains:
+            loops["hub-alert-webhooks"] = lambda: webhook_loop(config.alerts.webhooks)
+            if config.retention.configured:
+                loops["hub-retention"] = lambda: retention_loop(config.retention)
+        if (streams := self.streams) is not None:
+            loops["hub-layer-watchdog"] = lambda: layer_watchdog(streams.broadcaster, self._layer, config.streams)
         return loops
 
     async def start(self) -> None:
         """Start every part, in order. A database that is down is retried by the pools, not fatal."""
-        await _storage_checked()
-        if self.reads is not None:
-            await self.reads.open(wait=False)
-        if self.role in INGESTS:  # the other roles build the ingest parts but never start them
-            for queue in self.consumers:
-                queue.start()
+        await self._storage_checked()
+        await self.reads.open()
+        for queue in self.consumers:
+            queue.start()
+        if self.writer is not None:
             self.writer.start()
-        if self.role in STREAMS:
-            await self.broadcaster.start()
+        if self.streams is not None:
+            await self.streams.broadcaster.start()
         for name, loop in self._loop_factories().items():
             self._loops.append(asyncio.create_task(loop(), name=name))
+
+    async def _storage_checked(self) -> None:
+        """A database this process must not serve (HUB_TIMESCALE=on without TimescaleDB) fails start-up; one that
+        does not answer yet does not (pools retry; /readyz says what is missing)."""
+        try:
+            await asyncio.wait_for(database_sync_to_async(self.storage.start_checked)(), 5)
+        except ImproperlyConfigured:
+            raise
+        except Exception as exc:
+            logger.warning("could not check the database at start-up (%s); carrying on", exc)
 
     async def stop(self) -> None:
         """Stop in reverse order: the writer drains before its consumers stop, so every ack is published."""
@@ -119,40 +134,30 @@ class HubRuntime:
             # the call returns: the writer's drain does not wait for it.
             await asyncio.wait(self._loops, timeout=1.0)
         self._loops.clear()
-        await self.broadcaster.close()
-        await self.writer.drain()
-        logger.info("writer drained")
+        if self.streams is not None:
+            await self.streams.broadcaster.close()
+            self.streams.close()
+        if self.writer is not None:
+            await self.writer.drain()
+            logger.info("writer drained")
         for queue in self.consumers:
-            await queue.close(timeout=settings.HUB_WRITER_DRAIN_SECONDS)
-        await self.publisher.close()
-        if self.reads is not None:
-            await self.reads.close()
-
-
-async def _storage_checked() -> None:
-    """HUB_TIMESCALE=on refuses a database without TimescaleDB; one that does not answer yet is not refused
-    (pools retry; /readyz says what is missing)."""
-    try:
-        await asyncio.wait_for(database_sync_to_async(timescale_required)(), 5)
-    except TimescaleUnavailable:
-        raise
-    except Exception as exc:
-        logger.warning("could not check the database's TimescaleDB at start-up (%s); carrying on", exc)
+            await queue.close(timeout=self.config.writer.drain_timeout)
+        if self.publisher is not None:
+            await self.publisher.close()
+        await self.reads.close()
 
 
 @contextlib.asynccontextmanager
-async def hub_runtime(*, role: Role = "all") -> AsyncIterator[HubRuntime]:
-    """Build, start and install this process's runtime; stop it on the way out."""
-    runtime = HubRuntime(role=role)
+async def hub_runtime(config: HubConfig | None = None, *, role: Role | None = None) -> AsyncIterator[HubRuntime]:
+    """Build and start a runtime (`config`: else read from settings, for `role` if given); stop it on the way out."""
+    runtime = HubRuntime(config or HubConfig.from_settings(role=role))
     try:
         await runtime.start()
     except BaseException:
         await runtime.stop()
         raise
-    runtime_install(runtime)
     try:
         yield runtime
     finally:
-        runtime_uninstall(runtime)
         await runtime.stop()
-        logger.info("hub runtime stopped (%s)", role)
+        logger.info("hub runtime stopped (%s)", runtime.role)

@@ -9,7 +9,8 @@ import dj_database_url
 import plotly
 
 from core.env import env_bool, env_choice, env_float, env_int, env_list, env_optional, env_str
-from core.timescale import MODES as TIMESCALE_MODES
+from hub.roles import SERVED as SERVED_ROLES
+from storage.timescale import MODES as TIMESCALE_MODES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ INSTALLED_APPS = [
     "channels",
     "hub",
     "devices",
-    "ingest",
+    "storage",
     "dashboards",
     "bridge",
     "alerts",
@@ -166,7 +167,7 @@ else:
 # What a `serve` process does (docs/deployment.md, "Roles"): all (the default), ingest (devices: WebSocket and
 # HTTP ingest, the writer, alerts) or stream (the dashboards' live WebSockets), so viewers never share an
 # event loop with device acks. `serve --role` sets it.
-HUB_ROLE = env_choice("HUB_ROLE", "all", ("all", "ingest", "stream"))
+HUB_ROLE = env_choice("HUB_ROLE", "all", tuple(role.value for role in SERVED_ROLES))
 # A stream process lowers its own CPU priority by this much (nice), so on a shared machine the devices'
 # acks and the database win the CPU over the viewers' fan-out. 0 leaves it alone.
 HUB_STREAM_NICE = env_int("HUB_STREAM_NICE", 5)

@@ -4,9 +4,9 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from dashboards.api import telemetry_history, telemetry_latest, telemetry_window
+from api.history import telemetry_history, telemetry_latest, telemetry_window
 from hub.health import healthz, metrics, readyz
-from ingest.views import telemetry_post
+from transports.http import telemetry_post
 
 urlpatterns = [
     path("admin/", admin.site.urls),

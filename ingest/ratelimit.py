@@ -8,8 +8,6 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from ingest.parsing import ErrorCode, IngestError
 
 
@@ -30,11 +28,6 @@ class RateLimiter:
         self.rate = rate
         self.burst = max(burst, 1.0)
         self._buckets: dict[Hashable, _Bucket] = {}
-
-    @classmethod
-    def from_settings(cls) -> "RateLimiter":
-        rate = settings.HUB_DEVICE_RATE_LIMIT
-        return cls(rate, settings.HUB_DEVICE_RATE_BURST or 2 * rate)
 
     def take(self, device_id: int, readings: int) -> None:
         if readings == 0:

@@ -1,42 +1,35 @@
 """The one ingest entry point every transport calls: parse, rate-limit, then queue for the process's writer."""
 
 import asyncio
-
-from channels.db import database_sync_to_async
-from django.conf import settings
+from dataclasses import dataclass, field
 
 from core import metrics
 from core.epoch import now_ms
 from devices.services import DeviceIdentity
-from ingest.keylimit import KeyBudget
+from ingest.keylimit import KeyBudget, KeysOf
 from ingest.parsing import IngestError, Limits, parse_telemetry
 from ingest.ratelimit import RateLimiter
-from ingest.selectors import device_keys
 from ingest.writer import Writer
 
 
-def ingest_limits() -> Limits:
-    return Limits(
-        max_bytes=settings.HUB_MAX_MESSAGE_BYTES,
-        max_readings=settings.HUB_MAX_READINGS_PER_MESSAGE,
-        max_future_ms=settings.HUB_MAX_FUTURE_SECONDS * 1000,
-        max_past_ms=settings.HUB_MAX_PAST_DAYS * 86_400_000,
-    )
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """What a device may send (docs/payload.md, docs/reliability.md)."""
+
+    limits: Limits = field(default_factory=Limits)
+    max_keys_per_device: int = 1000  # distinct keys a device may have; 0: no limit
+    device_rate: float = 0.0  # readings/s per device and process; 0: no limit
+    device_burst: float = 0.0  # its bucket; 0: two seconds' worth of the rate
 
 
 class Ingest:
     """What a transport hands a device's message to (one per process, owned by the hub runtime)."""
 
-    def __init__(self, writer: Writer, *, limits: Limits, limiter: RateLimiter, keys: KeyBudget) -> None:
+    def __init__(self, writer: Writer, *, config: IngestConfig, keys_of: KeysOf) -> None:
         self.writer = writer
-        self._limits = limits
-        self._limiter = limiter
-        self._keys = keys
-
-    @classmethod
-    def from_settings(cls, writer: Writer) -> "Ingest":
-        keys = KeyBudget(settings.HUB_MAX_KEYS_PER_DEVICE, database_sync_to_async(device_keys))
-        return cls(writer, limits=ingest_limits(), limiter=RateLimiter.from_settings(), keys=keys)
+        self.limits = config.limits
+        self._limiter = RateLimiter(config.device_rate, config.device_burst or 2 * config.device_rate)
+        self._keys = KeyBudget(config.max_keys_per_device, keys_of)
 
     async def message(self, *, device: DeviceIdentity, body: bytes | str, transport: str) -> asyncio.Future[None]:
         """Validate one message and queue its readings; the future resolves once they are committed.
@@ -45,7 +38,7 @@ class Ingest:
         `transport` ("ws", "http", "mqtt") labels the metrics.
         """
         try:
-            readings = parse_telemetry(body, now_ms=now_ms(), limits=self._limits)
+            readings = parse_telemetry(body, now_ms=now_ms(), limits=self.limits)
             await self._keys.admit(device.id, readings)
             self._limiter.take(device.id, len(readings))
         except IngestError as error:

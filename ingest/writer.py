@@ -31,9 +31,9 @@ from typing import Protocol
 from core import metrics
 from core.collector import collector_tune
 from devices.services import DeviceIdentity
-from ingest.backends import Backend, Batch, DevicesGone, LatestRow
 from ingest.commits import Committed
 from ingest.parsing import ErrorCode, IngestError, Reading
+from storage.engine import Backend, Batch, DevicesGone, LatestRow
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, connections
 
+from core.collector import collector_for_serving
 from devices.services import device_create
-from hub.process import ROOT, HubProcess, free_port
+from hub.asgi import HubApplication
+from hub.config import HubConfig
+from hub.roles import Role
 from hub.runtime import HubRuntime, hub_runtime
 from hub.server import server_started, uvicorn_options
+from testkit.process import ROOT, HubProcess, free_port
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
 
 # tests.engines: the `engine` fixture (storage tests on PostgreSQL and TimescaleDB); tests.browser_pages: `page`,
@@ -56,10 +60,21 @@ async def _orm_connections_closed() -> AsyncIterator[None]:
     await sync_to_async(connections.close_all)()
 
 
+def hub_settings_applied(request: pytest.FixtureRequest) -> None:
+    """`@pytest.mark.hub_settings(HUB_X=...)`: settings a test's hub starts with (a runtime reads its
+    configuration once, when it starts)."""
+    marker = request.node.get_closest_marker("hub_settings")
+    if marker is not None:
+        settings_fixture = request.getfixturevalue("settings")
+        for name, value in marker.kwargs.items():
+            setattr(settings_fixture, name, value)
+
+
 @pytest.fixture
-async def runtime(transactional_db) -> AsyncIterator[HubRuntime]:
+async def runtime(transactional_db, request) -> AsyncIterator[HubRuntime]:
     """The hub runtime of this test's process (as the ASGI lifespan builds it), for tests that drive consumers
     or the writer without a served hub; stopped (writer drained) at the end."""
+    hub_settings_applied(request)
     async with hub_runtime() as running:
         yield running
 
@@ -86,40 +101,54 @@ def make_device(transactional_db) -> Callable[..., DeviceToken]:
 class LiveHub:
     http: str
     ws: str
+    runtime: HubRuntime  # the served process's parts, handed to every connection as the lifespan would
+    app: HubApplication
 
 
 @contextlib.asynccontextmanager
-async def served_hub(**overrides) -> AsyncIterator[LiveHub]:
-    """The real ASGI app under an in-process uvicorn on a free loopback port, with its lifespan."""
+async def served_hub(*, role: Role = Role.ALL, **overrides) -> AsyncIterator[LiveHub]:
+    """The real ASGI app under an in-process uvicorn on a free loopback port, serving a runtime of this test's
+    settings (handed in, as `demo` does, so the test can reach its parts)."""
     port = free_port()
     options = {**uvicorn_options(), **overrides}
-    server = uvicorn.Server(uvicorn.Config("hub.asgi:application", host="127.0.0.1", port=port, **options))
-    serving = asyncio.create_task(server.serve())
-    await server_started(server, serving)
-    try:
-        yield LiveHub(http=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(serving, 30)
+    async with hub_runtime(HubConfig.from_settings(role=role)) as runtime:
+        app = HubApplication(role, runtime=runtime)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
+        with collector_for_serving():
+            serving = asyncio.create_task(server.serve())
+            await server_started(server, serving)
+            try:
+                yield LiveHub(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", runtime, app)
+            finally:
+                server.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(serving, 30)
 
 
 @pytest.fixture
-async def live_hub(transactional_db) -> AsyncIterator[LiveHub]:
+async def live_hub(transactional_db, request) -> AsyncIterator[LiveHub]:
+    hub_settings_applied(request)
     async with served_hub() as hub:
         yield hub
+
+
+def session_cookie(username: str) -> str:
+    """The session cookie header value (`sessionid=...`) of a user logged in as the login page would."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.get(username=username))
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
 @pytest.fixture
 def operator_cookie(transactional_db) -> str:
     """A logged-in operator's session cookie header value."""
     from django.contrib.auth import get_user_model
-    from django.test import Client
 
-    user = get_user_model().objects.create_user("operator", password="pw")
-    client = Client()
-    client.force_login(user)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    get_user_model().objects.create_user("operator", password="pw")
+    return session_cookie("operator")
 
 
 @pytest.fixture(scope="session")

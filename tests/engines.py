@@ -20,8 +20,8 @@ from django.core.management import call_command
 from django.core.management.color import no_style
 from django.db import connection, connections
 
-from core.db import postgres_conninfo
-from core.timescale import CAGGS, reading_is_hypertable
+from storage.postgres import postgres_conninfo
+from storage.timescale import CAGGS, reading_is_hypertable
 from tests.services import TIMESCALE_URL, need
 
 ENGINES = ("postgres", "timescale")

@@ -13,8 +13,8 @@ import websockets
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from clients.device import DeviceClient, Handled
 from core.epoch import now_ms
-from ingest.client import DeviceClient, Handled
 
 
 @dataclass

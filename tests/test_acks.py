@@ -2,9 +2,9 @@
 
 import asyncio
 
-from ingest.acks import AckSequencer
 from ingest.parsing import ErrorCode, IngestError
 from tests.waiting import eventually
+from transports.acks import AckSequencer
 
 
 async def sequencer(max_inflight: int = 100) -> tuple[AckSequencer, list[dict], list[BaseException]]:

@@ -159,7 +159,7 @@ async def _state(rule_id: int, device_id: int, state: str) -> bool:
 @pytest.mark.django_db(transaction=True)
 def test_a_firing_is_recorded_once_when_two_processes_see_it(make_device):
     device = make_device()
-    from ingest.models import LatestValue
+    from storage.models import LatestValue
 
     LatestValue.objects.create(device_id=device.id, key="t", ts="2026-01-01T00:00:00Z", value=1.0)
     rule = make_rule(device.id)
@@ -172,7 +172,7 @@ def test_a_firing_is_recorded_once_when_two_processes_see_it(make_device):
 @pytest.mark.django_db(transaction=True)
 def test_no_data_fires_after_the_silence_and_resolves_when_heard(make_device):
     device = make_device()
-    from ingest.models import LatestValue
+    from storage.models import LatestValue
 
     heard = now_ms() - 600_000
     LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(heard), value=1.0)
@@ -200,7 +200,7 @@ def _dt(ms: int):
 @pytest.mark.django_db(transaction=True)
 def test_bad_rules_are_refused_with_a_message_naming_the_field(make_device):
     device = make_device()
-    from ingest.models import LatestValue
+    from storage.models import LatestValue
 
     LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)
     cases = [
@@ -217,11 +217,11 @@ def test_bad_rules_are_refused_with_a_message_naming_the_field(make_device):
 
 
 @pytest.mark.usefixtures("postgres")
+@pytest.mark.hub_settings(HUB_ALERT_WEBHOOK_MAX_ATTEMPTS=3)
 async def test_a_failing_webhook_is_retried_then_recorded_failed_and_evaluation_goes_on(
     alert_settings, live_hub, make_device
 ):
     failing = WebhookReceiver(status=500)
-    alert_settings.HUB_ALERT_WEBHOOK_MAX_ATTEMPTS = 3
     try:
         device = await sync_to_async(make_device)()
         t0 = now_ms() - 100_000
@@ -248,7 +248,7 @@ async def _event_count(kind: str, count: int) -> bool:
 def test_rule_page_creates_valid_rules_and_refuses_bad_ones(client, make_device):
     from django.contrib.auth import get_user_model
 
-    from ingest.models import LatestValue
+    from storage.models import LatestValue
 
     device = make_device()
     LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)
@@ -267,7 +267,7 @@ def test_rule_page_creates_valid_rules_and_refuses_bad_ones(client, make_device)
 def test_open_alerts_page_lists_firing_alerts_and_records_acknowledgement(client, make_device):
     from django.contrib.auth import get_user_model
 
-    from ingest.models import LatestValue
+    from storage.models import LatestValue
 
     device = make_device()
     LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)

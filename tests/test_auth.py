@@ -7,7 +7,7 @@ from asgiref.sync import sync_to_async
 
 from core.epoch import now_ms
 from devices.services import device_token_rotate
-from ingest.models import Reading
+from storage.models import Reading
 
 pytestmark = pytest.mark.usefixtures("postgres")
 

@@ -7,7 +7,7 @@ import orjson
 from channels.layers import InMemoryChannelLayer
 
 from core.protocol import ReadingsBatch, device_group
-from dashboards.broadcast import MESSAGE_CHARS, Broadcaster, Outbox, TickSchedule
+from live.broadcast import MESSAGE_CHARS, Broadcaster, Outbox, TickSchedule
 from tests.waiting import eventually
 
 

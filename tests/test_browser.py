@@ -12,7 +12,7 @@ from alerts.models import AlertRule
 from core.epoch import now_ms
 from devices.models import Device
 from devices.services import device_create
-from ingest.models import Reading
+from storage.models import Reading
 from tests.browser_pages import ARTIFACTS, log_in
 from tests.tcp_proxy import TcpProxy
 
@@ -91,13 +91,13 @@ def hub_port(hub) -> int:
     return int(hub.http.rsplit(":", 1)[1])
 
 
+@pytest.mark.hub_settings(HUB_STREAM_CATCHUP_LIMIT=7)  # the catch-up after the cut comes in pages
 async def test_the_chart_follows_the_device_and_a_cut_connection_leaves_no_gap_and_no_duplicate(
     page, live_hub, make_device, operator, settings
 ):
     """History, then live readings, then a cut connection while the device goes on sending: once reconnected
     (its catch-up in several capped pages) each chart holds every stored reading exactly once, in order, and
     the page showed connecting, live, reconnecting in N s, live."""
-    settings.HUB_STREAM_CATCHUP_LIMIT = 7  # the catch-up after the cut comes in pages
     device = await sync_to_async(make_device)()
     t0 = now_ms() - 120_000
     await send(live_hub, device.token, [*numbers(t0, range(20)), {"ts": t0, "values": {"mode": "warming up"}}])
@@ -213,12 +213,12 @@ async def test_device_provided_text_is_shown_as_text_never_as_html(page, live_hu
     assert await page.evaluate("window.pwned") is None
 
 
+@pytest.mark.hub_settings(HUB_ALERT_RULES_REFRESH_SECONDS=0)
 async def test_alerts_show_on_the_device_page_live_with_thresholds_on_the_chart(
     page, live_hub, make_device, operator, settings
 ):
     """A threshold rule draws its line on the key's chart; when readings break it, the firing banner and the
     event list update live, without a reload; recovery resolves it the same way. Rule names stay text."""
-    settings.HUB_ALERT_RULES_REFRESH_SECONDS = 0
     device = await sync_to_async(make_device)()
     await sync_to_async(AlertRule.objects.create)(
         name="<b>hot</b>", device_id=device.id, key="t", condition="gt", threshold=30.0, severity="critical"
@@ -246,13 +246,13 @@ async def test_alerts_show_on_the_device_page_live_with_thresholds_on_the_chart(
     assert await page.locator("main b").count() == 0
 
 
+@pytest.mark.hub_settings(HUB_FLEET_DIGEST_SECONDS=0.1)
 async def test_the_fleet_page_pages_a_thousand_devices_filters_them_and_updates_live(
     page, live_hub, operator, settings
 ):
     """1,000 devices: the first page of 100 rows; the filter narrows them as it is typed (and goes into the URL);
     a device that reports changes its row (value, online, last seen, rate) live, without a reload; names are
     text, never markup."""
-    settings.HUB_FLEET_DIGEST_SECONDS = 0.1
 
     @sync_to_async
     def fleet() -> str:

@@ -1,5 +1,5 @@
 """The dashboard stream: session and Origin checks, catch-up after `since`, gap-free stitching of history
-and live readings, and slow viewers closed without hurting the others."""
+and live readings, and slow viewers closed without hurting the others. What needs no TCP runs in-process."""
 
 import asyncio
 import time
@@ -7,20 +7,19 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-import websockets
 from asgiref.sync import sync_to_async
 
+from clients.device import DeviceClient, Handled
+from clients.viewer import StreamClosed, ViewerClient
 from core.epoch import now_ms
-from ingest.client import DeviceClient, Handled
-from ingest.models import Reading
+from devices.services import DeviceIdentity
+from ingest.parsing import Reading as R
+from storage.models import Reading
 from tests import rawws
+from tests.inprocess import HandshakeRefused, viewer_in_process
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("postgres", "redis")
-
-
-def stream_url(hub, key: str) -> str:
-    return f"{hub.ws}/ws/v1/devices/{key}/stream"
 
 
 async def send_frames(
@@ -44,35 +43,29 @@ def stored_after(device_id: int, since: int) -> list[tuple[str, int]]:
     return sorted((k, round(ts.timestamp() * 1000)) for k, ts in rows.values_list("key", "ts"))
 
 
-async def test_login_is_required_and_a_foreign_origin_is_refused(live_hub, make_device, operator_cookie):
+async def test_login_is_required_and_a_foreign_origin_is_refused(runtime, make_device, operator_cookie):
     device = await sync_to_async(make_device)()
-    async with websockets.connect(stream_url(live_hub, device.key), additional_headers={"Origin": live_hub.http}) as ws:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.rcvd.code == 4401
-    hijack = {"Cookie": operator_cookie, "Origin": "https://evil.example"}
-    with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(stream_url(live_hub, device.key), additional_headers=hijack):
+    with pytest.raises(StreamClosed) as closed:
+        async with viewer_in_process(runtime, cookie="", key=device.key):
             pass
-    assert refused.value.response.status_code == 403
-    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
-    async with websockets.connect(stream_url(live_hub, "ghost"), additional_headers=headers) as ws:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.rcvd.code == 4404
+    assert closed.value.code == 4401
+    with pytest.raises(HandshakeRefused):
+        async with viewer_in_process(runtime, cookie=operator_cookie, key=device.key, origin="https://evil.example"):
+            pass
+    with pytest.raises(StreamClosed) as closed:
+        async with viewer_in_process(runtime, cookie=operator_cookie, key="ghost"):
+            pass
+    assert closed.value.code == 4404
 
 
-async def test_catch_up_returns_exactly_what_came_after_since(live_hub, make_device, operator_cookie):
-    device = await sync_to_async(make_device)()
+async def test_catch_up_returns_exactly_what_came_after_since(runtime, make_device, operator_cookie):
+    made = await sync_to_async(make_device)()
     t0 = now_ms() - 60_000
-    await send_frames(live_hub, device.token, [[{"ts": t0 + i, "values": {"a": i, "b": -i}} for i in range(50)]])
-    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
-    async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await ws.send(orjson.dumps({"since": t0 + 39}).decode())
-        history = orjson.loads(await ws.recv())
-    assert history["type"] == "history"
-    assert [(r[1], r[0]) for r in history["readings"]] == [(k, t0 + i) for i in range(40, 50) for k in ("a", "b")]
+    readings = [R(t0 + i, key, float(sign * i)) for i in range(50) for key, sign in (("a", 1), ("b", -1))]
+    await (await runtime.writer.submit(DeviceIdentity(made.id, made.key), readings))
+    async with viewer_in_process(runtime, cookie=operator_cookie, key=made.key) as viewer:
+        history = await viewer.catch_up(t0 + 39)
+    assert [(r[1], r[0]) for r in history] == [(k, t0 + i) for i in range(40, 50) for k in ("a", "b")]
 
 
 async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_device, operator_cookie):
@@ -93,15 +86,12 @@ async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_d
         await joined.wait()
         got: list[tuple[str, int]] = []
         views.append(got)
-        headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
-        async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as ws:
-            assert orjson.loads(await ws.recv())["type"] == "subscribed"
-            await ws.send(orjson.dumps({"since": since}).decode())
+        async with ViewerClient.connect(live_hub.ws, cookie=operator_cookie, key=device.key) as stream:
+            got.extend((r[1], r[0]) for r in await stream.catch_up(since))
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(3):
-                    while True:
-                        message = orjson.loads(await ws.recv())
-                        got.extend((r[1], r[0]) for r in message["readings"])
+                    async for readings in stream.readings():
+                        got.extend((r[1], r[0]) for r in readings)
 
     sender = asyncio.create_task(send_frames(live_hub, device.token, frames, pace=0.003, on_handled=handled))
     await asyncio.gather(sender, *(viewer(joined) for joined in joins.values()))
@@ -112,14 +102,12 @@ async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_d
         assert sorted(got) == expected, "no gap"
 
 
+@pytest.mark.hub_settings(HUB_STREAM_STALL_SECONDS=2)
 async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
     live_hub, make_device, operator_cookie, settings
 ):
     """A viewer whose socket takes nothing for HUB_STREAM_STALL_SECONDS is closed with 4008; one reading beside
     it gets every reading."""
-    from core.registry import current_runtime
-
-    settings.HUB_STREAM_STALL_SECONDS = 2
     device = await sync_to_async(make_device)()
     headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
     host, port = live_hub.http.removeprefix("http://").split(":")
@@ -129,17 +117,15 @@ async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
     silent.sendall(rawws.frame(0x1, orjson.dumps({"since": now_ms()})))  # and from now on it reads nothing
     received: list[int] = []
 
-    async def read_all(ws) -> None:
-        async for raw in ws:
-            received.extend(r[0] for r in orjson.loads(raw).get("readings", []))
+    async def read_all(stream: ViewerClient) -> None:
+        async for readings in stream.readings():
+            received.extend(r[0] for r in readings)
 
     t0 = now_ms() - 86_400_000  # a day back: room for a million readings a millisecond apart
-    async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as good:
-        assert orjson.loads(await good.recv())["type"] == "subscribed"
-        await good.send(orjson.dumps({"since": now_ms()}).decode())
-        assert orjson.loads(await good.recv())["type"] == "history"
+    async with ViewerClient.connect(live_hub.ws, cookie=operator_cookie, key=device.key) as good:
+        await good.catch_up(now_ms())
         task = asyncio.create_task(read_all(good))
-        broadcaster = current_runtime().broadcaster
+        broadcaster = live_hub.runtime.streams.broadcaster
         # Text readings until the silent viewer is closed: however much the kernel buffers for a socket that
         # reads nothing (megabytes on loopback), the hub's sends to it stall once that is full.
         sent, started = 0, time.monotonic()
@@ -158,20 +144,12 @@ async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
     silent.close()
 
 
-async def test_a_stream_whose_readings_the_publisher_shed_is_told_to_catch_up(live_hub, make_device, operator_cookie):
+async def test_a_stream_whose_readings_the_publisher_shed_is_told_to_catch_up(runtime, make_device, operator_cookie):
     """When the publisher fell too far behind and dropped a device's committed readings, that device's open
     streams are closed with 4011, so their browsers reconnect with `since` and fetch them from the database."""
-    from core.registry import current_runtime
-    from devices.services import DeviceIdentity
-
     device = await sync_to_async(make_device)()
-    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
-    async with websockets.connect(stream_url(live_hub, device.key), additional_headers=headers) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await ws.send(orjson.dumps({"since": now_ms()}).decode())
-        assert orjson.loads(await ws.recv())["type"] == "history"
-        await current_runtime().publisher.shed({DeviceIdentity(device.id, device.key)})
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            async with asyncio.timeout(5):
-                await ws.recv()
-    assert closed.value.rcvd.code == 4011
+    async with viewer_in_process(runtime, cookie=operator_cookie, key=device.key) as stream:
+        await stream.catch_up(now_ms())
+        await runtime.publisher.shed({DeviceIdentity(device.id, device.key)})
+        async with asyncio.timeout(5):
+            assert await stream.closed() == 4011

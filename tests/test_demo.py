@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.process import free_port
+from testkit.process import free_port
 from tests.browser_chromium import chromium_page, need_chromium
 from tests.browser_pages import ARTIFACTS
 from tests.test_embedded import embedded_env, manage, manage_started  # noqa: F401 - embedded_env: the fixture

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import websockets
 
+from clients.viewer import ViewerClient
 from core.epoch import now_ms
 from tests.conftest import free_port
 from tests.waiting import eventually
@@ -100,13 +101,8 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
 
             await eventually(up, timeout=30, what="the hub to listen")
             cookie = await login_cookie(client)
-            headers = {"Cookie": cookie, "Origin": base}
-            async with websockets.connect(
-                f"ws://127.0.0.1:{port}/ws/v1/devices/kitchen/stream", additional_headers=headers
-            ) as stream:
-                assert orjson.loads(await stream.recv())["type"] == "subscribed"
-                await stream.send(orjson.dumps({"since": now_ms() - 5_000}).decode())
-                assert orjson.loads(await stream.recv())["type"] == "history"
+            async with ViewerClient.connect(base, cookie=cookie, key="kitchen") as stream:
+                await stream.catch_up(now_ms() - 5_000)
                 ts = now_ms()
                 response = await client.post(f"/api/v1/{token}/telemetry", json={"ts": ts, "values": {"t": 1.5}})
                 assert response.status_code == 200
@@ -116,7 +112,7 @@ async def test_embedded_default_ingests_stores_and_streams_without_servers(embed
                 live = []
                 async with asyncio.timeout(10):
                     while len(live) < 3:
-                        live += orjson.loads(await stream.recv())["readings"]
+                        live += (await stream.receive())["readings"]
                 assert [r[1:] for r in live] == [["t", 1.5], ["t", 2.5], ["h", "text"]]
             bad = await client.post(f"/api/v1/{token}/telemetry", content="{")
             assert bad.status_code == 400

@@ -10,7 +10,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from ingest.fanout import _PubSubPipeline, group_send_many
+from live.publisher import GroupSender, _PubSubPipeline
 from tests.waiting import group_ready
 
 pytestmark = pytest.mark.usefixtures("redis")
@@ -53,7 +53,7 @@ async def test_a_flush_of_many_groups_is_published_in_one_pipeline_and_delivered
     for shard in sender._get_layer()._shards:
         monkeypatch.setattr(shard, "publish", pytest.fail)
     for n in range(3):
-        failed, error = await group_send_many(sender, [(g, {"type": "readings.batch", "n": n}) for g in groups])
+        failed, error = await GroupSender(sender).send_many([(g, {"type": "readings.batch", "n": n}) for g in groups])
         assert (failed, error) == (0, None)
     for group in groups:
         assert [m["n"] for m in await received(listener, channels[group], 3)] == [0, 1, 2]
@@ -72,8 +72,8 @@ async def test_without_the_internals_each_message_goes_through_group_send(caplog
     listener = layer_of_another_process()
     channels = await members(listener, ["device.renamed"])
     renamed = Renamed(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
-    with caplog.at_level(logging.WARNING, logger="ingest.fanout"):
-        assert await group_send_many(renamed, [("device.renamed", {"type": "t", "n": 1})]) == (0, None)
+    with caplog.at_level(logging.WARNING, logger="live.publisher"):
+        assert await GroupSender(renamed).send_many([("device.renamed", {"type": "t", "n": 1})]) == (0, None)
     assert "internals changed" in caplog.text
     assert await received(listener, channels["device.renamed"], 1) == [{"type": "t", "n": 1}]
     await listener.flush()
@@ -81,5 +81,5 @@ async def test_without_the_internals_each_message_goes_through_group_send(caplog
 
     memory = InMemoryChannelLayer()
     channels = await members(memory, ["device.memory"])
-    assert await group_send_many(memory, [("device.memory", {"type": "t", "n": 2})]) == (0, None)
+    assert await GroupSender(memory).send_many([("device.memory", {"type": "t", "n": 2})]) == (0, None)
     assert await received(memory, channels["device.memory"], 1) == [{"type": "t", "n": 2}]

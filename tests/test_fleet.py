@@ -5,20 +5,20 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import orjson
 import pytest
-import websockets
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from alerts.models import AlertRule
+from clients.viewer import StreamClosed, ViewerClient
 from core.epoch import now_ms
 from dashboards.fleet_page import fleet_query
 from dashboards.selectors import FleetQuery, fleet_status
 from devices.models import Device
-from ingest.models import LatestValue, Reading
+from storage.models import LatestValue, Reading
+from tests.inprocess import HandshakeRefused, viewer_in_process
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -143,32 +143,25 @@ def test_device_names_reach_the_page_escaped(client, transactional_db):
     assert "\\u003Cscript\\u003Ealert(1)" in page, "the name travels inside json_script, escaped"
 
 
-async def test_fleet_stream_needs_a_session_and_our_origin(live_hub, operator_cookie):
-    url = f"{live_hub.ws}/ws/v1/fleet/stream"
-    async with websockets.connect(url, additional_headers={"Origin": live_hub.http}) as ws:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.rcvd.code == 4401
-    with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(
-            url, additional_headers={"Cookie": operator_cookie, "Origin": "http://evil.test"}
-        ):
+async def test_fleet_stream_needs_a_session_and_our_origin(runtime, operator_cookie):
+    with pytest.raises(StreamClosed) as closed:
+        async with viewer_in_process(runtime, cookie=""):
             pass
-    assert refused.value.response.status_code == 403
+    assert closed.value.code == 4401
+    with pytest.raises(HandshakeRefused):
+        async with viewer_in_process(runtime, cookie=operator_cookie, origin="http://evil.test"):
+            pass
 
 
 @pytest.mark.usefixtures("redis")
+@pytest.mark.hub_settings(HUB_FLEET_DIGEST_SECONDS=0.1, HUB_ALERT_RULES_REFRESH_SECONDS=0)
 async def test_fleet_stream_carries_digests_and_alert_events(live_hub, make_device, operator_cookie, settings):
     """A committed reading reaches the fleet stream as a digest (newest ts per key); a firing alert arrives too."""
-    settings.HUB_FLEET_DIGEST_SECONDS = 0.1
-    settings.HUB_ALERT_RULES_REFRESH_SECONDS = 0
     device = await sync_to_async(make_device)()
     await sync_to_async(AlertRule.objects.create)(
         name="hot", device_id=device.id, key="t", condition="gt", threshold=30.0, severity="critical"
     )
-    headers = {"Cookie": operator_cookie, "Origin": live_hub.http}
-    async with websockets.connect(f"{live_hub.ws}/ws/v1/fleet/stream", additional_headers=headers) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+    async with ViewerClient.connect(live_hub.ws, cookie=operator_cookie) as fleet:
         ts = now_ms()
         async with httpx.AsyncClient(base_url=live_hub.http) as client:
             body = [{"ts": ts - 1, "values": {"t": 40.0}}, {"ts": ts, "values": {"t": 41.0, "state": "hot"}}]
@@ -176,7 +169,7 @@ async def test_fleet_stream_carries_digests_and_alert_events(live_hub, make_devi
         digest = alert = None
         async with asyncio.timeout(10):
             while digest is None or alert is None:
-                message = orjson.loads(await ws.recv())
+                message = await fleet.receive()
                 if message["type"] == "fleet" and device.key in message["devices"]:
                     digest = message["devices"][device.key]
                 elif message["type"] == "alert":

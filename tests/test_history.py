@@ -13,12 +13,12 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import connection
 
+from api.credentials import api_token_create
 from core.epoch import now_ms
-from core.registry import current_runtime
-from dashboards.auth import api_token_create
 from devices.services import DeviceIdentity
+from history.selectors import HistoryQuery, aggregate_source, aggregate_statement, interval_auto
 from ingest.parsing import Reading as R
-from ingest.selectors import HistoryQuery, aggregate_source, aggregate_statement, interval_auto
+from ingest.writer import Writer
 from tests.engines import refresh_aggregates
 
 pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
@@ -27,9 +27,8 @@ HOUR = 3_600_000
 MINUTE = 60_000
 
 
-async def store(device, readings: list[R]) -> None:
+async def store(writer: Writer, device, readings: list[R]) -> None:
     """Through the real writer, so rollups are maintained exactly as in production."""
-    writer = current_runtime().writer
     futures = [
         await writer.submit(DeviceIdentity(device.id, device.key), readings[i : i + 1000])
         for i in range(0, len(readings), 1000)
@@ -53,7 +52,7 @@ def hour_floor(ms: int) -> int:
 
 
 @pytest.fixture
-async def dataset(make_device):
+async def dataset(make_device, live_hub):
     """Two keys, irregular timestamps over 5 hours with a 1-hour hole, values with decimals."""
     device = await sync_to_async(make_device)()
     rng = random.Random(7)
@@ -64,7 +63,7 @@ async def dataset(make_device):
             readings += [R(ts, "temp", round(rng.uniform(-10, 40), 3)), R(ts, "volt", round(rng.uniform(3, 3.6), 4))]
         ts += rng.randint(1_000, 40_000)
     readings.append(R(t0 + HOUR, "temp", 99.5))  # exactly on a bucket edge: belongs to the later bucket
-    await store(device, readings)
+    await store(live_hub.runtime.writer, device, readings)
     return device, t0, readings
 
 
@@ -104,15 +103,15 @@ async def test_aggregates_equal_python_on_every_source(api, dataset):
                 assert hole == [], "empty buckets are absent"
 
 
-async def test_a_late_reading_changes_the_rolled_up_bucket_and_a_resend_does_not(api, dataset):
+async def test_a_late_reading_changes_the_rolled_up_bucket_and_a_resend_does_not(api, dataset, live_hub):
     """Rollups reflect late readings in already-aggregated buckets; resent readings are not counted twice."""
     device, t0, readings = dataset
     params = {"keys": "temp", "start": t0, "end": t0 + HOUR, "interval": HOUR, "agg": "COUNT"}
     url = f"/api/v1/devices/{device.key}/telemetry"
     before = (await api.get(url, params=params)).json()["data"]["temp"][0]["value"]
     late = R(t0 + 30 * MINUTE + 1, "temp", -50.0)
-    await store(device, [late])
-    await store(device, [late, *readings[:50]])  # a resend: stored once, rolled up once
+    await store(live_hub.runtime.writer, device, [late])
+    await store(live_hub.runtime.writer, device, [late, *readings[:50]])  # a resend: stored once, rolled up once
     after = (await api.get(url, params=params)).json()["data"]["temp"][0]["value"]
     assert after == before + 1
     low = (await api.get(url, params={**params, "agg": "MIN"})).json()["data"]["temp"][0]["value"]
@@ -270,19 +269,18 @@ def test_main_query_shapes_use_the_indexes(postgres, engine):
         assert index in shape and "Seq Scan" not in shape, shape
 
 
-async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(make_device, settings, runtime, engine):
+async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(make_device, runtime, engine):
     """Raw rows older than HUB_RAW_RETENTION_DAYS go; recent rows and the rollups of old ones stay. (TimescaleDB
     drops whole chunks, after refreshing the continuous aggregates over them.)"""
-    from ingest.models import Reading
-    from ingest.retention import retention_apply
+    from storage.models import Reading
+    from storage.retention import RetentionConfig, retention_apply
 
     device = await sync_to_async(make_device)()
     now = now_ms()
     old = [R(now - 40 * 86_400_000 + i * 1000, "t", float(i)) for i in range(100)]
     recent = [R(now - 86_400_000 + i * 1000, "t", float(i)) for i in range(10)]
-    await store(device, old + recent)
-    settings.HUB_RAW_RETENTION_DAYS = 30
-    deleted = await sync_to_async(retention_apply)()
+    await store(runtime.writer, device, old + recent)
+    deleted = await sync_to_async(retention_apply)(RetentionConfig(raw_days=30))
     assert deleted["ingest_reading"] == (100 if engine == "postgres" else len({r.ts // 86_400_000 for r in old}))
     assert await sync_to_async(Reading.objects.filter(device_id=device.id).count)() == 10
 
@@ -293,8 +291,7 @@ async def test_retention_drops_old_raw_rows_and_keeps_recent_ones_and_rollups(ma
             return int(cursor.fetchone()[0])
 
     assert await sync_to_async(rollup_count)() == 110, "rollups keep their own retention"
-    settings.HUB_ROLLUP_1H_RETENTION_DAYS = 30
-    await sync_to_async(retention_apply)()
+    await sync_to_async(retention_apply)(RetentionConfig(raw_days=30, rollup_1h_days=30))
     assert await sync_to_async(rollup_count)() == 10
 
 
@@ -302,12 +299,16 @@ async def test_aggregates_beyond_a_double_answer_null_or_finite_numbers(make_dev
     """Sums or averages a double cannot hold (a raw bucket of ±1e300: an average's running variance overflows;
     1e308s stored before the parser's limit, in two hours: their day's sum from the hour rollups) are asked
     again exactly: the average is 0, the sum null (never Infinity, never a 500); min, max and count stay exact."""
-    from ingest.selectors import readings_aggregate
+    from history.selectors import readings_aggregate
 
     device = await sync_to_async(make_device)()
     day = 86_400_000
     t0 = (now_ms() // day - 2) * day
-    await store(device, [R(t0, "big", 1e308), R(t0 + HOUR, "big", 1e308), R(t0, "w", 1e300), R(t0 + 1, "w", -1e300)])
+    await store(
+        runtime.writer,
+        device,
+        [R(t0, "big", 1e308), R(t0 + HOUR, "big", 1e308), R(t0, "w", 1e300), R(t0 + 1, "w", -1e300)],
+    )
     await sync_to_async(refresh_aggregates)()
     query = HistoryQuery(device_id=device.id, keys=("big", "w"), start=t0, end=t0 + day, agg="SUM", interval=day)
     assert aggregate_source(day) == "ingest_rollup_1h"

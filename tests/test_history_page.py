@@ -12,14 +12,16 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.shortcuts import resolve_url
-from django.test import AsyncClient, Client
+from django.test import Client
 from django.urls import reverse
 
 from core.epoch import now_ms
-from ingest.models import LatestValue
+from history.selectors import interval_auto
 from ingest.parsing import Reading as R
-from ingest.selectors import interval_auto
+from storage.models import LatestValue
 from tests.browser_chromium import CHROMIUM, CHROMIUM_ARGS, need_chromium
+from tests.conftest import session_cookie
+from tests.inprocess import in_process_client
 from tests.test_history import HOUR, MINUTE, hour_floor, store
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -147,17 +149,20 @@ async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, op
     """The CSV behind the page's link holds the same buckets, averages and min/max band as the JSON drawn."""
     device = await sync_to_async(make_device)()
     t0 = hour_floor(now_ms()) - 3 * HOUR
-    await store(device, [R(t0 + i * 7_000, key, float(i % 37) + len(key)) for i in range(1500) for key in ("a", "b")])
-    client = AsyncClient()
-    await client.aforce_login(operator)
-    url = reverse("dashboards:history", args=[device.key])
-    html = (await client.get(url, {"range": "custom", "start": t0, "end": t0 + 3 * HOUR, "agg": "AVG"})).content
-    path, params = csv_link(html.decode())
-    config = page_config(html.decode())
-
-    drawn = (await client.get(config["api"], params)).json()  # what history.js fetches and draws
-    response = await client.get(path, params)
-    rows = list(csv.reader(io.StringIO(b"".join([c async for c in response.streaming_content]).decode())))
+    await store(
+        runtime.writer,
+        device,
+        [R(t0 + i * 7_000, key, float(i % 37) + len(key)) for i in range(1500) for key in ("a", "b")],
+    )
+    async with in_process_client(runtime, cookie=await sync_to_async(session_cookie)(operator)) as client:
+        url = reverse("dashboards:history", args=[device.key])
+        choices = {"range": "custom", "start": t0, "end": t0 + 3 * HOUR, "agg": "AVG"}
+        html = (await client.get(url, params=choices)).text
+        path, params = csv_link(html)
+        config = page_config(html)
+        drawn = (await client.get(config["api"], params=params)).json()  # what history.js fetches and draws
+        response = await client.get(path, params=params)
+    rows = list(csv.reader(io.StringIO(response.text)))
     assert rows[0] == ["ts", "time", "key", "value", "min", "max"]
     exported = [(key, int(ts), float(v), float(lo), float(hi)) for ts, _, key, v, lo, hi in rows[1:]]
     shown = [(k, p["ts"], p["value"], p["min"], p["max"]) for k, points in drawn["data"].items() for p in points]
@@ -173,7 +178,7 @@ async def test_in_a_browser_the_page_shows_local_time_and_queries_utc(live_hub, 
 
     device = await sync_to_async(make_device)()
     t0 = 1_736_899_200_000  # 2025-01-15T00:00:00Z
-    await store(device, [R(t0 + i * 30_000, "t", float(i % 120)) for i in range(6 * 120)])
+    await store(live_hub.runtime.writer, device, [R(t0 + i * 30_000, "t", float(i % 120)) for i in range(6 * 120)])
     url = reverse("dashboards:history", args=[device.key])
     query = f"?range=custom&start={t0}&end={t0 + 6 * HOUR}&keys=t&agg=AVG"
     name, value = operator_cookie.split("=", 1)

@@ -5,12 +5,12 @@ import asyncio
 import httpx
 import orjson
 import pytest
-import websockets
 from asgiref.sync import sync_to_async
 
+from clients.device import DeviceClient
+from clients.viewer import ViewerClient
 from core.epoch import now_ms
-from ingest.client import DeviceClient
-from ingest.models import LatestValue, Reading
+from storage.models import LatestValue, Reading
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.usefixtures("postgres", "redis"), pytest.mark.engines]
@@ -45,15 +45,13 @@ async def send_and_collect_acks(hub, token: str, frames: list[str]) -> int:
 
 
 async def watch(hub, cookie: str, key: str, expected: int, seen: dict[str, set]) -> None:
-    headers = {"Cookie": cookie, "Origin": hub.http}
-    async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await ws.send(orjson.dumps({"since": now_ms()}).decode())
-        assert orjson.loads(await ws.recv())["type"] == "history"
+    async with ViewerClient.connect(hub.ws, cookie=cookie, key=key) as viewer:
+        await viewer.catch_up(now_ms())
         seen[key] = set()
-        while len(seen[key]) < expected:
-            message = orjson.loads(await ws.recv())
-            seen[key].update((ts, k) for ts, k, _v in message["readings"])
+        async for readings in viewer.readings():
+            seen[key].update((ts, k) for ts, k, _v in readings)
+            if len(seen[key]) >= expected:
+                return
 
 
 @sync_to_async

@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 
 from core.epoch import now_ms
 from devices.models import Device
-from ingest.models import LatestValue, Reading
+from storage.models import LatestValue, Reading
 
 pytestmark = pytest.mark.usefixtures("postgres")
 

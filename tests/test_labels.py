@@ -12,7 +12,7 @@ from core.epoch import now_ms
 from devices.admin import DeviceForm
 from devices.labels import device_labels_set, devices_labelled, labels_parse, labels_text
 from devices.models import Device
-from ingest.models import LatestValue
+from storage.models import LatestValue
 from tests.test_alerts import post, spec
 from tests.waiting import eventually
 
@@ -80,9 +80,9 @@ def test_a_rule_scoped_by_label_applies_to_labelled_devices_only(make_device):
     assert alert_thresholds_for_device(device_id=south.id, device_key=south.key, labels={}) == []
 
 
+@pytest.mark.hub_settings(HUB_ALERT_RULES_REFRESH_SECONDS=0)
 async def test_the_engine_fires_a_label_scoped_rule_on_the_labelled_device_only(live_hub, make_device, settings):
     """Two devices break the limit; only the one with the rule's label fires."""
-    settings.HUB_ALERT_RULES_REFRESH_SECONDS = 0
     north, south = await sync_to_async(make_device)("boiler-n"), await sync_to_async(make_device)("boiler-s")
     await sync_to_async(device_labels_set)(key=north.key, labels={"site": "north"})
     await sync_to_async(AlertRule.objects.create)(

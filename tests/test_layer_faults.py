@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import time
 
-import orjson
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from clients.viewer import StreamClosed, ViewerClient
 from tests.conftest import database_url_for_tests
 from tests.ledger import Ledger, paced_ws_device, ws_device
 from tests.redis_server import RedisServer
@@ -24,8 +24,7 @@ class Viewer:
     """A dashboard client as the device page behaves: reconnects on close and asks for what it missed."""
 
     def __init__(self, hub, key: str, cookie: str) -> None:
-        self.url = f"{hub.ws}/ws/v1/devices/{key}/stream"
-        self.headers = {"Cookie": cookie, "Origin": hub.http}
+        self.hub, self.key, self.cookie = hub, key, cookie
         self.received: list[int] = []  # every ts delivered, duplicates included
         self.closes: list[int | None] = []
         self.live_after_connect = 0  # live readings since the latest (re)connection
@@ -38,28 +37,28 @@ class Viewer:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                async with websockets.connect(self.url, additional_headers=self.headers, open_timeout=5) as ws:
+                async with ViewerClient.connect(
+                    self.hub.ws, cookie=self.cookie, key=self.key, open_timeout=5
+                ) as viewer:
                     self.live_after_connect = 0
-                    await self._follow(ws, stop)
-            except websockets.ConnectionClosed as closed:
-                self.closes.append(closed.rcvd.code if closed.rcvd else None)
+                    await self._follow(viewer, stop)
+            except StreamClosed as closed:
+                self.closes.append(closed.code)
             except (OSError, TimeoutError, websockets.InvalidStatus):
                 self.closes.append(None)
             await asyncio.sleep(0.2)  # reconnect backoff, as the device page has
 
-    async def _follow(self, ws, stop: asyncio.Event) -> None:
+    async def _follow(self, viewer: ViewerClient, stop: asyncio.Event) -> None:
+        self.received.extend(r[0] for r in await viewer.catch_up(self.newest))
+        self.caught_up += 1
         while not stop.is_set():
             try:
-                message = orjson.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                message = await asyncio.wait_for(viewer.receive(), 0.2)
             except TimeoutError:
                 continue
-            if message["type"] == "subscribed":
-                await ws.send(orjson.dumps({"since": self.newest}).decode())
-            elif message["type"] in ("history", "readings"):
+            if message["type"] == "readings":
                 self.received.extend(r[0] for r in message["readings"])
-                self.caught_up += message["type"] == "history"
-                if message["type"] == "readings":
-                    self.live_after_connect += len(message["readings"])
+                self.live_after_connect += len(message["readings"])
 
 
 async def hub_on(hub_process, redis_server: RedisServer, **env: str):

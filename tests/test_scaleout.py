@@ -7,13 +7,12 @@ import contextlib
 import os
 
 import httpx
-import orjson
 import pytest
 import redis as redis_client
-import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from clients.viewer import ViewerClient
 from core.epoch import now_ms
 from tests.bridge_process import RUN, BridgeProcess
 from tests.conftest import database_url_for_tests
@@ -34,16 +33,11 @@ def second_redis(tmp_path):
 
 
 async def watch(hub, cookie: str, key: str, seen: dict[str, set[int]]) -> None:
-    headers = {"Cookie": cookie, "Origin": hub.http}
-    async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
-        async for raw in ws:
-            message = orjson.loads(raw)
-            if message.get("type") == "subscribed":  # sent after the group membership is in place
-                await ws.send(orjson.dumps({"since": now_ms()}).decode())
-            elif message.get("type") == "history":
-                seen.setdefault(key, set())
-            elif message.get("type") == "readings":
-                seen[key].update(r[0] for r in message["readings"])
+    async with ViewerClient.connect(hub.ws, cookie=cookie, key=key) as viewer:  # subscribed: the group is joined
+        await viewer.catch_up(now_ms())
+        seen.setdefault(key, set())
+        async for readings in viewer.readings():
+            seen[key].update(r[0] for r in readings)
 
 
 async def mqtt_device(broker_port: int, key: str, ledger: Ledger, *, messages: int) -> None:

@@ -21,6 +21,7 @@ import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from clients.viewer import StreamClosed, StreamOpening, ViewerClient, viewer_headers
 from core.epoch import now_ms
 from tests import rawws
 from tests.conftest import database_url_for_tests
@@ -64,7 +65,7 @@ def logged_at(line: str) -> float:
 @sync_to_async
 def store_history(device_id: int, count: int) -> None:
     from core.epoch import from_epoch_ms
-    from ingest.models import Reading
+    from storage.models import Reading
 
     t0 = now_ms() - 86_400_000
     Reading.objects.bulk_create(
@@ -73,31 +74,30 @@ def store_history(device_id: int, count: int) -> None:
     )
 
 
-async def viewer(
-    hub, key: str, headers: dict[str, str], since: int, stop: asyncio.Event, asked: list[int] | None = None
-) -> None:
-    """A dashboard that reads everything it is sent until the hub goes away (`asked` counts its catch-up request)."""
-    with contextlib.suppress(OSError, websockets.WebSocketException):
-        async with websockets.connect(f"{hub.ws}/ws/v1/devices/{key}/stream", additional_headers=headers) as ws:
-            await ws.recv()  # subscribed
-            await ws.send(orjson.dumps({"since": since}).decode())
+async def viewer(hub, key: str, cookie: str, since: int, stop: asyncio.Event, asked: list[int] | None = None) -> None:
+    """A dashboard that reads everything it is sent until the hub goes away (`asked` counts its catch-up request,
+    sent without waiting for the answer)."""
+    with contextlib.suppress(OSError, websockets.WebSocketException, StreamClosed):
+        async with ViewerClient.connect(hub.ws, cookie=cookie, key=key) as stream:
+            await stream.send(StreamOpening.since(since))
             if asked is not None:
                 asked[0] += 1
             while not stop.is_set():
-                await ws.recv()
+                await stream.receive()
 
 
-async def silent_viewer(hub, key: str, headers: dict[str, str]):
+async def silent_viewer(hub, key: str, cookie: str):
     """A dashboard that subscribes, then never reads again (a frozen tab, a dead NAT): a tiny receive window, and
     the client's own reading paused so the kernel buffers fill and stay full."""
     host, port = hub.http.removeprefix("http://").split(":")
+    headers = viewer_headers(hub.http, cookie)
     reader, writer, response = await rawws.handshake(
         host, int(port), f"/ws/v1/devices/{key}/stream", headers, rcvbuf=4096
     )
     assert response.startswith("HTTP/1.1 101"), response
     opcode, payload = await rawws.read_frame(reader)
     assert orjson.loads(payload)["type"] == "subscribed"
-    writer.write(rawws.frame(0x1, orjson.dumps({"since": now_ms()})))
+    writer.write(rawws.frame(0x1, StreamOpening.since(now_ms()).encode()))
     writer.transport.pause_reading()
     return writer
 
@@ -135,7 +135,6 @@ async def test_sigterm_under_load_stops_the_whole_tree_within_the_limit(make_dev
     try:
         await eventually(lambda: len(descendants(hub.process.pid)) >= 2, what="both workers")
         processes |= descendants(hub.process.pid)
-        headers = {"Cookie": operator_cookie, "Origin": hub.http}
         since = now_ms()
         ledger, stop = Ledger(), asyncio.Event()
         devices = [
@@ -144,12 +143,14 @@ async def test_sigterm_under_load_stops_the_whole_tree_within_the_limit(make_dev
             )
             for d in streaming
         ]
-        viewers = [asyncio.create_task(viewer(hub, streaming[i % 4].key, headers, since, stop)) for i in range(40)]
-        silent = [await silent_viewer(hub, loud.key, headers) for _ in range(6)]
+        viewers = [
+            asyncio.create_task(viewer(hub, streaming[i % 4].key, operator_cookie, since, stop)) for i in range(40)
+        ]
+        silent = [await silent_viewer(hub, loud.key, operator_cookie) for _ in range(6)]
         await bulk(hub, loud.token, BULK_BYTES)  # every silent viewer now has a socket that cannot be flushed
         await eventually(lambda: sum(map(len, ledger.acked.values())) > 1_000, what="devices acked")
         asked = [0]
-        viewers += [asyncio.create_task(viewer(hub, archive.key, headers, 0, stop, asked)) for _ in range(60)]
+        viewers += [asyncio.create_task(viewer(hub, archive.key, operator_cookie, 0, stop, asked)) for _ in range(60)]
         await eventually(lambda: asked[0] == 60, what="every archive viewer to ask for its catch-up")
         processes |= descendants(hub.process.pid)
         acked_before = sum(map(len, ledger.acked.values()))

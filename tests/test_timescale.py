@@ -13,11 +13,19 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from core.epoch import from_epoch_ms, now_ms
-from core.registry import current_runtime
-from core.timescale import EXTENSION_CREATED, READING_HYPERTABLE
 from devices.services import DeviceIdentity
+from history.export import csv_stream
+from history.selectors import (
+    HistoryQuery,
+    readings_aggregate,
+    readings_latest,
+    readings_raw,
+    readings_since,
+)
 from ingest.parsing import Reading as R
-from ingest.selectors import HistoryQuery, csv_stream, readings_aggregate, readings_latest, readings_raw, readings_since
+from ingest.writer import Writer
+from storage.engine import Reads
+from storage.timescale import EXTENSION_CREATED, READING_HYPERTABLE
 from tests.conftest import ROOT, database_url_for_tests
 from tests.engines import refresh_aggregates
 from tests.services import TIMESCALE_URL, need
@@ -137,13 +145,12 @@ def test_a_plain_postgresql_hub_converts_in_place_and_refuses_to_start_with_on_u
     assert again.returncode == 0 and "already a hypertable" in again.stdout
 
 
-async def store(device: DeviceIdentity, readings: list[R]) -> None:
-    writer = current_runtime().writer
+async def store(writer: Writer, device: DeviceIdentity, readings: list[R]) -> None:
     for future in [await writer.submit(device, readings[i : i + 1000]) for i in range(0, len(readings), 1000)]:
         await asyncio.wait_for(future, 30)
 
 
-async def answers(device_id: int, t0: int) -> dict:
+async def answers(reads: Reads, device_id: int, t0: int) -> dict:
     """What the history API, the CSV export, the stream's catch-up and the latest values say of the data."""
     queries = {
         "raw": HistoryQuery(device_id=device_id, keys=("a", "b"), start=t0, end=t0 + DAY, limit=10_000),
@@ -160,7 +167,9 @@ async def answers(device_id: int, t0: int) -> dict:
             result[name] = await sync_to_async(readings_raw)(query)
         else:
             result[name] = await sync_to_async(readings_aggregate)(query, band=True)
-        result[f"{name}.csv"] = b"".join([chunk async for chunk in csv_stream(query, band=query.agg == "AVG")])
+        result[f"{name}.csv"] = b"".join(
+            [chunk async for chunk in csv_stream(query, reads=reads, band=query.agg == "AVG")]
+        )
     result["since"] = await sync_to_async(readings_since)(device_id=device_id, since=t0 + 3 * HOUR, limit=5_000)
     result["latest"] = await sync_to_async(readings_latest)(device_id)
     return result
@@ -189,18 +198,18 @@ async def test_compressed_chunks_give_the_same_answers_and_take_late_readings_an
     device = DeviceIdentity(made.id, made.key)
     t0 = (now_ms() // DAY - 3) * DAY  # three days ago: chunks a compression policy takes
     readings = [R(t0 + i * 7_000 + (i % 5) * 13, key, float((i * 37) % 101) / 7) for i in range(6_000) for key in "ab"]
-    await store(device, readings)
+    await store(runtime.writer, device, readings)
     await sync_to_async(refresh_aggregates)()
-    before = await answers(device.id, t0)
+    before = await answers(runtime.reads, device.id, t0)
     assert sum(len(points) for points in before["raw"].values()) == len(readings)
     assert await sync_to_async(compress_everything)() >= 1
-    after = await answers(device.id, t0)
+    after = await answers(runtime.reads, device.id, t0)
     assert after == before
 
     late = R(t0 + 3_500, "a", 99.5)  # between two stored readings, in a compressed chunk
-    await store(device, [late, *readings[:50]])  # with 50 resends of compressed readings
+    await store(runtime.writer, device, [late, *readings[:50]])  # with 50 resends of compressed readings
     assert await sync_to_async(stored_count)(device.id) == len(readings) + 1
     await sync_to_async(refresh_aggregates)()
-    final = await answers(device.id, t0)
+    final = await answers(runtime.reads, device.id, t0)
     assert {"ts": late.ts, "value": late.value} in final["raw"]["a"]
     assert max(p["max"] for p in final["1m"]["a"]) == 99.5

@@ -7,8 +7,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from core.epoch import now_ms
+from history.selectors import aggregate_source, readings_window, window_interval
 from ingest.parsing import Reading as R
-from ingest.selectors import aggregate_source, readings_window, window_interval
 from tests.engines import refresh_aggregates
 from tests.test_history import MINUTE, api, hour_floor, store  # noqa: F401 - `api` is a fixture
 
@@ -39,7 +39,7 @@ async def test_a_fast_key_is_buckets_then_raw_and_a_slow_key_is_all_raw(make_dev
     t0 = now_ms() - 11 * MINUTE
     fast = [R(t0 + i * 20, "fast", float((i * 7919) % 1000)) for i in range(30_000)]
     slow = [R(t0 + i * 2000, "slow", float(i)) for i in range(300)]
-    await store(device, fast + slow)
+    await store(runtime.writer, device, fast + slow)
     start, end = t0 + 30_500, t0 + 10 * MINUTE + 1
     window = await sync_to_async(readings_window)(
         device_id=device.id, keys=["fast", "slow"], start=start, end=end, interval=1000, tail=500
@@ -59,7 +59,7 @@ async def test_a_long_window_reads_the_minute_rollups(make_device, runtime):
     device = await sync_to_async(make_device)()
     t0 = hour_floor(now_ms()) - 7 * 60 * MINUTE
     readings = [R(t0 + i * 1000, "t", float((i * 31) % 97)) for i in range(6 * 3600)]
-    await store(device, readings)
+    await store(runtime.writer, device, readings)
     await sync_to_async(refresh_aggregates)()
     start, end = t0, t0 + 6 * 60 * MINUTE
     interval = window_interval(start, end, 1000)
@@ -70,10 +70,10 @@ async def test_a_long_window_reads_the_minute_rollups(make_device, runtime):
     assert window.buckets == extremes(readings, start, window.split, MINUTE)
 
 
-async def test_the_window_api_answers_operators_and_names_bad_parameters(api, make_device):  # noqa: F811
+async def test_the_window_api_answers_operators_and_names_bad_parameters(api, live_hub, make_device):  # noqa: F811
     device = await sync_to_async(make_device)()
     ts = now_ms()
-    await store(device, [R(ts - 1000, "t", 1.0), R(ts, "t", 2.0)])
+    await store(live_hub.runtime.writer, device, [R(ts - 1000, "t", 1.0), R(ts, "t", 2.0)])
     url = f"/api/v1/devices/{device.key}/window"
     body = (await api.get(url, params={"start": ts + 1 - MINUTE, "end": ts + 1, "px": 600})).json()
     assert body["series"] == {"t": {"buckets": [], "raw": [[ts - 1000, 1.0], [ts, 2.0]], "split": ts + 1 - MINUTE}}

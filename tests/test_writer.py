@@ -14,20 +14,14 @@ from core.collector import GC_THRESHOLDS, collector_tune
 from core.epoch import now_ms
 from devices.models import Device
 from devices.services import DeviceIdentity
-from ingest.backends import (
-    ALONE,
-    Batch,
-    DevicesGone,
-    LatestRow,
-    PostgresBackend,
-    SqliteBackend,
-    Turn,
-    postgres_conninfo,
-)
-from ingest.models import Reading
 from ingest.parsing import ErrorCode, IngestError
 from ingest.parsing import Reading as R
 from ingest.writer import Writer, WriterClosed, WriterConfig
+from storage.engine import ALONE, Batch, DevicesGone, LatestRow, Turn
+from storage.engines import POSTGRES
+from storage.models import Reading
+from storage.postgres import PostgresBackend, postgres_conninfo
+from storage.sqlite import SqliteBackend
 from tests.sinks import RecordingSink
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import Gate, eventually
@@ -39,7 +33,7 @@ class GatedBackend(PostgresBackend):
     """The real PostgreSQL backend, but each write waits for the test to open the gate."""
 
     def __init__(self, conninfo: str) -> None:
-        super().__init__(conninfo)
+        super().__init__(conninfo, extension=POSTGRES.extension)
         self.gate = Gate()
         self.writes = 0
 
@@ -104,7 +98,7 @@ async def test_a_database_outage_delays_acks_and_loses_nothing(make_device):
     settings_dict = connection.settings_dict
     proxy = await TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432)).start()
     writer = Writer(
-        PostgresBackend(conninfo(HOST="127.0.0.1", PORT=proxy.port)),
+        POSTGRES.writer_backend(conninfo(HOST="127.0.0.1", PORT=proxy.port)),
         config=WriterConfig(flush_interval=0.005),
         after_commit=[],
     )
@@ -125,7 +119,7 @@ async def test_drain_commits_what_is_queued_and_fails_what_cannot_be(make_device
     """Shutdown commits queued readings; with the database gone, pending futures fail with WriterClosed."""
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.5), after_commit=[])
+    writer = Writer(POSTGRES.writer_backend(conninfo()), config=WriterConfig(flush_interval=0.5), after_commit=[])
     writer.start()
     queued = await writer.submit(ident, readings(25))
     await writer.drain()
@@ -148,7 +142,7 @@ async def test_fan_out_follows_commit_once_per_device_per_flush(make_device):
     a, b = [await sync_to_async(make_device)() for _ in range(2)]
     sink = RecordingSink(lambda committed: {device.key: len(rs) for device, rs in committed.items()})
     published = sink.offered
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[sink])
+    writer = Writer(POSTGRES.writer_backend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[sink])
     writer.start()
     futures = [
         await writer.submit(DeviceIdentity(a.id, a.key), readings(3)),
@@ -166,7 +160,7 @@ async def test_a_deleted_devices_readings_are_refused_and_the_rest_of_the_flush_
     device's futures (no reading of a device that does not exist is ever stored)."""
     kept, gone = [await sync_to_async(make_device)() for _ in range(2)]
     await sync_to_async(Device.objects.filter(id=gone.id).delete)()
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[])
+    writer = Writer(POSTGRES.writer_backend(conninfo()), config=WriterConfig(flush_interval=0.05), after_commit=[])
     writer.start()
     stored_future = await writer.submit(DeviceIdentity(kept.id, kept.key), readings(5))
     refused_future = await writer.submit(DeviceIdentity(gone.id, gone.key), readings(5))
@@ -207,7 +201,7 @@ async def test_deleting_a_device_around_its_flush_leaves_no_reading_behind(make_
     readings deleted with the row; a flush reaching the row after its deletion is refused."""
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
-    writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(flush_interval=0.001), after_commit=[])
+    writer = Writer(POSTGRES.writer_backend(conninfo()), config=WriterConfig(flush_interval=0.001), after_commit=[])
     writer.start()
     async with await psycopg.AsyncConnection.connect(conninfo()) as deleting:
         # Committed between the cascade's DELETE of readings and the DELETE of the device row.
@@ -231,7 +225,7 @@ async def test_a_started_writer_raises_the_collectors_threshold_and_keeps_a_high
     before = gc.get_threshold()
     try:
         gc.set_threshold(700, 10, 10)
-        writer = Writer(PostgresBackend(conninfo()), config=WriterConfig(), after_commit=[])
+        writer = Writer(POSTGRES.writer_backend(conninfo()), config=WriterConfig(), after_commit=[])
         writer.start()
         assert gc.get_threshold() == GC_THRESHOLDS
         await writer.drain()

@@ -11,11 +11,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from core.db import postgres_conninfo
 from devices.services import DeviceIdentity
-from ingest.backends import ALONE, Batch, PostgresBackend, Turn
 from ingest.parsing import Reading as R
 from ingest.writer import Writer, WriterConfig
+from storage.engine import ALONE, Batch, Turn
+from storage.engines import POSTGRES
+from storage.postgres import PostgresBackend, postgres_conninfo
 from tests.engines import refresh_aggregates
 from tests.sinks import RecordingSink
 from tests.test_writer import waiting_for_a_lock
@@ -62,7 +63,7 @@ class HookedBackend(PostgresBackend):
     """The real backend; `hooks(n)` gives the n-th write's hooks (counting retries)."""
 
     def __init__(self, hooks: Callable[[int], Hooks] = lambda n: Hooks()) -> None:
-        super().__init__(postgres_conninfo(connection.settings_dict))
+        super().__init__(postgres_conninfo(connection.settings_dict), extension=POSTGRES.extension)
         self.hooks = hooks
         self.writes = 0
         self.rows_written = 0  # rows of every write begun, retries included

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from dashboards.auth import api_token_create
+from api.credentials import api_token_create
 
 
 @pytest.fixture

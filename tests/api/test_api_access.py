@@ -12,8 +12,8 @@ from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from api.models import ApiToken
 from core.epoch import epoch_ms
-from dashboards.models import ApiToken
 from devices.models import Device, ProvisioningProfile
 from devices.services import device_authenticate
 from tests.api.conftest import error, token_client
@@ -51,7 +51,7 @@ async def test_an_operator_issues_lists_and_revokes_tokens(browser, live_hub, ca
 async def test_a_token_of_another_operator_cannot_be_revoked(writer, transactional_db):
     from django.contrib.auth import get_user_model
 
-    from dashboards.auth import api_token_issue
+    from api.credentials import api_token_issue
 
     other = await sync_to_async(get_user_model().objects.create_user)("other", password="pw")
     token, _ = await sync_to_async(api_token_issue)(user=other, scope="write")

@@ -15,7 +15,7 @@ from alerts.models import AlertEvent, AlertRule, AlertState
 from alerts.rules import rule_spec
 from core.epoch import epoch_ms, from_epoch_ms, now_ms
 from devices.services import DeviceIdentity, device_create
-from ingest.models import LatestValue
+from storage.models import LatestValue
 from tests.api.conftest import error
 
 pytestmark = pytest.mark.usefixtures("postgres")

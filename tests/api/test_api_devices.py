@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from devices.models import Device
 from devices.services import device_authenticate
-from ingest.models import LatestValue
+from storage.models import LatestValue
 from tests.api.conftest import error
 
 pytestmark = pytest.mark.usefixtures("postgres")

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand
 from bridge.config import bridge_config
 from bridge.worker import Bridge
 from core.collector import collector_for_serving
+from hub.roles import Role
 from hub.runtime import hub_runtime
 
 
@@ -26,6 +27,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)  # drain: flush, ack what was committed, disconnect
         config = bridge_config(url=url, client_id=client_id, protocol=protocol)
-        async with hub_runtime(role="bridge") as runtime:
+        async with hub_runtime(role=Role.BRIDGE) as runtime:
+            assert runtime.ingest is not None  # noqa: S101 - a bridge writes
             with collector_for_serving():
                 await Bridge(config, runtime.ingest).run(stop)

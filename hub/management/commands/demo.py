@@ -5,19 +5,23 @@ import time
 import uvicorn
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from alerts.models import AlertRule
+from clients.simulator import backfill_size, device_phase, history_backfill, run_simulation
+from core.collector import collector_for_serving
 from core.epoch import epoch_ms, now_ms
-from core.registry import current_runtime
 from devices.labels import device_labels_set
 from devices.models import Device
 from devices.services import DeviceIdentity, device_issue_token
+from hub.asgi import HubApplication
+from hub.roles import Role
+from hub.runtime import hub_runtime
 from hub.server import server_started, uvicorn_options
-from ingest.models import LatestValue
-from ingest.simulator import backfill_size, device_phase, history_backfill, run_simulation
+from ingest.writer import Writer
+from storage.engines import engine
+from storage.models import LatestValue
 
 DEMO_USER = "demo"
 DEMO_SITES = ("north", "north", "south")  # demo-1, demo-2: site=north; demo-3: site=south; then again
@@ -38,7 +42,7 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=float, default=7.0, help="days of simulated history to back-fill")
 
     def handle(self, *args, host: str, port: int, devices: int, rate: float, days: float, **options) -> None:
-        if connections["default"].vendor != "sqlite":
+        if not engine().embedded:
             raise CommandError("demo is for the embedded default; use `serve` and `simulate` otherwise")
         user_model = get_user_model()
         if not user_model.objects.filter(username=DEMO_USER).exists():
@@ -56,14 +60,24 @@ class Command(BaseCommand):
             asyncio.run(self._run(host, port, keys, tokens, rate, days))
 
     async def _run(self, host: str, port: int, keys: list[str], tokens: list[str], rate: float, days: float) -> None:
-        server = uvicorn.Server(uvicorn.Config("hub.asgi:application", host=host, port=port, **uvicorn_options()))
+        """The runtime is built here and handed to the served app: the back-fill goes through its writer."""
+        async with hub_runtime(role=Role.ALL) as runtime:
+            assert runtime.writer is not None  # noqa: S101 - a process of every role writes
+            app = HubApplication(Role.ALL, runtime=runtime)
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **uvicorn_options()))
+            with collector_for_serving():
+                await self._serve(server, runtime.writer, keys, tokens, rate, days)
+
+    async def _serve(
+        self, server: uvicorn.Server, writer: Writer, keys: list[str], tokens: list[str], rate: float, days: float
+    ) -> None:
         stop = asyncio.Event()
         serving = asyncio.create_task(server.serve())
         await server_started(server, serving)
-        await self._backfill(keys, days)
+        await self._backfill(writer, keys, days)
         sim = asyncio.create_task(
             run_simulation(
-                f"ws://{host}:{port}",
+                f"ws://{server.config.host}:{server.config.port}",
                 tokens,
                 rate=rate,
                 stop=stop,
@@ -75,7 +89,7 @@ class Command(BaseCommand):
         stop.set()
         await sim
 
-    async def _backfill(self, keys: list[str], days: float) -> None:
+    async def _backfill(self, writer: Writer, keys: list[str], days: float) -> None:
         """The devices' simulated past up to now, through the served hub's writer; only what is missing (a
         demo started again continues from its newest reading)."""
         end = now_ms()
@@ -89,7 +103,7 @@ class Command(BaseCommand):
         with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
             task = progress.add_task("backfill", total=max(total, 1))
             written = await history_backfill(
-                current_runtime().writer, devices, start=start, end=end, progress=lambda n: progress.advance(task, n)
+                writer, devices, start=start, end=end, progress=lambda n: progress.advance(task, n)
             )
             progress.update(task, total=written, completed=written)
         self.stdout.write(f"back-filled {written} readings in {time.monotonic() - began:.1f} s")

@@ -1,0 +1,254 @@
+"""The read side: every query returning stored readings, latest values or rollups.
+
+Raw ranges, epoch-aligned aggregates (in SQL), live charts' windows, latest values, the dashboards' stream catch-up
+(CSV export: history/export.py). Engine differences come from the storage engine (storage/engines.py). Buckets are
+aligned to the epoch (UTC) and the range is widened to whole buckets, so a bucket's value does not depend on where
+the range starts, and rollups (whole minutes/hours) give the same numbers as raw rows. On PostgreSQL, aggregates
+at whole minutes or hours read the rollups (ingest_rollup_1m/1h: tables kept by the writer, or TimescaleDB
+continuous aggregates); everything else reads raw readings.
+"""
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import DataError, connection
+from django.db.models import Count, OuterRef, Subquery
+
+from core.epoch import epoch_ms, from_epoch_ms
+from core.protocol import WireReading
+from storage.engines import engine
+from storage.models import LatestValue, Reading
+
+AGGREGATES = ("AVG", "MIN", "MAX", "SUM", "COUNT", "NONE")
+TARGET_POINTS = 2000
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+_NICE_INTERVALS_MS = [
+    ms * unit
+    for unit, steps in ((1000, (1, 2, 5, 10, 15, 30)), (MINUTE_MS, (1, 2, 5, 10, 15, 30)), (HOUR_MS, (1, 2, 3, 6, 12)))
+    for ms in steps
+] + [d * 86_400_000 for d in (1, 2, 7, 14, 30)]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    device_id: int
+    keys: tuple[str, ...]
+    start: int  # ms, inclusive
+    end: int  # ms, exclusive
+    agg: str = "NONE"
+    interval: int | None = None  # ms; required unless agg is NONE
+    limit: int = 100  # raw points per key
+    newest_first: bool = False
+
+
+def interval_auto(start: int, end: int, *, target: int = TARGET_POINTS) -> int:
+    """The smallest 'nice' interval that keeps a series at or below `target` buckets."""
+    span = max(end - start, 1)
+    for interval in _NICE_INTERVALS_MS:
+        if -(-span // interval) <= target:
+            return interval
+    return -(-span // target // 86_400_000) * 86_400_000
+
+
+def bucket_bounds(start: int, end: int, interval: int) -> tuple[int, int]:
+    """The range widened to whole epoch-aligned buckets."""
+    return start - start % interval, -(-end // interval) * interval
+
+
+def aggregate_source(interval: int) -> str:
+    """Which relation serves buckets of `interval` ms."""
+    if engine().rollups and interval % HOUR_MS == 0:
+        return "ingest_rollup_1h"
+    if engine().rollups and interval % MINUTE_MS == 0:
+        return "ingest_rollup_1m"
+    return "ingest_reading"
+
+
+def _fetch(sql: str, params: dict) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def raw_statement(query: HistoryQuery, key: str) -> tuple[str, dict]:
+    """SQL and parameters of one key's raw page: [ts_ms, value] rows."""
+    d = engine()
+    sql = f"""
+        SELECT {d.epoch_ms("ts")}, value FROM ingest_reading
+        WHERE device_id = %(device)s AND key = %(key)s AND ts >= %(start)s AND ts < %(end)s
+        ORDER BY ts {"DESC" if query.newest_first else "ASC"} LIMIT %(limit)s
+    """  # noqa: S608 - fixed fragments only
+    params = {"device": query.device_id, "key": key, "start": d.ts(query.start), "end": d.ts(query.end)}
+    return sql, params | {"limit": query.limit}
+
+
+def readings_raw(query: HistoryQuery) -> dict[str, list[dict]]:
+    """Up to `limit` raw points per key in [start, end), oldest or newest first."""
+    return {key: [{"ts": ts, "value": value} for ts, value in _fetch(*raw_statement(query, key))] for key in query.keys}
+
+
+def aggregate_statement(query: HistoryQuery, *, exact: bool = False) -> tuple[str, dict]:
+    """SQL and parameters of an aggregate: [key, bucket_ms, avg, min, max, sum, count] rows. `exact`: sums and
+    averages in a type that cannot overflow (PostgreSQL refuses a double sum beyond ±1.8e308)."""
+    assert query.interval, "aggregates need an interval"  # noqa: S101 - guarded by the API's validation
+    start, end = bucket_bounds(query.start, query.end, query.interval)
+    d = engine()
+    source = aggregate_source(query.interval)
+    wide = d.exact if exact else str
+    if source == "ingest_reading":
+        time_column = "ts"
+        columns = f"avg({wide('value')}), min(value), max(value), sum({wide('value')}), count(*)"
+    else:
+        time_column = "bucket"
+        columns = f"sum({wide('sum')}) / sum(n), min(min), max(max), sum({wide('sum')}), sum(n)"
+    sql = f"""
+        SELECT key, {d.bucket_ms(time_column)} AS b, {columns} FROM {source}
+        WHERE device_id = %(device)s AND key {d.any_of("keys")}
+          AND {time_column} >= %(start)s AND {time_column} < %(end)s
+        GROUP BY key, b ORDER BY key, b
+    """  # noqa: S608 - fixed fragments only
+    params = {"interval": query.interval, "device": query.device_id, "keys": d.array(query.keys)}
+    return sql, params | {"start": d.ts(start), "end": d.ts(end)}
+
+
+def readings_aggregate(query: HistoryQuery, *, band: bool = False) -> dict[str, list[dict]]:
+    """One point per non-empty bucket per key: {"ts": bucket start, "value": agg} (+ "min"/"max" with band)."""
+    result: dict[str, list[dict]] = {key: [] for key in query.keys}
+    pick = {"AVG": 2, "MIN": 3, "MAX": 4, "SUM": 5, "COUNT": 6}[query.agg]
+    try:
+        rows = _fetch(*aggregate_statement(query))
+    except DataError:  # a sum or an average beyond a double (readings near ±1e300, or stored before that limit)
+        rows = _fetch(*aggregate_statement(query, exact=True))
+    for row in rows:
+        point = {"ts": int(row[1]), "value": _finite(row[pick]) if query.agg != "COUNT" else int(row[6])}
+        if band:
+            point["min"], point["max"] = row[3], row[4]
+        result[row[0]].append(point)
+    return result
+
+
+# Decimation of the live pages (docs/dashboards.md, "Whole window at any rate").
+WINDOW_TAIL_POINTS = 2_000  # newest raw readings per key a live chart keeps at full resolution
+_FINE_INTERVALS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500]
+
+
+def window_interval(start: int, end: int, pixels: int) -> int:
+    """The bucket of a live chart `pixels` wide over [start, end): the finest nice interval giving at most one
+    bucket per pixel. From 20 s up it rounds to whole minutes where rollups exist (a 6-hour window at 1,000
+    readings/s would otherwise aggregate 20 million raw rows; minute rollups give one pair per 2-3 pixels)."""
+    interval = next((ms for ms in _FINE_INTERVALS_MS if -(-(end - start) // ms) <= pixels), None)
+    interval = interval or interval_auto(start, end, target=pixels)
+    if engine().rollups and 20_000 <= interval < MINUTE_MS:
+        return MINUTE_MS
+    return interval
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSeries:
+    """One key over a window: min/max buckets for the older part, then raw readings from `split` on."""
+
+    buckets: list[list]  # [bucket start ms, min, max], each bucket wholly before `split`
+    raw: list[list]  # [ts ms, value], ts >= split, oldest first
+    split: int  # ms: where the buckets end and the raw readings begin (the window's start if all raw)
+
+
+def readings_window(
+    *, device_id: int, keys: Sequence[str], start: int, end: int, interval: int, tail: int = WINDOW_TAIL_POINTS
+) -> dict[str, WindowSeries]:
+    """A live chart's data for [start, end): per key its newest `tail` raw readings and, when those do not
+    reach back to `start`, min/max buckets of `interval` ms for the rest (rollups where the interval fits).
+    The raw part starts at a bucket boundary, so the two join with no gap and no reading counted twice."""
+    newest = readings_raw(HistoryQuery(device_id, tuple(keys), start, end, limit=tail, newest_first=True))
+    series = {}
+    for key in keys:
+        raw = [[p["ts"], p["value"]] for p in reversed(newest[key])]
+        if len(raw) < tail:  # the whole window fits at full resolution
+            series[key] = WindowSeries(buckets=[], raw=raw, split=start)
+            continue
+        split = -(-raw[0][0] // interval) * interval  # the first bucket boundary at or after the oldest raw
+        older = HistoryQuery(device_id, (key,), start, split, agg="AVG", interval=interval)
+        buckets = readings_aggregate(older, band=True)[key] if split > start else []
+        series[key] = WindowSeries(
+            buckets=[[p["ts"], p["min"], p["max"]] for p in buckets], raw=[r for r in raw if r[0] >= split], split=split
+        )
+    return series
+
+
+def _finite(value: object) -> float | None:
+    """A double for JSON and CSV; null for a sum beyond a double's range (never Infinity, which JSON lacks)."""
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type] - a float, or a Decimal from the exact path
+    return number if math.isfinite(number) else None
+
+
+def keys_of_device(device_id: int) -> list[str]:
+    """Numeric keys the device has ever reported (from its latest values)."""
+    return list(
+        LatestValue.objects.filter(device_id=device_id, value__isnull=False)
+        .order_by("key")
+        .values_list("key", flat=True)
+    )
+
+
+def keys_of_devices(device_ids: Collection[int]) -> dict[str, int]:
+    """Numeric key -> how many of the devices have reported it (the compare view's default keys)."""
+    rows = LatestValue.objects.filter(device_id__in=device_ids, value__isnull=False).values("key")
+    return dict(rows.annotate(n=Count("device_id")).order_by("key").values_list("key", "n"))
+
+
+def device_keys(device_id: int) -> list[str]:
+    """Every key the device has stored, numeric and text."""
+    return list(LatestValue.objects.filter(device_id=device_id).values_list("key", flat=True))
+
+
+def readings_latest(device_id: int) -> dict[str, dict]:
+    """A device's newest value per key: {"ts", "value"} (text values as strings)."""
+    rows = LatestValue.objects.filter(device_id=device_id).order_by("key").values_list("key", "ts", "value", "text")
+    return {key: {"ts": epoch_ms(ts), "value": text if value is None else value} for key, ts, value, text in rows}
+
+
+def latest_wire_by_device(*, device_ids: Collection[int] | None = None) -> dict[int, dict[str, WireReading]]:
+    """Each device's (every device's, or those of `device_ids`) newest value per key as [ts, key, value]: the
+    fleet page's rows."""
+    latest: dict[int, dict[str, WireReading]] = {}
+    rows = LatestValue.objects.all() if device_ids is None else LatestValue.objects.filter(device_id__in=device_ids)
+    for device_id, key, ts, value, text in rows.values_list("device_id", "key", "ts", "value", "text"):
+        latest.setdefault(device_id, {})[key] = [epoch_ms(ts), key, text if value is None else value]
+    return latest
+
+
+def latest_heard(keys: Collection[str]) -> dict[tuple[int, str], int]:
+    """(device id, key) -> ms of the newest reading of that key (no-data alerts)."""
+    rows = LatestValue.objects.filter(key__in=keys).values_list("device_id", "key", "ts")
+    return {(device_id, key): epoch_ms(ts) for device_id, key, ts in rows}
+
+
+def readings_per_minute(*, since: datetime) -> dict[int, int]:
+    """device id -> numeric readings with ts >= since: one index range scan per (device, key) seen since then."""
+    recent = (
+        Reading.objects.filter(device_id=OuterRef("device_id"), key=OuterRef("key"), ts__gte=since)
+        .order_by()
+        .values("device_id")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    counts: dict[int, int] = {}
+    rows = LatestValue.objects.filter(ts__gte=since, value__isnull=False).annotate(n=Subquery(recent))
+    for device_id, n in rows.values_list("device_id", "n"):
+        counts[device_id] = counts.get(device_id, 0) + (n or 0)
+    return counts
+
+
+def readings_since(*, device_id: int, since: int, limit: int) -> list[list]:
+    """The stream's catch-up: at most `limit` committed numeric readings with ts > since, oldest first, as
+    [ts, key, value]."""
+    rows = (
+        Reading.objects.filter(device_id=device_id, ts__gt=from_epoch_ms(since))
+        .order_by("ts", "key")
+        .values_list("ts", "key", "value")[:limit]
+    )
+    return [[epoch_ms(ts), key, value] for ts, key, value in rows]

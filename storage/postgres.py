@@ -1,0 +1,345 @@
+"""PostgreSQL: every line of the hub's PostgreSQL-specific SQL, for the writer, the read side and retention.
+
+The writer's batches go in with COPY into a per-connection temp table, then one round trip of statements, then
+COMMIT; the minute and hour rollup tables are kept by the same transaction. Where the readings table is a
+TimescaleDB hypertable, the `Extension` (storage/timescale.py) takes over what it does differently: its continuous
+aggregates roll up, whole chunks are dropped by retention, compression follows the settings.
+
+Writes may overlap (one connection each). The writer orders them with a `Turn`: a batch's statements start only
+after the previous batch's have run, and it commits only after the previous one committed, so overlapping batches
+behave as if written one after the other.
+"""
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import psycopg
+from django.db import connection, connections
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from core.epoch import from_epoch_ms
+from storage.engine import ALONE, RAW, ROLLUPS, Backend, Batch, DevicesGone, RawRange, Reads, Turn, delete_in_batches
+
+
+def postgres_conninfo(settings_dict: dict[str, Any]) -> str:
+    """A libpq conninfo for Django's connection settings (so tests hit Django's test database)."""
+    params = {
+        "dbname": settings_dict.get("NAME"),
+        "user": settings_dict.get("USER"),
+        "password": settings_dict.get("PASSWORD"),
+        "host": settings_dict.get("HOST"),
+        "port": str(settings_dict.get("PORT") or ""),
+    }
+    extra = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if isinstance(v, str | int)}
+    return make_conninfo(**{k: v for k, v in params.items() if v}, **extra)
+
+
+_PG_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS hub_staging "
+    "(device_id bigint, key text, ts bigint, value float8) ON COMMIT DELETE ROWS"
+)
+_PG_SELECT = """
+    SELECT device_id, key, timestamptz 'epoch' + ts * interval '1 millisecond', value FROM hub_staging
+    ORDER BY device_id, key, ts
+"""
+_ROLLUP_UPSERT = """
+    ON CONFLICT (device_id, key, bucket) DO UPDATE
+    SET n = r.n + EXCLUDED.n, sum = r.sum + EXCLUDED.sum,
+        min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max)
+"""
+# Plain PostgreSQL: fold {source}'s rows into the minute rollups, and those minutes into the hour
+# rollups: one aggregation pass, each rollup row touched once per batch. TimescaleDB keeps its own.
+_PG_ROLLUPS = """
+    minutes AS MATERIALIZED (
+        SELECT device_id, key, date_bin(interval '1 minute', {ts}, timestamptz 'epoch') AS bucket,
+               count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
+        FROM {source} GROUP BY 1, 2, 3
+    ),
+    minute_rollups AS (
+        INSERT INTO ingest_rollup_1m AS r (device_id, key, bucket, n, sum, min, max)
+        SELECT * FROM minutes ORDER BY 1, 2, 3 {upsert}
+    )
+    INSERT INTO ingest_rollup_1h AS r (device_id, key, bucket, n, sum, min, max)
+    SELECT device_id, key, date_bin(interval '1 hour', bucket, timestamptz 'epoch'),
+           sum(n), sum(sum), min(min), max(max)
+    FROM minutes GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 {upsert}
+"""
+# Latest values, then the devices' last_seen, the order a device's deletion locks them in, so the two
+# cannot deadlock. RETURNING names the devices that still exist: this one lookup per device stands in for
+# the foreign key's lookup per reading (migration 0004).
+LATEST_AND_SEEN = """
+    WITH latest AS (
+        INSERT INTO ingest_latestvalue (device_id, key, ts, value, text)
+        SELECT d, k, timestamptz 'epoch' + t * interval '1 millisecond', v, x
+        FROM unnest(%(d)s::bigint[], %(k)s::text[], %(t)s::bigint[], %(v)s::float8[], %(x)s::text[])
+             AS u(d, k, t, v, x)
+        ORDER BY d, k
+        ON CONFLICT (device_id, key) DO UPDATE
+        SET ts = EXCLUDED.ts, value = EXCLUDED.value, text = EXCLUDED.text
+        WHERE ingest_latestvalue.ts < EXCLUDED.ts
+        RETURNING 1
+    ),
+    seen AS (
+        UPDATE devices_device AS d SET last_seen = GREATEST(d.last_seen, %(seen)s)
+        FROM (SELECT id FROM devices_device WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR NO KEY UPDATE) AS l
+        WHERE d.id = l.id AND (SELECT count(*) FROM latest) >= 0
+        RETURNING d.id
+    )
+    SELECT id FROM seen
+"""
+INSERT = f"INSERT INTO ingest_reading (device_id, key, ts, value) {_PG_SELECT}"
+_ROLLUPS_STAGED = _PG_ROLLUPS.format(
+    ts="timestamptz 'epoch' + ts * interval '1 millisecond'", source="hub_staging", upsert=_ROLLUP_UPSERT
+)
+_ROLLUPS_INSERTED = _PG_ROLLUPS.format(ts="ts", source="inserted", upsert=_ROLLUP_UPSERT)
+# Rows in (device_id, key, ts) order everywhere: two transactions never wait for each other's rows
+# crosswise. A batch without resends goes in with a plain INSERT (about half the time of ON CONFLICT …
+# RETURNING); a unique violation rolls back to the savepoint and the batch takes _PG_APPLY_RESENT.
+_PG_APPLY = f"""
+    SAVEPOINT hub_fast;
+    {INSERT};
+    RELEASE SAVEPOINT hub_fast;
+    WITH {_ROLLUPS_STAGED};
+    {LATEST_AND_SEEN}
+"""
+# Resends: only the rows actually inserted (RETURNING skips conflicts) are rolled up.
+_PG_APPLY_RESENT = f"""
+    ROLLBACK TO SAVEPOINT hub_fast;
+    WITH inserted AS ({INSERT} ON CONFLICT DO NOTHING RETURNING device_id, key, ts, value), {_ROLLUPS_INSERTED};
+    {LATEST_AND_SEEN}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSql:
+    """The statements of one batch, after its rows are copied into hub_staging (one round trip each)."""
+
+    rows: str  # a batch with numeric rows
+    resent: str | None  # the same batch after `rows` hit a resend's unique violation (None: `rows` takes resends)
+    latest_only: str  # a batch of text values only
+
+
+PLAIN = WriteSql(rows=_PG_APPLY, resent=_PG_APPLY_RESENT, latest_only=LATEST_AND_SEEN)
+
+
+class Extension(Protocol):
+    """What takes over part of the storage where the schema uses it (TimescaleDB: storage/timescale.py)."""
+
+    write: WriteSql
+
+    async def active(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """The readings table uses the extension (asked once per writer, on its first connection)."""
+        ...
+
+    def active_in(self, cursor: Any) -> bool:
+        """The same, on a cursor of Django's connection."""
+        ...
+
+    def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]: ...
+    def configure(self, cursor: Any) -> None: ...
+    def start_checked(self, cursor: Any) -> None: ...
+
+
+def _copy_text(rows: Sequence[tuple[int, str, int, float]]) -> str:
+    # Keys match [A-Za-z0-9_.-] and values are finite floats: nothing needs COPY escaping.
+    return "".join([f"{d}\t{k}\t{t}\t{v!r}\n" for d, k, t, v in rows])
+
+
+class PostgresBackend:
+    """COPY into a per-connection temp table, then one round trip of statements, then COMMIT.
+
+    The COPY needs no turn, so it overlaps the previous write; the statements run in one round trip,
+    so a write waits for the event loop (busy parsing in a loaded hub) once, not once per statement.
+    """
+
+    def __init__(self, conninfo: str, *, extension: Extension, pool_size: int = 2) -> None:
+        self.max_in_flight = pool_size
+        self.resends = 0  # batches that took the ON CONFLICT path
+        self._extension = extension
+        self._sql: WriteSql | None = None  # decided on the first connection: the database may be down at start
+        self._pool = AsyncConnectionPool(
+            conninfo, min_size=pool_size, max_size=pool_size, open=False, timeout=5.0, configure=self._configure
+        )
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(_PG_STAGING)
+        await conn.commit()
+
+    async def open(self) -> None:
+        # wait=False: a database that is down at start-up is retried by the pool, not fatal.
+        await self._pool.open(wait=False)
+
+    async def write(self, batch: Batch, turn: Turn = ALONE) -> None:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                if self._sql is None:
+                    self._sql = self._extension.write if await self._extension.active(conn) else PLAIN
+                cur = psycopg.AsyncClientCursor(conn)  # several statements with parameters in one round trip
+                if batch.rows:
+                    async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
+                        await copy.write(_copy_text(batch.rows))
+                await turn.to_apply()
+                found = await self._apply(cur, batch, self._sql)
+                turn.applied()
+                if missing := set(batch.device_ids) - found:
+                    raise DevicesGone(missing)  # rolls the transaction back
+                await turn.to_commit()
+        finally:
+            turn.applied()
+
+    async def _apply(self, cur: psycopg.AsyncClientCursor[Any], batch: Batch, sql: WriteSql) -> set[int]:
+        latest = batch.latest
+        params = {
+            "d": [r.device_id for r in latest],
+            "k": [r.key for r in latest],
+            "t": [r.ts for r in latest],
+            "v": [r.value for r in latest],
+            "x": [r.text for r in latest],
+            "seen": batch.seen_at,
+            "ids": list(batch.device_ids),
+        }
+        if not batch.rows:
+            await cur.execute(sql.latest_only, params)
+        elif sql.resent is None:
+            await cur.execute(sql.rows, params)
+        else:
+            try:
+                await cur.execute(sql.rows, params)
+            except psycopg.errors.UniqueViolation:
+                self.resends += 1
+                await cur.execute(sql.resent, params)
+        while cur.nextset():  # the device ids come from the last statement
+            pass
+        return {row[0] for row in await cur.fetchall()}
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        # Connection loss, deadlocks, pool timeouts: retry the same idempotent batch.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout | OSError)
+
+    def refuses(self, exc: BaseException) -> bool:
+        # SQLSTATE class 22 (data exception: a NUL in text, a sum out of double range, ...) or a string the
+        # driver cannot encode: the same batch fails the same way every time, so retrying it whole is futile.
+        return isinstance(exc, psycopg.DataError | UnicodeError)
+
+
+_CSV = """
+    COPY (
+        SELECT (extract(epoch FROM ts) * 1000)::bigint,
+               to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), key, value
+        FROM ingest_reading WHERE device_id = %s AND key = %s AND ts >= %s AND ts < %s
+        ORDER BY ts {order} LIMIT %s
+    ) TO STDOUT (FORMAT csv)
+"""
+
+
+class PostgresReads:
+    """Streaming reads on a pool of their own: COPY … TO STDOUT, rows formatted by PostgreSQL itself."""
+
+    def __init__(self, conninfo: str, *, size: int) -> None:
+        self._pool = AsyncConnectionPool(conninfo, min_size=0, max_size=size, open=False)
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def csv_raw(self, query: RawRange, key: str) -> AsyncIterator[bytes]:
+        statement = _CSV.format(order="DESC" if query.newest_first else "ASC")
+        params = (query.device_id, key, from_epoch_ms(query.start), from_epoch_ms(query.end), query.limit)
+        async with self._pool.connection() as conn, conn.cursor() as cursor, cursor.copy(statement, params) as copy:
+            async for data in copy:
+                yield bytes(data)
+
+
+_RETENTION_LOCK = 0x6875_6272  # pg advisory lock: one process applies retention at a time
+_RETENTION_BATCH = 50_000
+
+
+class Postgres:
+    """PostgreSQL, and TimescaleDB through its `extension` where the readings table is a hypertable."""
+
+    vendor = "postgresql"
+    embedded = False
+    rollups = True
+    skip_locked = True
+
+    def __init__(self, extension: Extension) -> None:
+        self.extension = extension
+
+    def ts(self, ms: int) -> datetime:
+        return from_epoch_ms(ms)
+
+    def epoch_ms(self, column: str) -> str:
+        # Computed by the server: decoding 10,000 timestamptz values into datetimes (Django's loader takes
+        # psycopg's pure-Python path) cost ~40 ms of a ~50 ms raw page (bench/history.py).
+        return f"(extract(epoch FROM {column}) * 1000)::bigint"
+
+    def bucket_ms(self, column: str) -> str:
+        return self.epoch_ms(f"date_bin(%(interval)s * interval '1 millisecond', {column}, timestamptz 'epoch')")
+
+    def any_of(self, param: str) -> str:
+        return f"= ANY(%({param})s)"
+
+    def exact(self, column: str) -> str:
+        return f"{column}::numeric"
+
+    def array(self, values: Sequence[object]) -> list[object]:
+        return list(values)
+
+    async def ping(self, timeout: float) -> None:
+        # A fresh connection with its own timeout: a pool's wait would measure the pool, not the database.
+        conninfo = postgres_conninfo(connection.settings_dict)
+        async with await psycopg.AsyncConnection.connect(conninfo, connect_timeout=max(1, int(timeout))) as conn:
+            await conn.execute("SELECT 1")
+
+    def writer_backend(self, conninfo: str | None = None, *, pool_size: int = 2) -> Backend:
+        """On the default database, or on `conninfo` (tests and benches: through a proxy, another server)."""
+        conninfo = conninfo or postgres_conninfo(connection.settings_dict)
+        return PostgresBackend(conninfo, extension=self.extension, pool_size=pool_size)
+
+    def reads(self, *, size: int) -> Reads:
+        return PostgresReads(postgres_conninfo(connection.settings_dict), size=size)
+
+    def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]:
+        with connection.cursor() as cursor:
+            if self.extension.active_in(cursor):
+                return self.extension.retention_apply(cutoffs)
+        return {
+            relation: delete_in_batches(_delete_older(relation, column), {"cutoff": cutoff}, _RETENTION_BATCH)
+            for relation, column in (RAW, *ROLLUPS)
+            if (cutoff := cutoffs.get(relation)) is not None
+        }
+
+    def retention_exclusive(self) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RETENTION_LOCK])
+            return bool(cursor.fetchone()[0])
+
+    def retention_release(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_LOCK])
+
+    def migrated(self, using: str = "default") -> None:
+        with connections[using].cursor() as cursor:
+            if self.extension.active_in(cursor):
+                self.extension.configure(cursor)
+
+    def start_checked(self) -> None:
+        with connection.cursor() as cursor:
+            self.extension.start_checked(cursor)
+
+
+def _delete_older(relation: str, column: str) -> str:
+    """Up to %(batch)s rows of `relation` whose `column` < %(cutoff)s."""
+    return (
+        f"DELETE FROM {relation} WHERE ctid = ANY(ARRAY("  # noqa: S608 - fixed identifiers only
+        f"SELECT ctid FROM {relation} WHERE {column} < %(cutoff)s LIMIT %(batch)s))"
+    )

@@ -1,0 +1,241 @@
+"""Whether the hub's PostgreSQL database uses TimescaleDB (HUB_TIMESCALE=auto|on|off), decided in one place.
+
+`auto` uses TimescaleDB when the extension is already created or can be created, and otherwise carries on as
+plain PostgreSQL with one warning naming why; `on` refuses with that reason; `off` never touches it. A server
+where the package is installed but not preloaded lists the extension as available while refusing to create
+it: that is the usual state right after `apt-get install`, so it is checked before CREATE EXTENSION.
+"""
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, OperationalError, connection, transaction
+
+from storage.engine import RAW, ROLLUPS
+from storage.postgres import INSERT, LATEST_AND_SEEN, WriteSql
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "on", "off")
+
+
+class TimescaleUnavailable(ImproperlyConfigured):
+    """HUB_TIMESCALE=on, and this server cannot give the database TimescaleDB (the message says why)."""
+
+
+def _fetch_one(cursor, sql: str, params: list | None = None):
+    cursor.execute(sql, params or [])
+    return cursor.fetchone()
+
+
+def timescale_missing_reason(cursor) -> str | None:
+    """Why TimescaleDB cannot be used in this database, or None when the extension exists or can be created."""
+    if _fetch_one(cursor, EXTENSION_CREATED):
+        return None
+    if not _fetch_one(cursor, "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
+        return "the timescaledb extension is not installed on this PostgreSQL server"
+    preload = _fetch_one(cursor, "SELECT current_setting('shared_preload_libraries')")[0]
+    if "timescaledb" not in [name.strip() for name in preload.split(",")]:
+        return "timescaledb is installed but not in shared_preload_libraries (edit postgresql.conf and restart)"
+    return None
+
+
+def timescale_enable(cursor, *, mode: str | None = None) -> bool:
+    """Create the extension when the mode and the server allow; True when the database has it (now).
+
+    Raises TimescaleUnavailable with the reason for `on`; warns once with the reason for `auto`.
+    """
+    mode = mode or settings.HUB_TIMESCALE
+    if mode == "off":
+        return False
+    reason = timescale_missing_reason(cursor)
+    if reason is None:
+        try:
+            with transaction.atomic(using=cursor.db.alias):  # a savepoint inside a migration's transaction
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            return True
+        except DatabaseError as exc:  # e.g. not allowed to create extensions
+            reason = f"CREATE EXTENSION timescaledb failed: {exc}".strip()
+    if mode == "on":
+        raise TimescaleUnavailable(f"HUB_TIMESCALE=on, but {reason}")
+    logger.warning("TimescaleDB not used (HUB_TIMESCALE=auto): %s; carrying on as plain PostgreSQL", reason)
+    return False
+
+
+# The probe, for Django's cursor here and the writer's async connection: the second query names a view that
+# exists only where the extension does.
+EXTENSION_CREATED = "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+READING_HYPERTABLE = "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ingest_reading'"
+
+
+def reading_is_hypertable(cursor) -> bool:
+    """The readings table is a TimescaleDB hypertable (its rollups are then continuous aggregates)."""
+    return bool(_fetch_one(cursor, EXTENSION_CREATED) and _fetch_one(cursor, READING_HYPERTABLE))
+
+
+# The rollups as continuous aggregates (real-time: the newest, not yet materialised buckets are merged from
+# raw rows), refreshed by policies; migration ingest/0003 and `timescale_convert` create them.
+CAGGS = {
+    name: f"""
+        CREATE MATERIALIZED VIEW IF NOT EXISTS {name}
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+        SELECT device_id, key, time_bucket(INTERVAL '{width}', ts) AS bucket,
+               count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
+        FROM ingest_reading GROUP BY device_id, key, bucket WITH NO DATA
+    """  # noqa: S608 - fixed names only
+    for name, width in (("ingest_rollup_1m", "1 minute"), ("ingest_rollup_1h", "1 hour"))
+}
+# start_offset NULL: a refresh covers all time up to end_offset. A refresh recomputes only the buckets that
+# writes invalidated, so this costs what changed, and a reading that arrives days late (a device back from
+# a week offline, an import) still reaches its rollups; with a finite start_offset it never would.
+REFRESH_POLICIES = {  # aggregate -> end_offset of its refresh policy (and its schedule)
+    "ingest_rollup_1m": ("1 minute", "1 minute"),
+    "ingest_rollup_1h": ("1 hour", "30 minutes"),
+}
+_REFRESH_JOB = """
+    SELECT config->>'start_offset', (config->>'end_offset')::interval = %s::interval
+    FROM timescaledb_information.jobs
+    WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_name = %s
+"""
+_COMPRESSION_JOB = """
+    SELECT config->>'compress_after' FROM timescaledb_information.jobs
+    WHERE proc_name = 'policy_compression' AND hypertable_name = 'ingest_reading'
+"""
+
+# Compressed chunks keep one segment per (device, key), ordered by ts: every history query, the stream's
+# catch-up and a resend's conflict check name one device and key and a ts range, so they decompress only
+# that segment; a segment of one key's values in time order compresses best (docs/storage.md).
+_COMPRESSION = (
+    "ALTER TABLE ingest_reading SET (timescaledb.compress, timescaledb.compress_segmentby = 'device_id, key',"
+    " timescaledb.compress_orderby = 'ts')"
+)
+
+
+def timescale_configure(cursor, *, compress_after: str | None = None) -> None:
+    """The hypertable's jobs as the settings say (after every `migrate`, and by `timescale_convert`): the
+    rollups' refresh policies, compression, and its policy: chunks older than HUB_COMPRESS_AFTER (a
+    PostgreSQL interval; "0" or "off": never) are compressed by TimescaleDB's job scheduler. A job already
+    configured so is left alone (with whatever schedule an operator gave it)."""
+    for name, (end_offset, schedule) in REFRESH_POLICIES.items():
+        job = _fetch_one(cursor, _REFRESH_JOB, [end_offset, name])
+        if job is not None and job[0] is None and job[1]:
+            continue
+        cursor.execute("SELECT remove_continuous_aggregate_policy(%s, if_exists => true)", [name])
+        cursor.execute(
+            "SELECT add_continuous_aggregate_policy(%s, start_offset => NULL, end_offset => %s::interval,"
+            " schedule_interval => %s::interval)",
+            [name, end_offset, schedule],
+        )
+    enabled = _fetch_one(
+        cursor,
+        "SELECT compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_name = 'ingest_reading'",
+    )
+    if not (enabled and enabled[0]):
+        cursor.execute(_COMPRESSION)
+    after = settings.HUB_COMPRESS_AFTER if compress_after is None else compress_after
+    wanted = None if after.strip().lower() in ("0", "off", "") else after
+    job = _fetch_one(cursor, _COMPRESSION_JOB)
+    if (
+        job is not None
+        and wanted is not None
+        and _fetch_one(cursor, "SELECT %s::interval = %s::interval", [job[0], wanted])[0]
+    ):
+        return
+    if job is None and wanted is None:
+        return
+    cursor.execute("SELECT remove_compression_policy('ingest_reading', if_exists => true)")
+    if wanted is not None:
+        cursor.execute("SELECT add_compression_policy('ingest_reading', compress_after => %s::interval)", [wanted])
+
+
+def timescale_required(cursor) -> None:
+    """HUB_TIMESCALE=on: raise TimescaleUnavailable unless the readings table is a hypertable (a hub process
+    refuses to start on a database that migrated without TimescaleDB)."""
+    if settings.HUB_TIMESCALE != "on" or reading_is_hypertable(cursor):
+        return
+    reason = timescale_missing_reason(cursor) or "the readings table is not a hypertable"
+    raise TimescaleUnavailable(
+        f"HUB_TIMESCALE=on, but {reason}: migrate on a server with TimescaleDB, or run `telemetry-hub "
+        "timescale_convert`"
+    )
+
+
+def hypertable_create(cursor) -> None:
+    """The readings table, rows and all, as a hypertable of HUB_TIMESCALE_CHUNK_INTERVAL chunks (migration 0002,
+    `timescale_convert`)."""
+    cursor.execute(
+        "SELECT create_hypertable('ingest_reading', 'ts', chunk_time_interval => %s::interval,"
+        " if_not_exists => TRUE, migrate_data => TRUE)",
+        [settings.HUB_TIMESCALE_CHUNK_INTERVAL],
+    )
+
+
+# TimescaleDB's continuous aggregates roll up: the writer stores readings and latest values only.
+WRITE = WriteSql(
+    rows=f"""
+        {INSERT} ON CONFLICT DO NOTHING;
+        {LATEST_AND_SEEN}
+    """,
+    resent=None,
+    latest_only=LATEST_AND_SEEN,
+)
+
+
+def _refreshed(rollup: str, until: datetime, attempts: int = 5) -> None:
+    """Refresh an aggregate up to `until`, waiting out the refresh policy's job if it is running meanwhile
+    (TimescaleDB refuses overlapping refreshes); raises after `attempts`, and the raw chunks stay."""
+    for attempt in range(attempts):
+        try:
+            with connection.cursor() as cursor:  # outside a transaction: Django runs in autocommit here
+                cursor.execute("CALL refresh_continuous_aggregate(%s, NULL, %s)", [rollup, until])
+            return
+        except OperationalError as exc:
+            if "concurrent refresh" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(2)
+
+
+class Timescale:
+    """The TimescaleDB extension of the PostgreSQL engine (storage/postgres.py: `Extension`), where the readings
+    table is a hypertable: continuous aggregates instead of the writer's rollups, chunks dropped by retention,
+    compression and its policy as the settings say."""
+
+    write = WRITE
+
+    async def active(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        for probe in (EXTENSION_CREATED, READING_HYPERTABLE):
+            if await (await conn.execute(probe)).fetchone() is None:
+                return False
+        return True
+
+    def active_in(self, cursor) -> bool:
+        return reading_is_hypertable(cursor)
+
+    def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]:
+        """Whole chunks past their age, per relation. Before raw chunks go, the aggregates are refreshed over them
+        (a bucket never materialised would be lost), and the drop records no invalidation
+        (`timescaledb.skip_cagg_invalidation`): otherwise the next refresh would recompute those buckets from the
+        rows just dropped, and the rollups would go with them."""
+        dropped: dict[str, int] = {}
+        for relation, _column in (RAW, *ROLLUPS):
+            if relation not in cutoffs:
+                continue
+            if relation == RAW[0]:
+                for rollup, _bucket in ROLLUPS:
+                    _refreshed(rollup, cutoffs[relation])
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+                cursor.execute("SELECT count(*) FROM drop_chunks(%s, older_than => %s)", [relation, cutoffs[relation]])
+                dropped[relation] = cursor.fetchone()[0]
+        return dropped
+
+    def configure(self, cursor) -> None:
+        timescale_configure(cursor)
+
+    def start_checked(self, cursor) -> None:
+        timescale_required(cursor)

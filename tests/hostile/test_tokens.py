@@ -1,0 +1,67 @@
+"""Device tokens: a rotated one disconnects its sockets within seconds, and none ever reaches a log."""
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import orjson
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+
+from devices.services import device_token_rotate
+from tests.conftest import database_url_for_tests
+from tests.ledger import bystanders
+
+pytestmark = pytest.mark.usefixtures("postgres")
+
+
+@pytest.fixture
+def fast_recheck(settings):
+    settings.HUB_TOKEN_RECHECK_SECONDS = 0.2
+
+
+async def test_a_connected_device_is_disconnected_when_its_token_is_rotated(fast_recheck, live_hub, make_device):
+    device = await sync_to_async(make_device)()
+    async with websockets.connect(f"{live_hub.ws}/ws/v1/{device.token}/telemetry") as ws:
+        await ws.send('{"x": 1}')
+        assert orjson.loads(await ws.recv()) == {"ack": 1}
+        await sync_to_async(device_token_rotate)(key=device.key)
+        started = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert closed.value.rcvd.code == 4403
+        assert time.monotonic() - started < 3
+
+
+async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_process):
+    """Finding 5: a hub logging at DEBUG is sent tokens in every path a device (or a prober) might use: ThingsBoard's
+    attributes and rpc paths, other cases and versions, 404s, WebSockets, refused bodies. Its whole log holds none of
+    the tokens (nor those of two devices sending beside it), though it logs each request (the token as ***)."""
+    devices = [await sync_to_async(make_device)() for _ in range(4)]
+    unknown = "unknown-TOKEN-0123456789"
+    tokens = [d.token for d in devices] + [unknown]
+    hub = await hub_process(HUB_DATABASE_URL=database_url_for_tests(), HUB_LOG_LEVEL="DEBUG").start().ready()
+    seen = bystanders(hub, (devices[2].key, devices[2].token), (devices[3].key, devices[3].token))
+    paths = ["/api/v1/{}/telemetry", "/api/v1/{}/attributes", "/api/v1/{}/rpc", "/api/v1/{}/Telemetry",
+             "/API/v1/{}/telemetry", "/api/v2/{}/telemetry", "/api/v1/{}", "/api/v1/{}/telemetry?x=1"]  # fmt: skip
+    async with seen as seen, httpx.AsyncClient(base_url=hub.http) as client:
+        for token in tokens[:2] + [unknown]:
+            for path in paths:
+                await client.post(path.format(token), content=b'{"x": 1}')
+                await client.get(path.format(token))
+            await client.post(f"/api/v1/{token}/telemetry", content=b"x" * 70_000)  # 413
+            await client.post(f"/api/v1/{token}/telemetry", content=b"{not json")  # 400
+            for path in ("/ws/v1/{}/telemetry", "/ws/v1/{}/attributes", "/WS/v1/{}/telemetry"):
+                with contextlib.suppress(websockets.InvalidStatus):
+                    async with websockets.connect(f"{hub.ws}{path.format(token)}") as ws:
+                        await ws.send("{bad")
+                        await ws.recv()
+    await seen.unharmed()
+    hub.stop()
+    log = hub.log.read_text()
+    assert log.count("/api/v1/***/attributes") >= 6 and "/ws/v1/***/attributes" in log, log[-3000:]
+    leaked = [token for token in tokens if token in log]
+    assert leaked == [], [line for line in log.splitlines() if any(t in line for t in leaked)][:5]

@@ -1,0 +1,83 @@
+"""What the hub relies on inside its dependencies, beyond their documented APIs (docs/architecture.md, "Dependencies'
+internals the hub relies on"): an upgrade that changes any of it fails here, by name, before it misbehaves."""
+
+import ast
+import inspect
+import textwrap
+
+import pytest
+from channels.consumer import AsyncConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from live.streams import BoundedStreamConsumer
+from transports.websocket import TelemetryConsumer
+
+
+def names_called(function) -> set[str]:
+    """The names a function calls or awaits (its body's calls, by their last name)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    called = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called.add(func.attr if isinstance(func, ast.Attribute) else ast.unparse(func))
+    return called
+
+
+def test_channels_consumers_still_dispatch_the_way_the_overrides_assume():
+    """TelemetryConsumer and the dashboard streams replace Channels' `dispatch` (and the streams its
+    `websocket_disconnect`) to skip the thread hop that closes stale ORM connections before every message. They are
+    right only while Channels' versions do nothing else: a new step there would be skipped silently."""
+    assert names_called(AsyncConsumer.dispatch) == {"getattr", "get_handler_name", "aclose_old_connections", "handler",
+                                                    "ValueError"}  # fmt: skip
+    assert names_called(AsyncWebsocketConsumer.websocket_disconnect) == {
+        "group_discard", "disconnect", "aclose_old_connections", "StopConsumer", "InvalidChannelLayerError"
+    }  # fmt: skip
+    for consumer in (TelemetryConsumer, BoundedStreamConsumer):
+        assert consumer.dispatch is not AsyncConsumer.dispatch
+    # The streams' Outbox sends straight to the server's send, which Channels keeps as `base_send` (async consumers).
+    assert "self.base_send = send" in inspect.getsource(AsyncConsumer.__call__)
+
+
+def test_sockets_get_no_channel_of_their_own():
+    """Device sockets and dashboard streams name a channel layer that does not exist, so Channels gives them no
+    channel, no subscription and no receive task (what lets one process hold tens of thousands of sockets)."""
+    for consumer in (TelemetryConsumer, BoundedStreamConsumer):
+        assert get_channel_layer(consumer.channel_layer_alias) is None
+    assert "get_channel_layer(self.channel_layer_alias)" in inspect.getsource(AsyncConsumer.__call__)
+    assert "if self.channel_layer is not None" in inspect.getsource(AsyncConsumer.__call__)
+
+
+@pytest.mark.parametrize(
+    ("cls", "names"),
+    [
+        (
+            HttpToolsProtocol,
+            (
+                "on_message_begin",
+                "on_headers_complete",
+                "on_message_complete",
+                "handle_websocket_upgrade",
+                "connection_made",
+                "connection_lost",
+            ),
+        ),  # fmt: skip
+        (WebSocketsSansIOProtocol, ("connection_made", "connection_lost")),
+        (Multiprocess, ("join_all",)),
+    ],
+)
+def test_uvicorn_protocols_still_have_what_the_deadlines_override(cls, names):
+    """hub/protocols.py adds read deadlines to uvicorn's HTTP and WebSocket protocols by overriding these methods
+    and reading `cycle`, `transport`, `client`, `handshake_complete`; hub/server.py bounds `Multiprocess.join_all`
+    over its `processes`."""
+    for name in names:
+        assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
+    source = inspect.getsource(cls)
+    for attribute in {HttpToolsProtocol: ("self.cycle", "self.transport", "self.client"),
+                      WebSocketsSansIOProtocol: ("self.handshake_complete", "self.transport"),
+                      Multiprocess: ("self.processes",)}[cls]:  # fmt: skip
+        assert attribute in source, f"{cls.__name__} no longer has {attribute}"
