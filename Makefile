@@ -18,9 +18,11 @@ run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py demo --host $(HOST) --port $(PORT)
 
-## test: the whole suite (set HUB_REQUIRE_SERVICES=1 to fail instead of skip without PostgreSQL/Redis/Mosquitto)
+## test: the type check, then the whole suite on two workers (set HUB_REQUIRE_SERVICES=1 to fail instead of skip
+## without PostgreSQL/Redis/Mosquitto)
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 ## system-deps: what some tests drive besides the services: Debian's chromium (tests/test_browser.py, through
 ## Playwright; no browser download) and docker-compose (validates docker-compose.yml without a Docker engine)
@@ -39,6 +41,7 @@ timescaledb:
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) bench/ingest.py

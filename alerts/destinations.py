@@ -46,11 +46,12 @@ def _allowed() -> tuple[set[str], list[Network]]:
     return hosts, networks
 
 
-def _parsed(url: str) -> SplitResult:
+def _parsed(url: str) -> tuple[SplitResult, str]:
+    """The URL's parts and its host name (checked present)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Refused("a webhook URL is http:// or https:// with a host")
-    return parts
+    return parts, parts.hostname
 
 
 def _check(host: str, addresses: list[Address]) -> None:
@@ -76,12 +77,12 @@ def _addresses(infos: list[tuple]) -> list[Address]:
 def webhook_url_problem(url: str) -> str | None:
     """Why a rule may not have this webhook URL (resolving its host now), or None."""
     try:
-        parts = _parsed(url)
+        parts, hostname = _parsed(url)
         try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(hostname, parts.port or 443, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise Refused(f"cannot resolve {parts.hostname}: {exc}") from None
-        _check(parts.hostname, _addresses(infos))
+            raise Refused(f"cannot resolve {hostname}: {exc}") from None
+        _check(hostname, _addresses(infos))
     except Refused as refused:
         return str(refused)
     return None
@@ -89,17 +90,17 @@ def webhook_url_problem(url: str) -> str | None:
 
 async def webhook_destination(url: str) -> Destination:
     """Resolve and check the URL's host; the URL to connect to (by the checked address). Raises Refused."""
-    parts = _parsed(url)
+    parts, hostname = _parsed(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise Refused(f"cannot resolve {parts.hostname}: {exc}") from None
+        raise Refused(f"cannot resolve {hostname}: {exc}") from None
     addresses = _addresses(infos)
-    _check(parts.hostname, addresses)
+    _check(hostname, addresses)
     address = addresses[0]
     literal = f"[{address}]" if address.version == 6 else str(address)
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@{literal}:{port}" if userinfo else f"{literal}:{port}"
     host = parts.netloc.rpartition("@")[2]
-    return Destination(urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), host, parts.hostname)
+    return Destination(urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), host, hostname)

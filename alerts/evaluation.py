@@ -38,35 +38,48 @@ class RuleSpec:
             return False
         return fnmatchcase(device_key, self.pattern or "*")
 
+    @property
+    def limit(self) -> float:
+        """The threshold (the band's low edge); every threshold rule has one (alerts/rules.py refuses it missing)."""
+        if self.low is None:
+            raise ValueError(f"threshold rule {self.name!r} has no threshold")
+        return self.low
+
+    @property
+    def band_high(self) -> float:
+        """The band's high edge of an `outside` rule (alerts/rules.py refuses it missing)."""
+        if self.high is None:
+            raise ValueError(f"threshold rule {self.name!r} has no high edge for its band")
+        return self.high
+
     def breaks(self, v: float) -> bool:
-        t = self.low
         match self.condition:
             case "gt":
-                return v > t
+                return v > self.limit
             case "ge":
-                return v >= t
+                return v >= self.limit
             case "lt":
-                return v < t
+                return v < self.limit
             case "le":
-                return v <= t
+                return v <= self.limit
             case "outside":
-                return v < t or v > self.high
+                return v < self.limit or v > self.band_high
         return False
 
     def clears(self, v: float) -> bool:
         """Back inside the limit by at least the hysteresis."""
-        t, h = self.low, self.hysteresis
+        h = self.hysteresis
         match self.condition:
             case "gt":
-                return v <= t - h
+                return v <= self.limit - h
             case "ge":
-                return v < t - h
+                return v < self.limit - h
             case "lt":
-                return v >= t + h
+                return v >= self.limit + h
             case "le":
-                return v > t + h
+                return v > self.limit + h
             case "outside":
-                return t + h <= v <= self.high - h
+                return self.limit + h <= v <= self.band_high - h
         return True
 
 
@@ -98,6 +111,8 @@ def threshold_step(rule: RuleSpec, tracked: Tracked, ts: int, value: float) -> s
             tracked.state = FIRING
             return FIRED
         return PENDING_STARTED
+    if tracked.pending_since is None:  # PENDING always starts with its first breaking reading
+        raise ValueError(f"rule {rule.name!r}: a pending alert without the time it started")
     if ts - tracked.pending_since >= rule.duration_ms:
         tracked.state = FIRING
         return FIRED

@@ -1,5 +1,7 @@
 """Alert rules, the state of each (rule, device), the event history and webhook deliveries."""
 
+from typing import Protocol
+
 from django.conf import settings
 from django.db import models
 
@@ -144,8 +146,21 @@ class WebhookDelivery(models.Model):
         return f"{self.url} {self.status}"
 
 
+class NamedRule(Protocol):
+    """What an event says of its rule: an AlertRule, or the engine's RuleSpec."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+
+
 def alert_event_payload(
-    *, event_id: int, kind: str, rule: "AlertRule | object", device_key: str, at_ms: int, value: float | None
+    *, event_id: int, kind: str, rule: NamedRule, device_key: str, at_ms: int, value: float | None
 ) -> AlertEventPayload:
     """The JSON an alert event travels as: webhooks, the channel layer and the device page alike.
     `rule` is an AlertRule or anything with its id, name, key and severity (the engine's RuleSpec)."""

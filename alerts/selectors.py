@@ -6,6 +6,7 @@ from django.db.models import QuerySet
 
 from alerts.models import AlertEvent, AlertRule, AlertState, State, alert_event_payload
 from core.epoch import epoch_ms
+from core.protocol import AlertEventPayload
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}  # worst first
 
@@ -37,7 +38,7 @@ def alert_thresholds_for_device(*, device_id: int, device_key: str, labels: dict
     return lines
 
 
-def alert_events_recent(*, device_id: int, limit: int = 50) -> list[dict]:
+def alert_events_recent(*, device_id: int, limit: int = 50) -> list[AlertEventPayload]:
     """A device's newest alert events, newest first, in the shape they travel live."""
     events = AlertEvent.objects.filter(device_id=device_id).select_related("rule", "device")[:limit]
     return [
@@ -106,7 +107,7 @@ def alert_rule_summary(rule: AlertRule) -> dict:
     """A rule as the API shows and takes it: its device by key."""
     return {
         "id": rule.id,
-        "device": rule.device.key if rule.device_id else None,
+        "device": rule.device.key if rule.device is not None else None,  # no query without a device id
         **{field: getattr(rule, field) for field in RULE_FIELDS},
         "created": epoch_ms(rule.created_at),
     }

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
@@ -12,7 +12,7 @@ from alerts.models import AlertEvent, AlertRule, AlertState, State
 from devices.models import Device
 
 
-def alert_acknowledge(*, state_id: int, user: AbstractBaseUser) -> bool:
+def alert_acknowledge(*, state_id: int, user: User) -> bool:
     """Record that `user` acknowledged a firing alert; False if it is no longer firing."""
     with transaction.atomic():
         state = AlertState.objects.select_for_update().select_related("rule").filter(id=state_id).first()
@@ -48,12 +48,14 @@ def alert_rule_save(*, values: Mapping[str, object], rule: AlertRule | None = No
     if rule is None:  # the empty page's values: the model's defaults
         rule, base = AlertRule(), {name: field.initial for name, field in AlertRuleForm.base_fields.items()}
     else:
-        base = model_to_dict(rule, fields=AlertRuleForm._meta.fields)
+        base = model_to_dict(rule, fields=AlertRuleForm.Meta.fields)
     data = {**base, **values}
     if isinstance(data.get("device"), str):  # the API names devices by key, the form by id
         device_id = Device.objects.filter(key=data["device"]).values_list("id", flat=True).first()
         data["device"] = device_id if device_id is not None else data["device"]
     form = AlertRuleForm(data, instance=rule)
     if not form.is_valid():
-        raise RuleRefused({field: list(messages) for field, messages in form.errors.items()})
+        # Iterating an ErrorList yields its messages as text (ErrorList.__getitem__); django-stubs types the items
+        # as the ValidationErrors it stores.
+        raise RuleRefused({field: list(messages) for field, messages in form.errors.items()})  # type: ignore[arg-type]
     return form.save()

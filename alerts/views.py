@@ -2,6 +2,7 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -20,7 +21,10 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def alert_ack(request: HttpRequest, state_id: int) -> HttpResponse:
-    if not alert_acknowledge(state_id=state_id, user=request.user):
+    user = request.user
+    if not user.is_authenticated:  # login_required let no one else in: this says so to the type checker
+        raise PermissionDenied
+    if not alert_acknowledge(state_id=state_id, user=user):
         messages.warning(request, "That alert is no longer firing or was already acknowledged.")
     return redirect("alerts:open")
 

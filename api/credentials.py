@@ -1,6 +1,6 @@
 """Who is asking: a logged-in operator (session) or a script with `Authorization: Bearer <api token>`."""
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -8,7 +8,7 @@ from api.models import ApiToken, Scope
 from devices.tokens import token_hash, token_new
 
 
-def api_token_issue(*, user: AbstractBaseUser, name: str = "", scope: str = Scope.READ) -> tuple[ApiToken, str]:
+def api_token_issue(*, user: User, name: str = "", scope: str = Scope.READ) -> tuple[ApiToken, str]:
     """Issue an API token for `user`; returns it with the plaintext (the only time it is visible)."""
     if scope not in Scope.values:
         raise ValueError(f"scope {scope!r}: one of {', '.join(Scope.values)}")
@@ -16,7 +16,7 @@ def api_token_issue(*, user: AbstractBaseUser, name: str = "", scope: str = Scop
     return ApiToken.objects.create(user=user, name=name, scope=scope, token_hash=token_hash(token)), token
 
 
-def api_token_create(*, user: AbstractBaseUser, name: str = "", scope: str = Scope.READ) -> str:
+def api_token_create(*, user: User, name: str = "", scope: str = Scope.READ) -> str:
     """`api_token_issue`, the plaintext only (scripts and tests that need nothing else)."""
     return api_token_issue(user=user, name=name, scope=scope)[1]
 
@@ -29,7 +29,7 @@ def api_token_find(credential: str) -> ApiToken | None:
     return token if token is not None and token.user.is_active else None
 
 
-def api_token_revoke(*, token_id: int, user: AbstractBaseUser | None = None) -> bool:
+def api_token_revoke(*, token_id: int, user: User | None = None) -> bool:
     """Revoke a token (of `user`, if given) at once; False if there is no such live token."""
     tokens = ApiToken.objects.filter(id=token_id, revoked_at=None)
     if user is not None:
@@ -37,7 +37,7 @@ def api_token_revoke(*, token_id: int, user: AbstractBaseUser | None = None) -> 
     return tokens.update(revoked_at=timezone.now()) == 1
 
 
-def operator_of(request: HttpRequest) -> AbstractBaseUser | AnonymousUser:
+def operator_of(request: HttpRequest) -> User | AnonymousUser:
     """The session user, else the owner of a valid bearer token, else anonymous."""
     if request.user.is_authenticated:
         return request.user

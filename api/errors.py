@@ -32,8 +32,8 @@ class ApiError(exceptions.APIException):
 def invalid(errors: Mapping[str, str | Sequence[str]], *, code: str = "invalid") -> ApiError:
     """400 naming the first refused field in `message` and `field`, every one in `fields`."""
     fields = {name: [messages] if isinstance(messages, str) else list(messages) for name, messages in errors.items()}
-    field, messages = next(iter(fields.items()))
-    field = None if field == "__all__" else field
+    first, messages = next(iter(fields.items()))
+    field = None if first == "__all__" else first
     message = f"{field}: {' '.join(messages)}" if field else " ".join(messages)
     return ApiError(400, code, message, field=field, fields=fields)
 

@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.decorators import api_view
+from rest_framework.request import Request
 
 from api.credentials import operator_of
 from api.params import HistoryParams, WindowParams
@@ -93,7 +94,7 @@ def _asked(request: HttpRequest, key: str, form: forms.Form) -> tuple[Device, di
     parameters=HISTORY_PARAMETERS,
     csv=True,
 )
-def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> HttpResponse:
+def telemetry_history(request: Request, key: str, fmt: str = "json") -> HttpResponse | StreamingHttpResponse:
     asked = _asked(request, key, HistoryParams(request.GET, csv=fmt == "csv"))
     if isinstance(asked, JsonResponse):
         return asked
@@ -110,7 +111,7 @@ def telemetry_history(request: HttpRequest, key: str, fmt: str = "json") -> Http
     )
     if fmt == "csv":
         aggregated = None if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
-        reads = runtime_in(request.scope).reads  # type: ignore[attr-defined] - an ASGIRequest
+        reads = runtime_in(request.scope).reads  # the ASGI request's scope, through REST framework's Request
         stream = csv_stream(query, reads=reads, band=params["band"], aggregated=aggregated)
         response = StreamingHttpResponse(_released_on_failure(stream), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{device.key}-{query.start}-{query.end}.csv"'

@@ -1,6 +1,8 @@
 """Query parameters of the API: the history endpoints' (HistoryParams also reads the alert events' range), the
 live window's and the lists'. Every error names its parameter."""
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -20,6 +22,11 @@ def params_valid(form: forms.Form) -> dict:
         parameter, messages = next(iter(form.errors.items()))
         raise ApiError(400, "invalid_parameter", f"{parameter}: {messages[0]}", parameter=parameter)
     return form.cleaned_data
+
+
+def _cleaned(form: forms.Form, data: dict[str, Any] | None) -> dict[str, Any]:
+    """What a form's `clean()` answered, or its cleaned data where it answered None (as Django takes it)."""
+    return form.cleaned_data if data is None else data
 
 
 class DeviceFilter(forms.Form):
@@ -66,7 +73,7 @@ class HistoryParams(forms.Form):
         return limit
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = _cleaned(self, super().clean())
         if self.errors:
             return data
         end = data["end"] if data["end"] is not None else now_ms()
@@ -99,7 +106,7 @@ class WindowParams(forms.Form):
         return [k.strip() for k in self.cleaned_data["keys"].split(",") if k.strip()]
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = _cleaned(self, super().clean())
         if self.errors:
             return data
         if data["start"] >= data["end"]:

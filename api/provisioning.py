@@ -40,7 +40,7 @@ class ProfileList(APIView):
         responses={201: shapes.ProvisioningProfileCreated, 409: shapes.Error, **shapes.ERRORS},
     )
     def post(self, request: Request) -> Response:
-        types = {
+        types: dict[str, type | tuple[type, ...]] = {
             "key": str,
             "key_pattern": str,
             "labels": dict,
@@ -89,7 +89,8 @@ REFUSED_STATUS = {ProvisioningRefused.REFUSED: 401}
 
 
 class Provision(APIView):
-    authentication_classes = []  # a device has no session or API token: the profile's secret is its credential
+    # A device has no session or API token: the profile's secret is its credential.
+    authentication_classes: list[type] = []
     permission_classes = [AllowAny]
     throttle_classes = [ProvisionThrottle]
 

@@ -1,6 +1,7 @@
 """The REST framework plumbing of the API: bounded strict parsers, JSON-only answers, pages, typed bodies."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -76,8 +77,8 @@ KINDS = {str: "a string", dict: "an object", list: "a list", int: "an integer", 
 
 
 def body_fields(
-    request: Request, *, types: dict[str, type | tuple[type, ...]], required: Iterable[str] = ()
-) -> dict[str, object]:
+    request: Request, *, types: Mapping[str, type | tuple[type, ...]], required: Iterable[str] = ()
+) -> dict[str, Any]:
     """The JSON object of the body, with only fields of `types` (each of its type, or null where the type
     allows None) and every `required` one; else 400 naming the field."""
     data = request.data
@@ -89,7 +90,8 @@ def body_fields(
     for name, value in data.items():
         if name not in types:
             raise ApiError(400, "invalid", f"{name}: unknown field", field=name)
-        kinds = types[name] if isinstance(types[name], tuple) else (types[name],)
+        kind = types[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
         if object in kinds:
             continue
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):

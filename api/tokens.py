@@ -39,7 +39,8 @@ class TokenList(APIView):
         fields = body_fields(request, types={"name": str, "scope": str})
         if fields.get("scope", Scope.READ) not in Scope.values:
             raise ApiError(400, "invalid", f"scope: one of {', '.join(Scope.values)}", field="scope")
-        if len(fields.get("name", "")) > ApiToken._meta.get_field("name").max_length:
+        longest = ApiToken._meta.get_field("name").max_length
+        if longest is not None and len(fields.get("name", "")) > longest:
             raise ApiError(400, "invalid", "name: at most 100 characters", field="name")
         token, plaintext = api_token_issue(user=request.user, **fields)
         return Response({**token_summary(token), "token": plaintext}, status=201)

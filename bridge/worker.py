@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -91,7 +92,8 @@ class Bridge:
         if c.tls:
             client.tls_set_context(ssl.create_default_context())
         # Exponential backoff; a random base spreads the reconnects of many workers (jitter).
-        client.reconnect_delay_set(min_delay=random.uniform(0.5, 1.5), max_delay=30)  # noqa: S311
+        # paho annotates the delays as int, but only sleeps on them: a float keeps the jitter.
+        client.reconnect_delay_set(min_delay=random.uniform(0.5, 1.5), max_delay=30)  # type: ignore[arg-type]  # noqa: S311
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -190,7 +192,7 @@ class Bridge:
         except IngestError as error:
             self._reject(message, key, error.code, error.message, error.as_dict())
             return
-        future.add_done_callback(lambda f, m=message: self._committed(m, f))
+        future.add_done_callback(partial(self._committed, message))
 
     def _committed(self, message: Incoming, future: asyncio.Future[None]) -> None:
         if future.cancelled():
@@ -203,7 +205,8 @@ class Bridge:
             # Deleted since it was looked up: its redeliveries would fail the same way forever and hold the
             # session's receive window, so forget the key and ack the message as from an unknown device.
             key = device_key_of(message.topic)
-            self._devices.pop(key, None)
+            if key is not None:  # it has one: the device was looked up by it
+                self._devices.pop(key, None)
             self._reject(message, key, _UNKNOWN_DEVICE, f"device {key!r} was deleted")
         elif isinstance(error, IngestError):
             # The database refuses its content: a redelivery would be refused again and hold a slot of the

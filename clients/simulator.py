@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -184,10 +184,10 @@ async def run_simulation(
     a status line). `phases` fixes each device's signal (the demo's, to continue its back-filled past)."""
     stats = SimStats()
     report = report or (lambda s: print(status_line(s, len(tokens)), flush=True))
-    phases = phases or [None] * len(tokens)
+    device_phases: Sequence[float | None] = phases or [None] * len(tokens)
     tasks = [
         asyncio.create_task(simulate_device(base_url, t, rate=rate, stats=stats, stop=stop, phase=p))
-        for t, p in zip(tokens, phases, strict=True)
+        for t, p in zip(tokens, device_phases, strict=True)
     ]
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):

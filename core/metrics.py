@@ -74,6 +74,7 @@ def metrics_exposition(multiproc_dir: str | None) -> tuple[bytes, str]:
     """The text exposition of this process, or of every worker in multiprocess mode."""
     if multiproc_dir:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+        # prometheus_client does not annotate MultiProcessCollector.
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -25,6 +25,15 @@ def device_group(device_key: str) -> str:
 WireReading = list[int | str | float]
 
 
+def wire_value(value: float | None, text: str | None) -> float | str:
+    """A reading's value on the wire: its number, else its text (a reading holds one of the two)."""
+    if value is not None:
+        return value
+    if text is None:
+        raise ValueError("a reading with neither a number nor a text")
+    return text
+
+
 class ReadingsBatch(TypedDict):
     """Committed readings of one device (one flush, or several merged when the publisher fell behind)."""
 

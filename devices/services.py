@@ -2,10 +2,12 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Field
 
 from devices.labels import labels_problems
 from devices.models import Device
@@ -55,7 +57,8 @@ class DevicesRefused(Exception):
         return all(p.conflict for p in self.problems)
 
 
-_FIELDS = {name: Device._meta.get_field(name) for name in ("key", "name")}
+# Concrete columns (CharFields), not relations: what `get_field` may also answer.
+_FIELDS = {name: cast("Field[Any, Any]", Device._meta.get_field(name)) for name in ("key", "name")}
 
 
 def device_problems(**values: object) -> dict[str, str]:
@@ -101,7 +104,8 @@ def devices_bulk_create(*, specs: Sequence[DeviceSpec]) -> list[tuple[Device, st
 
 def devices_bulk_problems(*, specs: Sequence[DeviceSpec]) -> list[RowProblem]:
     """Every refused row of `specs`, by row: invalid fields, keys repeated in the batch, keys taken."""
-    problems, first_row = [], {}
+    problems: list[RowProblem] = []
+    first_row: dict[str, int] = {}  # key -> the row it first appears in
     for row, spec in enumerate(specs, start=1):
         fields = device_problems(key=spec.key, name=spec.name, labels=spec.labels)
         problems += [RowProblem(row, spec.key, name, message) for name, message in fields.items()]
@@ -137,7 +141,7 @@ def device_update(*, key: str, name: str | None = None, labels: Mapping[str, str
     with transaction.atomic():
         device = Device.objects.select_for_update().get(key=key)
         for name_, value in changes.items():
-            setattr(device, name_, dict(value) if name_ == "labels" else value)
+            setattr(device, name_, dict(value) if isinstance(value, Mapping) else value)  # labels: a copy
         device.save(update_fields=list(changes))
     return device
 

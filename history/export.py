@@ -38,11 +38,12 @@ async def csv_stream(
         return
     # `reads` hands rows over as they come (one at a time from PostgreSQL's COPY); sending each as its own ASGI
     # message capped the export near 100,000 rows/s (bench/history.py): chunks of about 64 KiB.
-    pending, size = [], 0
+    pending: list[bytes] = []
+    size = 0
     for key in query.keys:
-        async for data in reads.csv_raw(query, key):
-            pending.append(data)
-            size += len(data)
+        async for chunk in reads.csv_raw(query, key):
+            pending.append(chunk)
+            size += len(chunk)
             if size >= _CSV_FLUSH_BYTES:
                 yield b"".join(pending)
                 pending, size = [], 0

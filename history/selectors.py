@@ -12,12 +12,13 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import DataError, connection
 from django.db.models import Count, OuterRef, Subquery
 
 from core.epoch import epoch_ms, from_epoch_ms
-from core.protocol import WireReading
+from core.protocol import WireReading, wire_value
 from storage.engines import engine
 from storage.models import LatestValue, Reading
 
@@ -177,11 +178,12 @@ def readings_window(
     return series
 
 
-def _finite(value: object) -> float | None:
-    """A double for JSON and CSV; null for a sum beyond a double's range (never Infinity, which JSON lacks)."""
+def _finite(value: float | Decimal | None) -> float | None:
+    """A double for JSON and CSV; null for a sum beyond a double's range (never Infinity, which JSON lacks).
+    `value` is a float, or a Decimal from the exact path."""
     if value is None:
         return None
-    number = float(value)  # type: ignore[arg-type] - a float, or a Decimal from the exact path
+    number = float(value)
     return number if math.isfinite(number) else None
 
 
@@ -217,7 +219,7 @@ def latest_wire_by_device(*, device_ids: Collection[int] | None = None) -> dict[
     latest: dict[int, dict[str, WireReading]] = {}
     rows = LatestValue.objects.all() if device_ids is None else LatestValue.objects.filter(device_id__in=device_ids)
     for device_id, key, ts, value, text in rows.values_list("device_id", "key", "ts", "value", "text"):
-        latest.setdefault(device_id, {})[key] = [epoch_ms(ts), key, text if value is None else value]
+        latest.setdefault(device_id, {})[key] = [epoch_ms(ts), key, wire_value(value, text)]
     return latest
 
 

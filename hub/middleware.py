@@ -1,6 +1,7 @@
 """Request ids for the logs, and the Content-Security-Policy of every page."""
 
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
@@ -24,13 +25,13 @@ class _AroundMiddleware:
         if self.is_async:
             return self._acall(request)
         self.before(request)
-        response = self.get_response(request)
+        response = cast(HttpResponse, self.get_response(request))  # a sync stack answers at once
         self.after(response)
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         self.before(request)
-        response = await self.get_response(request)
+        response = await cast("Awaitable[HttpResponse]", self.get_response(request))  # an async stack's coroutine
         self.after(response)
         return response
 

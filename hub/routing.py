@@ -21,12 +21,12 @@ def websocket_routes(role: Role) -> list[URLPattern | URLResolver]:
     """The WebSocket paths a process of this role serves; any other path is refused at the handshake."""
     routes: list[URLPattern | URLResolver] = []
     if role.streams:
+        device_stream = SameOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi()))
+        fleet_stream = SameOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))
+        # Channels routes ASGI applications with Django's path(); django-stubs knows only views there.
         routes += [
-            path(
-                "ws/v1/devices/<slug:key>/stream",
-                SameOriginValidator(StreamSessionMiddleware(DeviceStreamConsumer.as_asgi())),
-            ),
-            path("ws/v1/fleet/stream", SameOriginValidator(StreamSessionMiddleware(FleetStreamConsumer.as_asgi()))),
+            path("ws/v1/devices/<slug:key>/stream", device_stream),  # type: ignore[arg-type]
+            path("ws/v1/fleet/stream", fleet_stream),  # type: ignore[arg-type]
         ]
     if role.serves_devices:
         routes.append(path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi()))

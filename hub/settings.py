@@ -4,6 +4,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import plotly
@@ -150,7 +151,9 @@ if REDIS_URLS:
     # redis-py 8 reads with a 5 s socket timeout by default, which races the core layer's 5 s BZPOPMIN and
     # tears idle consumers down (django/channels_redis#422); 10 s keeps reads bounded and blocking pops whole.
     _hosts = [{"address": url, "socket_timeout": 10} for url in REDIS_URLS]
-    CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": _hosts, "prefix": _prefix}}}
+    CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
+        "default": {"BACKEND": _backend, "CONFIG": {"hosts": _hosts, "prefix": _prefix}}
+    }
     if CHANNEL_LAYER_KIND == "core":
         _capacity = env_int("HUB_CHANNEL_CAPACITY", 1000, minimum=1)
         CHANNEL_LAYERS["default"]["CONFIG"].update(

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from core import metrics
@@ -108,16 +110,16 @@ class CommitQueue:
             self._arrived.clear()
             if self._shed:
                 devices, self._shed = self._shed, set()
-                await self._call(self.consumer.shed, devices)
+                await self._call(partial(self.consumer.shed, devices))
             if self._pending:
                 self._lag.observe(time.monotonic() - (self._since or time.monotonic()))
-                await self._call(self.consumer.consume, self._take())
+                await self._call(partial(self.consumer.consume, self._take()))
             if not self._pending and not self._shed:
                 self._idle.set()
 
-    async def _call(self, handler, argument) -> None:
+    async def _call(self, handler: Callable[[], Awaitable[None]]) -> None:
         try:
-            await handler(argument)
+            await handler()
         except Exception:
             self._failures.inc()
             self._throttled.warning("commit consumer %s failed", self.consumer.name, exc_info=True)

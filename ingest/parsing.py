@@ -175,7 +175,7 @@ def _reading(ts: int, key: str, raw: Any, *, index: int | None) -> Reading:
 def _check_ts(raw: Any, *, now_ms: int, limits: Limits, index: int | None) -> int:
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int):
+    if not isinstance(raw, int) or isinstance(raw, bool):  # in this order, the type checker narrows `raw` to int
         raise IngestError(ErrorCode.INVALID_TS, '"ts" must be an integer of milliseconds since the epoch', index=index)
     if _SECONDS_FLOOR <= raw < _SECONDS_CEILING:
         raise IngestError(ErrorCode.TS_UNIT, f"ts={raw} looks like seconds; send milliseconds", index=index)

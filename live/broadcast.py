@@ -268,14 +268,19 @@ class Broadcaster:
     async def _subscribed(self) -> str:
         """This process's channel on the layer, made (and listened to) when a stream first needs it: Redis may
         be down when the process starts, and after a layer interruption a fresh one replaces it."""
-        if self._layer is None:
-            raise RuntimeError("no channel layer: live streams are not served by this process")
+        layer = self._the_layer()
         if self._channel is None:
-            channel = await self._layer.new_channel()
+            channel = await layer.new_channel()
             if self._channel is None:  # another stream may have made it meanwhile
                 self._channel = channel
                 self._receiver = asyncio.get_running_loop().create_task(self._receive(channel), name="hub-streams")
         return self._channel
+
+    def _the_layer(self) -> BaseChannelLayer:
+        """The channel layer; every stream needs one (a channel exists only once the layer made it)."""
+        if self._layer is None:
+            raise RuntimeError("no channel layer: live streams are not served by this process")
+        return self._layer
 
     # Streams -------------------------------------------------------------------------------------------
 
@@ -288,7 +293,7 @@ class Broadcaster:
             channel = await self._subscribed()
             for group in groups:
                 if group not in self._joined:
-                    await self._layer.group_add(group, channel)
+                    await self._the_layer().group_add(group, channel)
                     self._joined.add(group)
             for group in groups:
                 self._followers.setdefault(group, set()).add(stream)
@@ -304,7 +309,7 @@ class Broadcaster:
                     if group in self._joined and self._channel is not None:
                         self._joined.discard(group)
                         with contextlib.suppress(Exception):
-                            await self._layer.group_discard(group, self._channel)
+                            await self._the_layer().group_discard(group, self._channel)
 
     def __len__(self) -> int:
         return len(self._streams())
@@ -333,14 +338,15 @@ class Broadcaster:
         """Join every followed group again (the core layer forgets members after its group expiry)."""
         if self._channel is not None:
             for group in list(self._joined):
-                await self._layer.group_add(group, self._channel)
+                await self._the_layer().group_add(group, self._channel)
 
     # The layer -----------------------------------------------------------------------------------------
 
     async def _receive(self, channel: str) -> None:
+        layer = self._the_layer()
         while channel == self._channel:
             try:
-                message = await self._layer.receive(channel)
+                message = await layer.receive(channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: the watchdog closes the streams and resets the channel

@@ -10,7 +10,7 @@ throughout: dashboards recover from the database, never from the channel layer.
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from channels.layers import BaseChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
@@ -28,6 +28,7 @@ from core.protocol import (
     ReadingsGap,
     WireReading,
     device_group,
+    wire_value,
 )
 from devices.services import DeviceIdentity
 from ingest.commits import Committed
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def readings_to_wire(readings: list[Reading]) -> list[WireReading]:
-    return [[r.ts, r.key, r.text if r.value is None else r.value] for r in readings]
+    return [[r.ts, r.key, wire_value(r.value, r.text)] for r in readings]
 
 
 class Publisher:
@@ -207,8 +208,8 @@ class FleetDigester:
             for r in readings:
                 digest["n"] += r.value is not None
                 current = latest.get(r.key)
-                if current is None or r.ts > current[0]:
-                    latest[r.key] = [r.ts, r.key, r.text if r.value is None else r.value]
+                if current is None or r.ts > cast(int, current[0]):  # [ts, key, value]: the ts first
+                    latest[r.key] = [r.ts, r.key, wire_value(r.value, r.text)]
         if self._timer is None:
             loop = asyncio.get_running_loop()
             delay = max(0.0, self._last + self._interval - loop.time())

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -13,7 +15,7 @@ class StorageConfig(AppConfig):
         post_migrate.connect(storage_configure, sender=self)
 
 
-def storage_configure(sender: AppConfig, using: str, **kwargs) -> None:
+def storage_configure(sender: AppConfig, using: str, **kwargs: Any) -> None:
     """After every `migrate`: what the settings configure follows them (TimescaleDB's compression and its policy:
     HUB_COMPRESS_AFTER takes effect at the next migrate, which deployments run at every start)."""
     from storage.engines import engine

@@ -7,7 +7,7 @@ engine of the default database once per call, from Django's connection; nothing 
 database it runs on. Queries use named parameters (`%(name)s`), which Django passes to both drivers.
 """
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -102,13 +102,19 @@ class Backend(Protocol):
 
 
 class RawRange(Protocol):
-    """One key's raw readings in [start, end), at most `limit`, oldest or newest first (a CSV export)."""
+    """One key's raw readings in [start, end), at most `limit`, oldest or newest first (a CSV export).
+    Read-only, so a frozen query (history.selectors.HistoryQuery) is one."""
 
-    device_id: int
-    start: int
-    end: int
-    limit: int
-    newest_first: bool
+    @property
+    def device_id(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def newest_first(self) -> bool: ...
 
 
 class Reads(Protocol):
@@ -190,13 +196,13 @@ class Engine(Protocol):
         ...
 
 
-def delete_in_batches(sql: str, params: dict[str, object], batch: int) -> int:
+def delete_in_batches(sql: str, params: Mapping[str, datetime | float | str], batch: int) -> int:
     """Run a DELETE of at most `batch` rows until it deletes fewer: a backlog never holds one huge transaction."""
     total = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(sql, {**params, "batch": batch})
-            count = cursor.rowcount
+            count: int = cursor.rowcount
         total += count
         if count < batch:
             return total

@@ -34,7 +34,7 @@ def postgres_conninfo(settings_dict: dict[str, Any]) -> str:
         "port": str(settings_dict.get("PORT") or ""),
     }
     extra = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if isinstance(v, str | int)}
-    return make_conninfo(**{k: v for k, v in params.items() if v}, **extra)
+    return make_conninfo("", **{k: v for k, v in params.items() if v}, **extra)  # "": no conninfo string to merge
 
 
 _PG_STAGING = (

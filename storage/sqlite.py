@@ -113,11 +113,12 @@ class SqliteReads:
             WHERE device_id = %(device)s AND key = %(key)s AND ts >= %(start)s AND ts < %(end)s {keyset}
             ORDER BY ts {order} LIMIT %(size)s
         """  # noqa: S608 - fixed fragments only
-        params = {"device": query.device_id, "key": key, "after": after, "size": size}
+        params: dict[str, int | str | None] = {"device": query.device_id, "key": key, "after": after, "size": size}
         params |= {"start": sqlite_ts(query.start), "end": sqlite_ts(query.end)}
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-            return cursor.fetchall()
+            rows: list[tuple[int, float, str]] = cursor.fetchall()  # the three columns selected above
+            return rows
 
 
 _RETENTION_BATCH = 50_000

@@ -15,6 +15,7 @@ import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from storage.engine import RAW, ROLLUPS
 from storage.postgres import INSERT, LATEST_AND_SEEN, WriteSql
@@ -28,24 +29,33 @@ class TimescaleUnavailable(ImproperlyConfigured):
     """HUB_TIMESCALE=on, and this server cannot give the database TimescaleDB (the message says why)."""
 
 
-def _fetch_one(cursor, sql: str, params: list | None = None):
+def _fetch_one(cursor: CursorWrapper, sql: str, params: list[str] | None = None) -> tuple[Any, ...] | None:
     cursor.execute(sql, params or [])
-    return cursor.fetchone()
+    row: tuple[Any, ...] | None = cursor.fetchone()
+    return row
 
 
-def timescale_missing_reason(cursor) -> str | None:
+def _fetch_value(cursor: CursorWrapper, sql: str, params: list[str] | None = None) -> Any:
+    """The one value of a query that always answers one row (a setting, a comparison)."""
+    row = _fetch_one(cursor, sql, params)
+    if row is None:
+        raise DatabaseError(f"no row for {sql!r}")
+    return row[0]
+
+
+def timescale_missing_reason(cursor: CursorWrapper) -> str | None:
     """Why TimescaleDB cannot be used in this database, or None when the extension exists or can be created."""
     if _fetch_one(cursor, EXTENSION_CREATED):
         return None
     if not _fetch_one(cursor, "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
         return "the timescaledb extension is not installed on this PostgreSQL server"
-    preload = _fetch_one(cursor, "SELECT current_setting('shared_preload_libraries')")[0]
+    preload = _fetch_value(cursor, "SELECT current_setting('shared_preload_libraries')")
     if "timescaledb" not in [name.strip() for name in preload.split(",")]:
         return "timescaledb is installed but not in shared_preload_libraries (edit postgresql.conf and restart)"
     return None
 
 
-def timescale_enable(cursor, *, mode: str | None = None) -> bool:
+def timescale_enable(cursor: CursorWrapper, *, mode: str | None = None) -> bool:
     """Create the extension when the mode and the server allow; True when the database has it (now).
 
     Raises TimescaleUnavailable with the reason for `on`; warns once with the reason for `auto`.
@@ -73,7 +83,7 @@ EXTENSION_CREATED = "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
 READING_HYPERTABLE = "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ingest_reading'"
 
 
-def reading_is_hypertable(cursor) -> bool:
+def reading_is_hypertable(cursor: CursorWrapper) -> bool:
     """The readings table is a TimescaleDB hypertable (its rollups are then continuous aggregates)."""
     return bool(_fetch_one(cursor, EXTENSION_CREATED) and _fetch_one(cursor, READING_HYPERTABLE))
 
@@ -116,7 +126,7 @@ _COMPRESSION = (
 )
 
 
-def timescale_configure(cursor, *, compress_after: str | None = None) -> None:
+def timescale_configure(cursor: CursorWrapper, *, compress_after: str | None = None) -> None:
     """The hypertable's jobs as the settings say (after every `migrate`, and by `timescale_convert`): the
     rollups' refresh policies, compression, and its policy: chunks older than HUB_COMPRESS_AFTER (a
     PostgreSQL interval; "0" or "off": never) are compressed by TimescaleDB's job scheduler. A job already
@@ -143,7 +153,7 @@ def timescale_configure(cursor, *, compress_after: str | None = None) -> None:
     if (
         job is not None
         and wanted is not None
-        and _fetch_one(cursor, "SELECT %s::interval = %s::interval", [job[0], wanted])[0]
+        and _fetch_value(cursor, "SELECT %s::interval = %s::interval", [job[0], wanted])
     ):
         return
     if job is None and wanted is None:
@@ -153,7 +163,7 @@ def timescale_configure(cursor, *, compress_after: str | None = None) -> None:
         cursor.execute("SELECT add_compression_policy('ingest_reading', compress_after => %s::interval)", [wanted])
 
 
-def timescale_required(cursor) -> None:
+def timescale_required(cursor: CursorWrapper) -> None:
     """HUB_TIMESCALE=on: raise TimescaleUnavailable unless the readings table is a hypertable (a hub process
     refuses to start on a database that migrated without TimescaleDB)."""
     if settings.HUB_TIMESCALE != "on" or reading_is_hypertable(cursor):
@@ -165,7 +175,7 @@ def timescale_required(cursor) -> None:
     )
 
 
-def hypertable_create(cursor) -> None:
+def hypertable_create(cursor: CursorWrapper) -> None:
     """The readings table, rows and all, as a hypertable of HUB_TIMESCALE_CHUNK_INTERVAL chunks (migration 0002,
     `timescale_convert`)."""
     cursor.execute(
@@ -213,7 +223,7 @@ class Timescale:
                 return False
         return True
 
-    def active_in(self, cursor) -> bool:
+    def active_in(self, cursor: CursorWrapper) -> bool:
         return reading_is_hypertable(cursor)
 
     def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]:
@@ -234,8 +244,8 @@ class Timescale:
                 dropped[relation] = cursor.fetchone()[0]
         return dropped
 
-    def configure(self, cursor) -> None:
+    def configure(self, cursor: CursorWrapper) -> None:
         timescale_configure(cursor)
 
-    def start_checked(self, cursor) -> None:
+    def start_checked(self, cursor: CursorWrapper) -> None:
         timescale_required(cursor)

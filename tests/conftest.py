@@ -30,6 +30,15 @@ from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
 pytest_plugins = ["tests.engines", "tests.browser_pages"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `serial` measure time or CPU: under pytest-xdist (`make test` runs two workers) one worker takes
+    them all, so no two of them share the machine's cores (`--dist loadgroup`)."""
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
 @pytest.fixture
 def postgres() -> str:
     """The suite's database is PostgreSQL (skip or fail otherwise)."""

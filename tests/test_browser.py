@@ -16,7 +16,7 @@ from storage.models import Reading
 from tests.browser_pages import ARTIFACTS, log_in
 from tests.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.usefixtures("postgres", "redis")
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("postgres", "redis")]
 
 
 def numbers(t0: int, indices: range) -> list[dict]:

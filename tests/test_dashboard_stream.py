@@ -68,6 +68,7 @@ async def test_catch_up_returns_exactly_what_came_after_since(runtime, make_devi
     assert [(r[1], r[0]) for r in history] == [(k, t0 + i) for i in range(40, 50) for k in ("a", "b")]
 
 
+@pytest.mark.serial
 async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_device, operator_cookie):
     """Viewers join while a device streams: history + live equals a fresh query, each reading once."""
     device = await sync_to_async(make_device)()
@@ -102,6 +103,7 @@ async def test_history_and_live_stitch_without_gap_or_duplicate(live_hub, make_d
         assert sorted(got) == expected, "no gap"
 
 
+@pytest.mark.serial
 @pytest.mark.hub_settings(HUB_STREAM_STALL_SECONDS=2)
 async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
     live_hub, make_device, operator_cookie, settings

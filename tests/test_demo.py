@@ -16,6 +16,9 @@ from tests.browser_pages import ARTIFACTS
 from tests.test_embedded import embedded_env, manage, manage_started  # noqa: F401 - embedded_env: the fixture
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.serial
+
+
 DAY_MS = 86_400_000
 WIDTHS = {"phone": 390, "desktop": 1280}
 

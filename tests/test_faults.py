@@ -14,7 +14,7 @@ from tests.ledger import Ledger, http_device, ws_device
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 
-pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("postgres"), pytest.mark.engines]
 
 
 def queue_rows(metrics_text: str) -> float:

@@ -170,6 +170,7 @@ async def test_the_csv_link_exports_exactly_what_the_chart_draws(make_device, op
     assert exported == shown and len(shown) == 2 * 1050, "every 10-second bucket of both keys"
 
 
+@pytest.mark.serial
 async def test_in_a_browser_the_page_shows_local_time_and_queries_utc(live_hub, make_device, operator_cookie):
     """Headless Chromium at UTC+05:30: the range shows local wall-clock time, a zoom to local 07:00–08:00
     re-queries 01:30–02:30 UTC at a finer interval, and the CSV link then exports exactly the drawn points."""

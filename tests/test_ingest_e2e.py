@@ -13,7 +13,7 @@ from core.epoch import now_ms
 from storage.models import LatestValue, Reading
 from tests.waiting import eventually
 
-pytestmark = [pytest.mark.usefixtures("postgres", "redis"), pytest.mark.engines]
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("postgres", "redis"), pytest.mark.engines]
 
 DEVICES = 10
 READINGS = 1000

@@ -109,6 +109,7 @@ def cli(bin_dir: Path, *args: str, env: dict[str, str], cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.serial
 @pytest.mark.usefixtures("postgres", "redis")
 async def test_the_installed_hub_serves_ingest_and_pages_from_outside_the_checkout(installed, tmp_path):
     """`check`, `migrate`, `createdevice`, `serve`, `simulate` and `mqtt_bridge --help` of the installed

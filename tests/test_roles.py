@@ -76,6 +76,7 @@ def test_a_role_needs_redis(tmp_path):
     assert done.returncode != 0 and "--role stream needs HUB_REDIS_URL" in done.stderr
 
 
+@pytest.mark.serial
 async def test_a_stream_process_yields_the_cpu_to_ingest(hub_process):
     """A stream process runs at a lower priority (HUB_STREAM_NICE): on a shared machine the devices' acks come
     first. An ingest process keeps its priority."""

@@ -116,6 +116,7 @@ async def test_a_consumer_that_raises_keeps_getting_later_flushes():
 # The runtime ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 @pytest.mark.usefixtures("postgres", "redis")
 async def test_a_slow_alert_consumer_changes_neither_ack_nor_dashboard_latency(make_device, monkeypatch):
     """With the alert engine taking 500 ms per batch, acks and the device group's messages still follow each

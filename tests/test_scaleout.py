@@ -22,7 +22,7 @@ from tests.mqtt_devices import Publisher
 from tests.redis_server import RedisServer
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.usefixtures("postgres", "redis")
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("postgres", "redis")]
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tests.ledger import Ledger, ws_device
 from tests.services import REDIS_URL
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.usefixtures("postgres", "redis")
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("postgres", "redis")]
 
 DRAIN_SECONDS = 2
 LIMIT = DRAIN_SECONDS + 5  # SIGTERM -> SIGKILL, as docs/reliability.md tells operators

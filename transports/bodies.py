@@ -11,7 +11,7 @@ what a client sends beyond the limit is never read.
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -26,7 +26,7 @@ from transports.shared import transports_in
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]  # a message is any mapping (as Django's ASGI handler takes it)
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Refusals are logged as Django logs its own 4xx answers (same logger and shape), with the request id.

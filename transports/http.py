@@ -3,7 +3,8 @@
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -26,8 +27,8 @@ def _error(status: int, code: str, message: str, **extra: object) -> JsonRespons
 
 @csrf_exempt
 @require_POST
-async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
-    transports = transports_in(request.scope)  # type: ignore[attr-defined] - an ASGIRequest
+async def telemetry_post(request: ASGIRequest, token: str) -> JsonResponse:
+    transports = transports_in(request.scope)
     if transports is None:
         return _error(
             421,
@@ -35,7 +36,7 @@ async def telemetry_post(request: HttpRequest, token: str) -> JsonResponse:
             "this hub process serves dashboard streams (HUB_ROLE=stream); send telemetry to an ingest process",
         )
     # transports/bodies.py authenticated the device before reading the body (and bounded the body).
-    device = request.scope.get(DEVICE_SCOPE_KEY) or await device_authenticate(token=token)  # type: ignore[attr-defined]
+    device = request.scope.get(DEVICE_SCOPE_KEY) or await device_authenticate(token=token)
     if device is None:
         return _error(401, "unauthorized", "unknown device token")
     limit = transports.ingest.limits.max_bytes

@@ -86,6 +86,7 @@ _invalid = st.one_of(
 )
 
 
+@pytest.mark.serial
 async def test_fuzzed_frames_valid_are_stored_once_invalid_get_errors(live_hub, make_device, caplog):
     """Random frames through the real endpoint: valid ones stored exactly once, invalid ones answered with an
     error frame and storing nothing; no unhandled exception is logged."""

@@ -15,7 +15,7 @@ from tests.hostile.common import hub_address
 from tests.ledger import bystanders
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.usefixtures("postgres")
+pytestmark = [pytest.mark.serial, pytest.mark.usefixtures("postgres")]
 
 
 async def test_a_silent_peer_is_closed_by_ping_timeout(transactional_db, make_device):

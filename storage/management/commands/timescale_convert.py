@@ -1,5 +1,7 @@
 """`timescale_convert`: turn a plain-PostgreSQL hub database into a TimescaleDB one, in place."""
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
@@ -20,7 +22,7 @@ class Command(BaseCommand):
         "Stop the hub processes first: the table is locked while its rows move into chunks."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         if connection.vendor != "postgresql":
             raise CommandError("TimescaleDB needs PostgreSQL (HUB_DATABASE_URL=postgresql://...)")
         with connection.cursor() as cursor:
