@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# `pip install -e .` puts a finder on sys.meta_path that maps this tree's packages: a module another revision lacks
+# (a package moved since) would be taken from this tree. Without it, another tree's manage.py imports its own only.
+_ONLY_ITS_OWN_TREE = (
+    "import runpy, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith('__editable__')]; "
+    "sys.argv[0] = 'manage.py'; runpy.run_path('manage.py', run_name='__main__')"
+)
 
 
 def free_port() -> int:
@@ -51,7 +58,10 @@ class HubProcess:
 
     def start(self) -> "HubProcess":
         """Launch the process (appending to the log: a restart keeps the earlier run's lines)."""
-        command = [sys.executable, "manage.py", "serve", "--port", str(self.port), "--workers", str(self.workers)]
+        arguments = ["serve", "--port", str(self.port), "--workers", str(self.workers)]
+        command = [sys.executable, "manage.py", *arguments]
+        if self.root != ROOT:  # another revision's tree: none of this tree's modules may fill its gaps
+            command = [sys.executable, "-c", _ONLY_ITS_OWN_TREE, *arguments]
         with self.log.open("a") as out:
             self.process = subprocess.Popen(  # noqa: S603 - this interpreter and this tree's manage.py
                 command, cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT

@@ -33,7 +33,7 @@ async def in_process_client(runtime: HubRuntime, *, cookie: str = "") -> AsyncIt
     """An HTTP client of the in-process hub (as a browser with the session `cookie`, when given)."""
     transport = httpx.ASGITransport(app=in_process(runtime))
     headers = {"Cookie": cookie} if cookie else {}
-    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN, headers=headers) as client:
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN, headers=headers, timeout=60) as client:
         yield client
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.imports import imported_packages
 
 # What each package may import of the others (docs/architecture.md, "Packages"). Management commands are entry
 # points: they build their process and may import `hub` (its configuration and runtime) besides.
@@ -47,32 +48,13 @@ def modules_of(package: str) -> Iterator[Path]:
     yield from (p for p in sorted((ROOT / package).rglob("*.py")) if "migrations" not in p.parts)
 
 
-def imported_packages(tree: ast.Module) -> set[str]:
-    """Top-level packages a module imports at run time (imports under `if TYPE_CHECKING:` do not count)."""
-    type_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for node in ast.walk(block)
-    }
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
-
-
 def test_every_package_imports_only_what_the_map_allows():
     """core imports no app, not even for typing; storage no pipeline; the pipeline no transport, page or API."""
     wrong = []
     for package, allowed in ARROWS.items():
         for path in modules_of(package):
-            tree = ast.parse(path.read_text())
-            everything = imported_packages(tree) | (_type_only_imports(tree) if package == "core" else set())
+            run_time, typing_only = imported_packages(path)
+            everything = run_time | (typing_only if package == "core" else set())
             entry_point = "commands" in path.parts
             extra = (everything & PACKAGES) - allowed - {package} - ({"hub"} if entry_point else set())
             if extra:
@@ -86,18 +68,6 @@ def test_the_map_names_every_package_of_the_tree():
     assert tree == PACKAGES, tree ^ PACKAGES
     documented = (ROOT / "docs" / "architecture.md").read_text()
     assert all(f"`{package}/`" in documented for package in PACKAGES), "docs/architecture.md lists every package"
-
-
-def _type_only_imports(tree: ast.Module) -> set[str]:
-    found = set()
-    for block in ast.walk(tree):
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
-            for node in ast.walk(block):
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    found.add(node.module.split(".")[0])
-                elif isinstance(node, ast.Import):
-                    found |= {alias.name.split(".")[0] for alias in node.names}
-    return found
 
 
 # Process state ----------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """What a user installs is what is tested: the wheel, in a fresh virtual environment without dev extras, runs
 every part of the hub from a directory that is not the checkout; every runtime import is a dependency."""
 
-import ast
 import asyncio
 import importlib.metadata
 import os
@@ -21,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.conftest import ROOT, database_url_for_tests, free_port
+from tests.imports import imported_packages
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(600)
@@ -66,17 +66,6 @@ def test_the_wheel_holds_every_app_with_its_templates_and_static_files(wheel):
         assert required in names, required
 
 
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
-
-
 def test_every_third_party_module_the_hub_imports_comes_from_a_declared_dependency():
     """Imports of the installed packages (not tests, not benches) map to distributions named in
     [project].dependencies, directly: a module that only a dev extra or another package's dependency brings
@@ -91,7 +80,7 @@ def test_every_third_party_module_the_hub_imports_comes_from_a_declared_dependen
                     declared.add(canonicalize_name(sub.name))
     providers = importlib.metadata.packages_distributions()
     paths = [path for package in SOURCE_PACKAGES for path in (ROOT / package).rglob("*.py")]
-    imported = {module for path in paths for module in imported_modules(path)}
+    imported = {module for path in paths for module in imported_packages(path)[0]}
     third_party = imported - set(sys.stdlib_module_names) - set(SOURCE_PACKAGES)
     missing = {
         module: providers.get(module)

@@ -1,5 +1,6 @@
-"""Clients of the operator API against a served hub, for the tests of tests/api/: an operator with a read-write
-or a read-only API token, a logged-in session (with its CSRF token to send or not), and nobody."""
+"""Clients of the operator API, for the tests of tests/api/: an operator with a read-write or a read-only API token, a
+logged-in session (with its CSRF token to send or not), and nobody. The hub runs in-process (its ASGI app over the
+test's runtime, through httpx's ASGITransport): the API's behaviour needs no TCP."""
 
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from api.credentials import api_token_create
+from hub.runtime import HubRuntime
+from tests.inprocess import ORIGIN, in_process, in_process_client
 
 
 @pytest.fixture
@@ -18,34 +21,37 @@ def operator_user(transactional_db):
     return get_user_model().objects.create_user("ops", password="pw")
 
 
-def token_client(hub, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=hub.http, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+def token_client(runtime: HubRuntime, token: str) -> httpx.AsyncClient:
+    """A script's client with `token`, of the in-process hub."""
+    transport = httpx.ASGITransport(app=in_process(runtime))
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.AsyncClient(transport=transport, base_url=ORIGIN, headers=headers, timeout=60)
 
 
 @pytest.fixture
-async def writer(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+async def writer(runtime, operator_user) -> AsyncIterator[httpx.AsyncClient]:
     """A script with a read-write API token."""
     token = await sync_to_async(api_token_create)(user=operator_user, name="writer", scope="write")
-    async with token_client(live_hub, token) as client:
+    async with token_client(runtime, token) as client:
         yield client
 
 
 @pytest.fixture
-async def reader(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+async def reader(runtime, operator_user) -> AsyncIterator[httpx.AsyncClient]:
     """A script with a read-only API token."""
     token = await sync_to_async(api_token_create)(user=operator_user, name="reader", scope="read")
-    async with token_client(live_hub, token) as client:
+    async with token_client(runtime, token) as client:
         yield client
 
 
 @pytest.fixture
-async def anonymous(live_hub) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=live_hub.http, timeout=60) as client:
+async def anonymous(runtime) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process_client(runtime) as client:
         yield client
 
 
 @pytest.fixture
-async def browser(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+async def browser(runtime, operator_user) -> AsyncIterator[httpx.AsyncClient]:
     """A logged-in operator's browser: session cookie and the CSRF cookie a page sets (`csrf` holds its value,
     to send as X-CSRFToken, as a page's script would)."""
 
@@ -54,7 +60,7 @@ async def browser(live_hub, operator_user) -> AsyncIterator[httpx.AsyncClient]:
         client.force_login(operator_user)
         return client.cookies[settings.SESSION_COOKIE_NAME].value
 
-    async with httpx.AsyncClient(base_url=live_hub.http, timeout=60) as client:
+    async with in_process_client(runtime) as client:
         client.cookies.set(settings.SESSION_COOKIE_NAME, await sync_to_async(session_cookie)())
         assert (await client.get("/login/")).status_code in (200, 302)  # sets the csrftoken cookie
         client.csrf = client.cookies[settings.CSRF_COOKIE_NAME]

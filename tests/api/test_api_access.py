@@ -22,7 +22,7 @@ from tests.conftest import served_hub
 pytestmark = pytest.mark.usefixtures("postgres")
 
 
-async def test_an_operator_issues_lists_and_revokes_tokens(browser, live_hub, caplog):
+async def test_an_operator_issues_lists_and_revokes_tokens(browser, runtime, caplog):
     """A token is shown once, stored as its hash, scoped, listed without its secret, and stops at revocation."""
     caplog.set_level(logging.DEBUG)
     csrf = {"X-CSRFToken": browser.csrf}
@@ -36,7 +36,7 @@ async def test_an_operator_issues_lists_and_revokes_tokens(browser, live_hub, ca
     listed = (await browser.get("/api/v1/tokens")).json()
     assert [t["id"] for t in listed] == [body["id"]] and secret not in str(listed)
 
-    async with token_client(live_hub, secret) as script:
+    async with token_client(runtime, secret) as script:
         assert (await script.get("/api/v1/devices")).status_code == 200
         assert error(await script.post("/api/v1/devices", json={"key": "x"}), 403)["code"] == "insufficient_scope"
         assert error(await script.post("/api/v1/tokens", json={"scope": "write"}), 403)["code"] == "insufficient_scope"
