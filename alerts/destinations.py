@@ -59,15 +59,37 @@ def _check(host: str, addresses: list[Address]) -> None:
     if host.lower() in hosts:
         return
     for address in addresses:
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if any(address in network for network in networks):
-            continue
-        if not address.is_global or address.is_multicast:
-            raise Refused(
-                f"{host} is {address}, an address inside the hub's network (loopback, private, link-local or "
-                "reserved); list it in HUB_ALERT_WEBHOOK_ALLOW to allow it"
-            )
+        for reached in (address, *_embedded_ipv4(address)):
+            if any(reached in network for network in networks):
+                break
+            if not reached.is_global or reached.is_multicast:
+                raise Refused(
+                    f"{host} is {address}, an address inside the hub's network (loopback, private, link-local or "
+                    "reserved); list it in HUB_ALERT_WEBHOOK_ALLOW to allow it"
+                )
+
+
+# IPv6 forms that carry an IPv4 address the packet may end up at: NAT64 (RFC 6052, the well-known and the local-use
+# prefix), 6to4 (2002::/16), IPv4-compatible (::/96, deprecated) and IPv4-mapped; Teredo's client address.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address embeds (each is checked as if it were the destination)."""
+    if address.version != 6:
+        return []
+    v6 = ipaddress.IPv6Address(address)
+    found = []
+    if v6.ipv4_mapped is not None:
+        found.append(v6.ipv4_mapped)
+    if v6.sixtofour is not None:
+        found.append(v6.sixtofour)
+    if v6.teredo is not None:
+        found.append(v6.teredo[1])  # (server, client): the client is where the packet goes
+    if any(v6 in network for network in _NAT64) or (v6 in _COMPATIBLE and int(v6) > 1):
+        found.append(ipaddress.IPv4Address(int(v6) & 0xFFFFFFFF))
+    return found
 
 
 def _addresses(infos: list[tuple]) -> list[Address]:

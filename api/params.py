@@ -98,8 +98,8 @@ class WindowParams(forms.Form):
     """A live chart's window (`/api/v1/devices/<KEY>/window`): keys, [start, end) and the chart's width."""
 
     keys = forms.CharField(required=False, max_length=2000)
-    start = forms.IntegerField(min_value=0)
-    end = forms.IntegerField(min_value=0)
+    start = forms.IntegerField(min_value=0, max_value=MAX_MS)
+    end = forms.IntegerField(min_value=0, max_value=MAX_MS)
     px = forms.IntegerField(required=False, min_value=10, max_value=4000)
 
     def clean_keys(self) -> list[str]:

@@ -13,7 +13,7 @@ from api import shapes
 from api.access import ProvisionThrottle
 from api.errors import ApiError, invalid
 from api.rest import body_fields
-from core.epoch import from_epoch_ms
+from core.epoch import MAX_MS, from_epoch_ms
 from devices.models import ProvisioningProfile
 from devices.provisioning import (
     ProfileExists,
@@ -49,6 +49,8 @@ class ProfileList(APIView):
         }
         fields = body_fields(request, types=types, required=["key"])
         expires = fields.pop("expires", None)
+        if expires is not None and not 0 <= expires <= MAX_MS:
+            raise ApiError(400, "invalid", f"expires: ms since the epoch, at most {MAX_MS}", field="expires")
         try:
             profile, secret = provisioning_profile_create(
                 **fields, expires_at=from_epoch_ms(expires) if expires is not None else None

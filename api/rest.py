@@ -33,9 +33,32 @@ class BoundedJSONParser(BaseParser):
     def parse(self, stream, media_type=None, parser_context=None) -> object:
         body = _bounded(stream, parser_context, getattr(settings, self.limit_setting))
         try:
-            return orjson.loads(body)
+            data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "malformed_body", f"the body is not JSON: {exc}") from None
+        if (where := _nul_in(data)) is not None:
+            raise ApiError(400, "invalid", f"{where}: a NUL character (\\u0000) is not allowed", field=where)
+        return data
+
+
+def _nul_in(data: object) -> str | None:
+    """The field (its top-level name, or `body`) of the first string, key or value, holding a NUL: no name, key,
+    label or pattern of the hub holds one, and PostgreSQL refuses it in text."""
+    stack = [(data, "body")]
+    while stack:
+        value, field = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return field
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = key.replace("\x00", "") if field == "body" else field
+                if "\x00" in key:
+                    return name
+                stack.append((item, name))
+        elif isinstance(value, list):
+            stack.extend((item, field) for item in value)
+    return None
 
 
 class BulkJSONParser(BoundedJSONParser):

@@ -32,7 +32,7 @@ from core import metrics
 from devices.services import DeviceIdentity, device_identity_by_key
 from ingest.parsing import IngestError
 from ingest.service import Ingest
-from storage.engine import DevicesGone
+from ingest.writer import DeviceDeleted
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Bridge:
         if error is None:
             self.stats.stored += 1
             self._ack(message)
-        elif isinstance(error, DevicesGone):
+        elif isinstance(error, DeviceDeleted):
             # Deleted since it was looked up: its redeliveries would fail the same way forever and hold the
             # session's receive window, so forget the key and ack the message as from an unknown device.
             key = device_key_of(message.topic)

@@ -11,14 +11,26 @@ import time
 import uuid
 from contextvars import ContextVar
 
-# ThingsBoard puts a device's token in the path: /api/v1/<TOKEN>/telemetry, /attributes, /rpc, ... So any segment
-# after /api/vN/ or /ws/vN/, in any case, 404s included, is treated as a token, except the hub's own named
-# routes (/api/v1/devices/<KEY>/..., /ws/v1/devices/<KEY>/stream, /ws/v1/fleet/stream), whose keys are not secret.
-_TOKEN_PATH = re.compile(r"(/(?:api|ws)/v\d+/)(?!(?:devices|fleet)(?:[/\s\"'?#]|$))[^/\s\"'?#]+", re.IGNORECASE)
+# ThingsBoard puts a device's token in the path: /api/v1/<TOKEN>/telemetry, /attributes, /rpc, ... So the first
+# segment after /api/vN/ or /ws/vN/, in any case, 404s included, is treated as a token, except the hub's own named
+# routes (the operator API's, /ws/v1/devices/<KEY>/stream, /ws/v1/fleet/stream), whose keys are not secret.
+# The path is read as a server would normalise it: empty and "." segments before it are skipped (//T, /./T).
+_NAMED_ROUTES = "devices|fleet|alerts|alert-rules|tokens|provisioning-profiles|provision|schema|docs"
+_TOKEN_PATH = re.compile(
+    rf"(/(?:api|ws)/v\d+/(?:\.?/)*)(?!(?:{_NAMED_ROUTES})(?:[/\s\"'?#]|$))[^/\s\"'?#]+", re.IGNORECASE
+)
+# A token in a query string or form field (`?token=T`, `access_token=T`, `password=T`: the MQTT password is one).
+_TOKEN_PARAMETER = re.compile(r"((?:^|[?&;\s\"'])(?:access_)?(?:token|password)=)[^&;\s\"'#]+", re.IGNORECASE)
+# Wherever else a token lands (a token sent where a device key goes, in a message body): the shape of every hub token
+# (`token_new`: 24 random bytes, 32 URL-safe characters) standing alone. A device key of exactly that shape is
+# redacted too: keys are not secret, so that costs a log line's detail, never a secret.
+_TOKEN_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32}(?![A-Za-z0-9_-])")
 
 
 def redact(text: str) -> str:
-    return _TOKEN_PATH.sub(r"\1***", text)
+    text = _TOKEN_PATH.sub(r"\1***", text)
+    text = _TOKEN_PARAMETER.sub(r"\1***", text)
+    return _TOKEN_SHAPED.sub("***", text)
 
 
 def _scrub(record: logging.LogRecord) -> None:

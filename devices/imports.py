@@ -16,11 +16,24 @@ CSV_COLUMNS = ("key", "name", "labels")
 
 def device_specs_from_csv(text: str) -> tuple[list[DeviceSpec], list[RowProblem]]:
     """The devices of a CSV whose header names `key` (required), `name` and `labels` (`site=north, model=tx`,
-    quoted), with the rows that could not be read."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    quoted), with the rows that could not be read. Lines may end in LF, CRLF or CR alone."""
+    if "\x00" in text:  # the csv module would read it, the database would refuse it
+        row = text[: text.index("\x00")].count("\n")
+        return [], [RowProblem(row, "", "row", "a NUL character: not text")]
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # "": every line ending is a line ending
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        return [], [RowProblem(0, "", "header", f"not CSV: {exc}")]
     if "key" not in header or set(header) - set(CSV_COLUMNS):
         return [], [RowProblem(0, "", "header", "the first line names the columns: key (required), name, labels")]
+    try:
+        return _specs(reader)
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a quote left open, ...
+        return [], [RowProblem(reader.line_num, "", "row", f"not CSV: {exc}")]
+
+
+def _specs(reader: csv.DictReader) -> tuple[list[DeviceSpec], list[RowProblem]]:
     specs, problems = [], []
     for row, fields in enumerate(reader, start=1):
         key = (fields.get("key") or "").strip()

@@ -17,6 +17,8 @@ from devices.models import Device, ProvisioningProfile
 from devices.services import DevicesRefused, RowProblem, device_create, device_problems
 from devices.tokens import token_hash, token_new
 
+MAX_DEVICES = 2**31 - 1  # what the column holds (a PositiveIntegerField)
+
 # Compared against when no profile has the key, so a wrong key costs what a wrong secret does.
 _NO_PROFILE_HASH = token_hash(token_new())
 
@@ -60,8 +62,8 @@ def provisioning_profile_create(
     problems = {}
     if found := labels_problems(profile.labels):
         problems["labels"] = "; ".join(found)
-    if max_devices is not None and max_devices < 1:
-        problems["max_devices"] = "at least 1 (leave it out for no limit)"
+    if max_devices is not None and not 1 <= max_devices <= MAX_DEVICES:
+        problems["max_devices"] = f"from 1 to {MAX_DEVICES} (leave it out for no limit)"
     try:
         profile.clean_fields(exclude=["labels", "secret_hash", "max_devices"])
     except ValidationError as exc:

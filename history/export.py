@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from asgiref.sync import sync_to_async
 
 from core.epoch import iso_ms
+from core.spreadsheet import cell_safe
 from history.selectors import HistoryQuery, readings_aggregate
 from storage.engine import Reads
 
@@ -30,9 +31,10 @@ async def csv_stream(
     if query.agg != "NONE":
         data = aggregated if aggregated is not None else await sync_to_async(readings_aggregate)(query, band=band)
         for key, points in data.items():
+            cell = cell_safe(key)
             for i in range(0, len(points), _CSV_CHUNK):
                 yield "".join(
-                    _csv_line([p["ts"], iso_ms(p["ts"]), key, p["value"], *([p["min"], p["max"]] if band else [])])
+                    _csv_line([p["ts"], iso_ms(p["ts"]), cell, p["value"], *([p["min"], p["max"]] if band else [])])
                     for p in points[i : i + _CSV_CHUNK]
                 ).encode()
         return

@@ -18,6 +18,7 @@ django_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - after Django set-up
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.urls import reverse  # noqa: E402
 
 from core.collector import collector_for_serving  # noqa: E402
 from core.protocol import Close  # noqa: E402
@@ -73,7 +74,11 @@ def protocol_router(role: Role) -> ProtocolTypeRouter:
     front may serve STATIC_ROOT instead (docs/deployment.md)."""
     return ProtocolTypeRouter(
         {
-            "http": BodyLimit(ASGIStaticFilesHandler(django_app)),
+            # The bulk import's body may be larger than any other request's (docs/api.md): its own limit.
+            "http": BodyLimit(
+                ASGIStaticFilesHandler(django_app),
+                larger={reverse("api:devices-bulk"): settings.HUB_API_BULK_MAX_BYTES},
+            ),
             "websocket": WebSocketCap(URLRouter(websocket_routes(role)), settings.HUB_MAX_CONNECTIONS),
         }
     )

@@ -1,10 +1,10 @@
-"""Request ids for the logs, and the Content-Security-Policy of every page."""
+"""Request ids for the logs, the Content-Security-Policy of every page, and query strings no handler can use."""
 
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from core.logs import request_id, request_id_from
 
@@ -24,18 +24,17 @@ class _AroundMiddleware:
     def __call__(self, request: HttpRequest):
         if self.is_async:
             return self._acall(request)
-        self.before(request)
-        response = cast(HttpResponse, self.get_response(request))  # a sync stack answers at once
+        response = self.before(request) or cast(HttpResponse, self.get_response(request))  # sync: answers at once
         self.after(response)
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        self.before(request)
-        response = await cast("Awaitable[HttpResponse]", self.get_response(request))  # an async stack's coroutine
+        response = self.before(request) or await cast("Awaitable[HttpResponse]", self.get_response(request))
         self.after(response)
         return response
 
-    def before(self, request: HttpRequest) -> None:
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        """An answer of its own (the view is not called), or None."""
         return None
 
     def after(self, response: HttpResponse) -> None:
@@ -51,6 +50,7 @@ class RequestIdMiddleware(_AroundMiddleware):
 
     def before(self, request: HttpRequest) -> None:
         request_id.set(request_id_from(request.headers.get("X-Request-ID")))
+        return None
 
     def after(self, response: HttpResponse) -> None:
         response["X-Request-ID"] = request_id.get()
@@ -74,6 +74,25 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+class RefuseNulMiddleware(_AroundMiddleware):
+    """400 for a NUL character in a query parameter's name or value, on every page and endpoint alike.
+
+    No key, name, label or number holds one, and PostgreSQL refuses it in text, so a NUL reaching a query became
+    a 500 (issue 22: `/?q=%00`, `/api/v1/alerts?device=%00`). The answer names the parameter; the API's in its
+    error shape."""
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        for name, values in request.GET.lists():
+            if "\x00" in name + "".join(values):
+                shown = name.replace("\x00", "")
+                message = f"{shown}: a NUL character is not allowed"
+                if request.path.startswith("/api/"):
+                    error = {"code": "invalid_parameter", "message": message, "parameter": shown}
+                    return JsonResponse({"error": error}, status=400)
+                return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+        return None
 
 
 class ContentSecurityPolicyMiddleware(_AroundMiddleware):

@@ -15,28 +15,34 @@ KeysOf = Callable[[int], Awaitable[list[str]]]
 
 
 class KeyBudget:
-    """`admit(device_id, readings)` or IngestError(too_many_keys); 0 turns the limit off."""
+    """`check(device_id, readings)` or IngestError(too_many_keys), then `admit` what an accepted message added;
+    0 turns the limit off."""
 
     def __init__(self, limit: int, keys_of: KeysOf) -> None:
         self.limit = limit
         self._keys_of = keys_of
         self._known: dict[int, set[str]] = {}
 
-    async def admit(self, device_id: int, readings: Sequence[Reading]) -> None:
+    async def check(self, device_id: int, readings: Sequence[Reading]) -> set[str]:
+        """The keys of `readings` new to the device; raises IngestError when they would pass the budget. Counts
+        nothing: a message refused later (its rate) must not use up keys it never stored."""
         if self.limit <= 0:
-            return
+            return set()
         known = self._known.get(device_id)
         if known is None:
             stored = set(await self._keys_of(device_id))
             known = self._known.setdefault(device_id, stored)  # another message may have loaded it meanwhile
         new = {r.key for r in readings if r.key not in known}
-        if not new:
-            return
-        if len(known) + len(new) > self.limit:
+        if new and len(known) + len(new) > self.limit:
             key = next(r.key for r in readings if r.key in new)
             raise IngestError(
                 ErrorCode.TOO_MANY_KEYS,
                 f"the device has {len(known)} keys and may have at most {self.limit}: {key!r} would be a new one",
                 key=key,
             )
-        known |= new
+        return new
+
+    def admit(self, device_id: int, new: set[str]) -> None:
+        """The message that brought `new` keys was accepted: they count from now on."""
+        if new:
+            self._known.setdefault(device_id, set()).update(new)

@@ -39,8 +39,9 @@ class Ingest:
         """
         try:
             readings = parse_telemetry(body, now_ms=now_ms(), limits=self.limits)
-            await self._keys.admit(device.id, readings)
+            new_keys = await self._keys.check(device.id, readings)
             self._limiter.take(device.id, len(readings))
+            self._keys.admit(device.id, new_keys)  # counted once nothing refuses the message
         except IngestError as error:
             metrics.MESSAGES_REJECTED.labels(transport, error.code).inc()
             raise

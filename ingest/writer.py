@@ -48,6 +48,11 @@ class WriterClosed(Exception):
     """The writer is shutting down; the readings were not committed (and must not be acked)."""
 
 
+class DeviceDeleted(Exception):
+    """The device was deleted before its readings committed: nothing of them is stored, and its token no longer
+    authenticates (HTTP 401, WebSocket 4403, MQTT rejected): a resend would be refused too."""
+
+
 class PreviousFlushFailed(Exception):
     """The flush before this one did not commit: this one rolls back and is retried after it."""
 
@@ -236,7 +241,7 @@ class Writer:
             except DevicesGone as gone:
                 # Fail only the deleted devices' readings (their sockets get closed); store the others.
                 logger.warning("writer: %s; their readings are refused", gone)
-                taken = _fail(taken, gone, gone.device_ids)
+                taken = _fail(taken, DeviceDeleted(str(gone)), gone.device_ids)
             except Exception as exc:
                 if self._backend.refuses(exc):
                     return await self._isolate(taken, exc)

@@ -21,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from core.epoch import from_epoch_ms
+from core.spreadsheet import cell_safe
 from storage.engine import ALONE, RAW, ROLLUPS, Backend, Batch, DevicesGone, RawRange, Reads, Turn, delete_in_batches
 
 
@@ -232,7 +233,7 @@ class PostgresBackend:
 _CSV = """
     COPY (
         SELECT (extract(epoch FROM ts) * 1000)::bigint,
-               to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), key, value
+               to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), %s::text, value
         FROM ingest_reading WHERE device_id = %s AND key = %s AND ts >= %s AND ts < %s
         ORDER BY ts {order} LIMIT %s
     ) TO STDOUT (FORMAT csv)
@@ -253,7 +254,8 @@ class PostgresReads:
 
     async def csv_raw(self, query: RawRange, key: str) -> AsyncIterator[bytes]:
         statement = _CSV.format(order="DESC" if query.newest_first else "ASC")
-        params = (query.device_id, key, from_epoch_ms(query.start), from_epoch_ms(query.end), query.limit)
+        start, end = from_epoch_ms(query.start), from_epoch_ms(query.end)
+        params = (cell_safe(key), query.device_id, key, start, end, query.limit)
         async with self._pool.connection() as conn, conn.cursor() as cursor, cursor.copy(statement, params) as copy:
             async for data in copy:
                 yield bytes(data)

@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from core.epoch import from_epoch_ms, iso_ms
+from core.spreadsheet import cell_safe
 from storage.engine import ALONE, RAW, Backend, Batch, DevicesGone, RawRange, Reads, Turn, delete_in_batches
 
 
@@ -97,13 +98,14 @@ class SqliteReads:
     async def csv_raw(self, query: RawRange, key: str) -> AsyncIterator[bytes]:
         after: str | None = None
         remaining = query.limit
+        cell = cell_safe(key)
         while remaining > 0:
             page = await sync_to_async(self._page)(query, key, after, min(remaining, self._PAGE))
             if not page:
                 return
             remaining -= len(page)
             after = page[-1][2]
-            yield "".join(f"{ms},{iso_ms(ms)},{key},{value}\n" for ms, value, _ts in page).encode()
+            yield "".join(f"{ms},{iso_ms(ms)},{cell},{value}\n" for ms, value, _ts in page).encode()
 
     def _page(self, query: RawRange, key: str, after: str | None, size: int) -> list[tuple[int, float, str]]:
         order, beyond = ("DESC", "<") if query.newest_first else ("ASC", ">")

@@ -9,10 +9,12 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, connections
 
 from core.collector import collector_for_serving
@@ -23,6 +25,7 @@ from hub.roles import Role
 from hub.runtime import HubRuntime, hub_runtime
 from hub.server import server_started, uvicorn_options
 from testkit.process import ROOT, HubProcess, free_port
+from tests.inprocess import in_process_client
 from tests.services import MQTT_URL, POSTGRES_URL, REDIS_URL, need
 
 # tests.engines: the `engine` fixture (storage tests on PostgreSQL and TimescaleDB); tests.browser_pages: `page`,
@@ -158,6 +161,24 @@ def operator_cookie(transactional_db) -> str:
 
     get_user_model().objects.create_user("operator", password="pw")
     return session_cookie("operator")
+
+
+@pytest.fixture
+def operator_user(transactional_db):
+    """An operator (not staff) of the test database."""
+    return get_user_model().objects.create_user("ops", password="pw")
+
+
+@pytest.fixture
+async def browser(runtime, operator_user) -> AsyncIterator[httpx.AsyncClient]:
+    """A logged-in operator's browser, of the in-process hub: session cookie and the CSRF cookie a page sets (`csrf`
+    holds its value, to send as X-CSRFToken, as a page's script would)."""
+    async with in_process_client(runtime) as client:
+        name, _, value = (await sync_to_async(session_cookie)(operator_user.username)).partition("=")
+        client.cookies.set(name, value)
+        assert (await client.get("/login/")).status_code in (200, 302)  # sets the csrftoken cookie
+        client.csrf = client.cookies[settings.CSRF_COOKIE_NAME]
+        yield client
 
 
 @pytest.fixture(scope="session")

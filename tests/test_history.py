@@ -201,6 +201,20 @@ async def test_csv_is_exactly_the_json_and_streams(api, dataset):
         assert rows[1][1].endswith("Z"), "UTC timestamps"
 
 
+async def test_a_key_a_spreadsheet_would_run_is_exported_as_text(api, live_hub, make_device):
+    """Issue 22: a key starting with `-` (or `=`, `+`, `@`) goes into CSV cells with a leading `'` (OWASP), raw and
+    aggregated alike; the JSON answer keeps the key as it is, and values stay numbers (a negative one too)."""
+    made = await sync_to_async(make_device)()
+    t0 = hour_floor(now_ms()) - 2 * HOUR
+    await store(live_hub.runtime.writer, made, [R(t0 + i * 1000, "-1-1", -float(i)) for i in range(5)])
+    url = f"/api/v1/devices/{made.key}/telemetry"
+    for params in ({"start": t0, "end": t0 + HOUR}, {"start": t0, "end": t0 + HOUR, "agg": "SUM", "interval": HOUR}):
+        assert list((await api.get(url, params=params)).json()["data"]) == ["-1-1"]
+        rows = list(csv.reader(io.StringIO((await api.get(f"{url}.csv", params=params)).text)))
+        assert {row[2] for row in rows[1:]} == {"'-1-1"}, rows[:3]
+        assert all(float(row[3]) <= 0 for row in rows[1:]), "values are numbers, negative ones too"
+
+
 async def test_buckets_and_csv_times_are_utc_whatever_the_time_zones(api, dataset, settings, monkeypatch):
     """Everything in the API is UTC: with the hub and a database session at UTC+05:30, hour and day buckets
     still start on UTC hours and midnights, and CSV times are UTC. Only the page shows local time."""

@@ -233,7 +233,7 @@ async def test_a_deleted_devices_messages_are_acked_as_rejected(make_device, bri
     """A device is deleted while two devices publish: its later messages are PUBACKed as unknown_device (not
     left unacknowledged, filling the bridge's receive window), and every message of the other is stored.
 
-    The device cache is trusted for an hour here: only the commit's DevicesGone can tell the bridge."""
+    The device cache is trusted for an hour here: only the commit's DeviceDeleted can tell the bridge."""
     keep, gone = [await sync_to_async(make_device)(f"{name}{RUN}") for name in ("keep", "gone")]
     window = {"HUB_MQTT_RECEIVE_MAXIMUM": "20", "HUB_MQTT_DEVICE_CACHE_SECONDS": "3600"}
     bridge = await bridges(broker.url, "deleted", **window).start().subscribed()

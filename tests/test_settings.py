@@ -53,6 +53,45 @@ def test_tokens_are_redacted_from_paths():
     assert redact("Not Found: /API/v2/s3cr3t/rpc?x=1") == "Not Found: /API/v2/***/rpc?x=1"
 
 
+TOKEN = "Zq3-vT9_kLm2Xw8aBc4dEf5GhJ6kP7rS"  # the shape of every hub token: 32 URL-safe characters
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "POST /api/v1/{t}/telemetry",
+        "POST /api/v1//{t}/telemetry",
+        "POST /api/v1/./{t}/telemetry",
+        "POST /api/v1/.//{t}/telemetry",
+        "GET /API/V1/{t}/attributes?clientKeys=a",
+        "POST /api/v2/{t}/rpc",
+        "GET /ws/v1//{t}/telemetry",
+        "GET /ws/v1/./{t}/telemetry",
+        "POST /api/v1/devices/{t}/telemetry",
+        "GET /devices/{t}/history/",
+        "POST /telemetry?token={t}",
+        "POST /api/v1/telemetry?access_token={t}&x=1",
+        "mqtt CONNECT username=dev password={t}",
+        "Not Found: /api/v1/{t}",
+        "'{t}'",
+        'body {{"token": "{t}"}}',
+        "/api/v1/{t}%2Ftelemetry",
+    ],
+)
+def test_no_spelling_of_a_token_survives_redaction(spelling):
+    """However a client spells the path (extra slashes, dot segments, case, versions), or wherever else the token
+    lands (a device key's place, a query string, a password, a body), the logged line holds no token."""
+    line = spelling.format(t=TOKEN)
+    assert TOKEN not in redact(line), redact(line)
+    assert "***" in redact(line)
+
+
+def test_what_is_not_a_token_is_left_alone():
+    for line in ("/ws/v1/devices/kitchen/stream", "/api/v1/devices/boiler-2/telemetry?keys=temperature,humidity",
+                 "GET /api/v1/schema", "writer: batch of 20000 readings"):  # fmt: skip
+        assert redact(line) == line
+
+
 def test_records_are_scrubbed_as_they_are_made_for_every_handler(caplog):
     """Any handler (pytest's here, which has no filter) gets the record already scrubbed, arguments included."""
     caplog.set_level(logging.INFO)

@@ -16,7 +16,7 @@ from devices.models import Device
 from devices.services import DeviceIdentity
 from ingest.parsing import ErrorCode, IngestError
 from ingest.parsing import Reading as R
-from ingest.writer import Writer, WriterClosed, WriterConfig
+from ingest.writer import DeviceDeleted, Writer, WriterClosed, WriterConfig
 from storage.engine import ALONE, Batch, DevicesGone, LatestRow, Turn
 from storage.engines import POSTGRES
 from storage.models import Reading
@@ -165,7 +165,7 @@ async def test_a_deleted_devices_readings_are_refused_and_the_rest_of_the_flush_
     stored_future = await writer.submit(DeviceIdentity(kept.id, kept.key), readings(5))
     refused_future = await writer.submit(DeviceIdentity(gone.id, gone.key), readings(5))
     await asyncio.wait_for(stored_future, 10)
-    with pytest.raises(DevicesGone):
+    with pytest.raises(DeviceDeleted):
         await asyncio.wait_for(refused_future, 10)
     await writer.drain()
     assert await stored(kept.id) == 5
@@ -214,7 +214,7 @@ async def test_deleting_a_device_around_its_flush_leaves_no_reading_behind(make_
         await eventually(waiting_for_a_lock, what="the flush to wait for the deleting transaction's lock")
         assert not late.done(), "the flush waits for the deleting transaction"
         await deleting.commit()
-    with pytest.raises(DevicesGone):
+    with pytest.raises(DeviceDeleted):
         await asyncio.wait_for(late, 10)
     await writer.drain()
     assert await stored(device.id) == 0

@@ -35,17 +35,19 @@ INGEST_PATH = re.compile(r"/api/v1/(?!devices/)([^/]+)/telemetry")
 
 
 class BodyLimit:
-    """ASGI middleware for HTTP: authenticate device ingest before its body, and bound every body."""
+    """ASGI middleware for HTTP: authenticate device ingest before its body, and bound every body (`larger`: the
+    paths whose bodies may exceed Django's DATA_UPLOAD_MAX_MEMORY_SIZE, and their own limit)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, larger: Mapping[str, int] | None = None) -> None:
         self.app = app
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id.set(request_id_from((_header(scope, b"x-request-id") or b"").decode("latin-1")))
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        limit = self.larger.get(scope["path"], settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         match = INGEST_PATH.fullmatch(scope["path"])
         transports = transports_in(scope) if match and scope["method"] == "POST" else None
         if match and transports is not None:

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from devices.services import device_authenticate
 from ingest.parsing import ErrorCode, IngestError
-from ingest.writer import WriterClosed
+from ingest.writer import DeviceDeleted, WriterClosed
 from transports.shared import transports_in
 
 DEVICE_SCOPE_KEY = "hub.device"  # set by transports/bodies.py, which authenticated the device before its body
@@ -54,6 +54,8 @@ async def telemetry_post(request: ASGIRequest, token: str) -> JsonResponse:
         return JsonResponse({"error": {**error.as_dict(), "retry": status == 429}}, status=status)
     except WriterClosed:
         return _error(503, "unavailable", "the hub is shutting down; retry", retry=True)
+    except DeviceDeleted:
+        return _error(401, "unauthorized", "unknown device token (the device was deleted)")
     except Exception:
         logger.exception("HTTP ingest for device %s failed at commit", device.key)
         return _error(500, "storage_failed", "the readings were not stored; retry later", retry=True)

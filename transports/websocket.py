@@ -11,7 +11,7 @@ from core.protocol import Close
 from devices.services import DeviceIdentity, device_authenticate
 from ingest.parsing import ErrorCode, IngestError
 from ingest.service import Ingest
-from ingest.writer import WriterClosed
+from ingest.writer import DeviceDeleted, WriterClosed
 from transports.acks import AckSequencer
 from transports.revocation import OpenSockets
 from transports.shared import transports_in
@@ -93,5 +93,10 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
         await self.close(code=Close.TOKEN_REVOKED)
 
     async def _on_commit_failure(self, exc: BaseException) -> None:
-        code = Close.SERVICE_RESTART if isinstance(exc, WriterClosed) else Close.INTERNAL_ERROR
+        if isinstance(exc, DeviceDeleted):
+            code = Close.TOKEN_REVOKED  # as a rotated token: the device must not send again with it
+        elif isinstance(exc, WriterClosed):
+            code = Close.SERVICE_RESTART
+        else:
+            code = Close.INTERNAL_ERROR
         await self.close(code=code)

@@ -7,18 +7,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.test import Client
 
 from api.credentials import api_token_create
 from hub.runtime import HubRuntime
 from tests.inprocess import ORIGIN, in_process, in_process_client
-
-
-@pytest.fixture
-def operator_user(transactional_db):
-    return get_user_model().objects.create_user("ops", password="pw")
 
 
 def token_client(runtime: HubRuntime, token: str) -> httpx.AsyncClient:
@@ -47,23 +39,6 @@ async def reader(runtime, operator_user) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def anonymous(runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with in_process_client(runtime) as client:
-        yield client
-
-
-@pytest.fixture
-async def browser(runtime, operator_user) -> AsyncIterator[httpx.AsyncClient]:
-    """A logged-in operator's browser: session cookie and the CSRF cookie a page sets (`csrf` holds its value,
-    to send as X-CSRFToken, as a page's script would)."""
-
-    def session_cookie() -> str:
-        client = Client()
-        client.force_login(operator_user)
-        return client.cookies[settings.SESSION_COOKIE_NAME].value
-
-    async with in_process_client(runtime) as client:
-        client.cookies.set(settings.SESSION_COOKIE_NAME, await sync_to_async(session_cookie)())
-        assert (await client.get("/login/")).status_code in (200, 302)  # sets the csrftoken cookie
-        client.csrf = client.cookies[settings.CSRF_COOKIE_NAME]
         yield client
 
 

@@ -7,6 +7,7 @@ import io
 import os
 from datetime import timedelta
 
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
@@ -193,6 +194,18 @@ async def test_bulk_over_its_limits_is_413(writer, settings):
     settings.HUB_API_MAX_BODY_BYTES = 1024
     assert error(await writer.post("/api/v1/devices", json={"key": "k", "name": "n" * 2000}), 413)
     assert await Device.objects.acount() == 0
+
+
+async def test_a_bulk_import_larger_than_djangos_upload_limit_is_taken_whole(writer, settings):
+    """Issue 22: the bulk import's own limit (HUB_API_BULK_MAX_BYTES, 32 MiB), not Django's 2.5 MiB, bounds its body:
+    10,000 devices in a 3 MiB body are created, none cut off."""
+    labels = {"site": "north-plant-building-a-floor-2", "model": "tx-9000-series-revision-c", "owner": "maintenance"}
+    devices = [{"key": f"big-{i:05d}", "name": f"{i:05d}".ljust(200, "n"), "labels": labels} for i in range(10_000)]
+    body = orjson.dumps({"devices": devices})
+    assert settings.DATA_UPLOAD_MAX_MEMORY_SIZE < len(body) < settings.HUB_API_BULK_MAX_BYTES, len(body)
+    answer = await writer.post("/api/v1/devices/bulk", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 201, answer.text[:300]
+    assert len(answer.json()["devices"]) == 10_000 and await Device.objects.acount() == 10_000
 
 
 async def test_a_session_writes_only_with_its_csrf_token(browser):

@@ -13,6 +13,8 @@ from asgiref.sync import sync_to_async
 
 from clients.device import DeviceClient
 from core.epoch import now_ms
+from devices.services import DeviceIdentity
+from ingest.parsing import ErrorCode, IngestError
 from tests.conftest import served_hub
 from tests.hostile.common import still_serving, stored
 from tests.ledger import bystanders
@@ -109,3 +111,21 @@ async def test_a_connection_flood_is_refused_past_the_limit(transactional_db, ma
         cap = hub.app.router.application_mapping["websocket"]
         await eventually(lambda: cap.open == 0, what="closed sockets to leave the count")
         await still_serving(hub, device.token)
+
+
+@pytest.mark.hub_settings(HUB_MAX_KEYS_PER_DEVICE=3, HUB_DEVICE_RATE_LIMIT=2, HUB_DEVICE_RATE_BURST=2)
+async def test_a_message_the_rate_limit_refuses_uses_none_of_the_key_budget(runtime, make_device):
+    """Issue 22: a message refused for its rate stores nothing, so its new keys count against nothing either: once
+    the bucket refills, keys within the budget are taken (before, the refused keys had used it up)."""
+    made = await sync_to_async(make_device)()
+    device = DeviceIdentity(made.id, made.key)
+    ingest = runtime.ingest
+    await (await ingest.message(device=device, body='{"a": 1}', transport="ws"))  # keys {a}; one token left
+    with pytest.raises(IngestError) as refused:
+        await ingest.message(device=device, body='{"b": 1, "c": 2}', transport="ws")  # two readings, one token
+    assert refused.value.code == ErrorCode.RATE_LIMITED
+    await asyncio.sleep(1.1)  # the bucket refills (2 readings/s): the scenario, not a wait for an event
+    await (await ingest.message(device=device, body='{"d": 1, "e": 2}', transport="ws"))  # {a, d, e}: 3 of 3
+    with pytest.raises(IngestError) as over:
+        await ingest.message(device=device, body='{"f": 1}', transport="ws")
+    assert over.value.code == ErrorCode.TOO_MANY_KEYS

@@ -9,9 +9,12 @@ import orjson
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
+from channels.testing.websocket import WebsocketCommunicator
 
+from devices.models import Device
 from devices.services import device_token_rotate
 from tests.conftest import database_url_for_tests
+from tests.inprocess import in_process, in_process_client
 from tests.ledger import bystanders
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -41,12 +44,14 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
     attributes and rpc paths, other cases and versions, 404s, WebSockets, refused bodies. Its whole log holds none of
     the tokens (nor those of two devices sending beside it), though it logs each request (the token as ***)."""
     devices = [await sync_to_async(make_device)() for _ in range(4)]
-    unknown = "unknown-TOKEN-0123456789"
+    unknown = "unknown-TOKEN-0123456789abcdefgh"  # a token's shape (32 characters), of no device
     tokens = [d.token for d in devices] + [unknown]
     hub = await hub_process(HUB_DATABASE_URL=database_url_for_tests(), HUB_LOG_LEVEL="DEBUG").start().ready()
     seen = bystanders(hub, (devices[2].key, devices[2].token), (devices[3].key, devices[3].token))
     paths = ["/api/v1/{}/telemetry", "/api/v1/{}/attributes", "/api/v1/{}/rpc", "/api/v1/{}/Telemetry",
-             "/API/v1/{}/telemetry", "/api/v2/{}/telemetry", "/api/v1/{}", "/api/v1/{}/telemetry?x=1"]  # fmt: skip
+             "/API/v1/{}/telemetry", "/api/v2/{}/telemetry", "/api/v1/{}", "/api/v1/{}/telemetry?x=1",
+             "/api/v1//{}/telemetry", "/api/v1/./{}/telemetry", "/api/v1/devices/{}/telemetry",
+             "/devices/{}/", "/api/v1/telemetry?token={}"]  # fmt: skip
     async with seen as seen, httpx.AsyncClient(base_url=hub.http) as client:
         for token in tokens[:2] + [unknown]:
             for path in paths:
@@ -54,7 +59,7 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
                 await client.get(path.format(token))
             await client.post(f"/api/v1/{token}/telemetry", content=b"x" * 70_000)  # 413
             await client.post(f"/api/v1/{token}/telemetry", content=b"{not json")  # 400
-            for path in ("/ws/v1/{}/telemetry", "/ws/v1/{}/attributes", "/WS/v1/{}/telemetry"):
+            for path in ("/ws/v1/{}/telemetry", "/ws/v1/{}/attributes", "/WS/v1/{}/telemetry", "/ws/v1//{}/telemetry"):
                 with contextlib.suppress(websockets.InvalidStatus):
                     async with websockets.connect(f"{hub.ws}{path.format(token)}") as ws:
                         await ws.send("{bad")
@@ -65,3 +70,21 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
     assert log.count("/api/v1/***/attributes") >= 6 and "/ws/v1/***/attributes" in log, log[-3000:]
     leaked = [token for token in tokens if token in log]
     assert leaked == [], [line for line in log.splitlines() if any(t in line for t in leaked)][:5]
+
+
+@pytest.mark.hub_settings(HUB_WRITER_FLUSH_MS=400)
+async def test_a_device_deleted_while_it_sends_is_told_its_token_is_gone(runtime, make_device):
+    """Issue 22: readings in flight when their device is deleted are refused as its token now is: HTTP 401 (not a
+    500 inviting a retry) and the socket closed with 4403 (not 1011). Flushes wait 400 ms here: the deletion lands
+    while the readings wait for theirs."""
+    http_device, ws_device = [await sync_to_async(make_device)() for _ in range(2)]
+    socket = WebsocketCommunicator(in_process(runtime), f"/ws/v1/{ws_device.token}/telemetry")
+    assert (await socket.connect())[0]
+    async with in_process_client(runtime) as client:
+        posted = asyncio.create_task(client.post(f"/api/v1/{http_device.token}/telemetry", content=b'{"x": 1}'))
+        await socket.send_to(text_data='{"x": 1}')
+        await asyncio.sleep(0.1)  # both are queued for the next flush
+        await sync_to_async(Device.objects.filter(id__in=[http_device.id, ws_device.id]).delete)()
+        answer = await asyncio.wait_for(posted, 10)
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "unauthorized", answer.text
+    assert await socket.receive_output(10) == {"type": "websocket.close", "code": 4403}

@@ -5,6 +5,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils.timezone import now as django_now
 
+from alerts.destinations import webhook_url_problem
 from storage.models import LatestValue
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -73,3 +74,28 @@ async def test_webhooks_cannot_be_pointed_inside_the_hubs_network(make_device, s
     assert rows == {refused: "failed", sent: "sent"} and error.startswith("refused: "), (rows, error)
     assert len(receiver.received) == 1 and receiver.received[0][0]["Host"] == receiver.url.split("/")[2]
     receiver.close()
+
+
+@pytest.mark.parametrize(
+    "inside",
+    [
+        "http://[64:ff9b::7f00:1]/",  # NAT64 (RFC 6052's well-known prefix) of 127.0.0.1
+        "http://[64:ff9b:1::a00:1]/",  # NAT64, the local-use prefix, of 10.0.0.1
+        "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/",  # 6to4 of 169.254.169.254 (cloud metadata)
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",  # Teredo, client 127.0.0.1
+        "http://[::ffff:10.1.2.3]/",  # IPv4-mapped
+        "http://[::127.0.0.1]/",  # IPv4-compatible (deprecated)
+    ],
+)
+def test_ipv6_forms_of_an_inside_address_are_refused(inside, settings):
+    """Issue 22: every IPv6 form that embeds an IPv4 address is judged by that address too."""
+    settings.HUB_ALERT_WEBHOOK_ALLOW = []
+    problem = webhook_url_problem(inside)
+    assert problem is not None and "inside the hub's network" in problem, (inside, problem)
+
+
+def test_public_ipv6_and_nat64_of_a_public_address_are_allowed(settings):
+    settings.HUB_ALERT_WEBHOOK_ALLOW = []
+    for public in ("http://[2606:4700:4700::1111]/", "http://[64:ff9b::808:808]/"):  # Cloudflare; NAT64 of 8.8.8.8
+        assert webhook_url_problem(public) is None, public
