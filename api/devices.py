@@ -133,7 +133,8 @@ class DeviceBulk(APIView):
         if isinstance(request.data, str):
             specs, problems = device_specs_from_csv(request.data)
         else:
-            specs, problems = device_specs_from_json(body_fields(request, types={"devices": list})["devices"])
+            fields = body_fields(request, types={"devices": list}, required=["devices"])  # an empty body too
+            specs, problems = device_specs_from_json(fields["devices"])
         if len(specs) > settings.HUB_API_BULK_MAX_DEVICES:
             limit = settings.HUB_API_BULK_MAX_DEVICES
             raise ApiError(413, "too_many_devices", f"{len(specs)} devices; at most {limit} per request")

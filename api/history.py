@@ -7,7 +7,9 @@ stream, and their parameters are still Django forms (api/params.py). Function na
 unchanged; a new endpoint here takes `@history_endpoint(...)` and keeps `_device_or_error`."""
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
+import orjson
 from asgiref.sync import sync_to_async
 from django import forms
 from django.db import connections
@@ -18,19 +20,15 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 
 from api.credentials import operator_of
+from api.models import ApiToken
 from api.params import HistoryParams, WindowParams
-from core.state import runtime_in
 from devices.models import Device
-from history.export import csv_stream
-from history.selectors import (
-    HistoryQuery,
-    keys_of_device,
-    readings_aggregate,
-    readings_latest,
-    readings_raw,
-    readings_window,
-    window_interval,
-)
+from history.admission import Admitted, HistoryReads, ReadsFull, history_in
+from history.answers import BadCursor, Cursor, aggregate_page, raw_page, window_answer
+from history.export import aggregate_csv, csv_stream
+from history.selectors import WINDOW_TAIL_POINTS, HistoryQuery, bucket_bounds, keys_of_device, readings_latest
+from storage.engine import ReadTimedOut
+from storage.engines import engine
 
 
 def _error(status: int, code: str, message: str, **extra: object) -> JsonResponse:
@@ -89,8 +87,55 @@ def _asked(request: HttpRequest, key: str, form: forms.Form) -> tuple[Device, di
     return device, form.cleaned_data, asked or known
 
 
+def json_with_text(head: dict, name: str, texts: dict[str, str], tail: dict) -> HttpResponse:
+    """A JSON object: `head`'s fields, then `name` holding an object of JSON texts the database built (put in as
+    they are: the points are never decoded and encoded again here), then `tail`'s fields."""
+    parts = [orjson.dumps(head)[:-1], b',"', name.encode(), b'":{']
+    parts.append(b",".join(orjson.dumps(key) + b":" + text.encode() for key, text in texts.items()))
+    parts.append(b"}")
+    parts += [b"," + orjson.dumps(key) + b":" + orjson.dumps(value) for key, value in tail.items()]
+    parts.append(b"}")
+    return HttpResponse(b"".join(parts), content_type="application/json")
+
+
+def _client(request: Request) -> tuple[str, int]:
+    """Who a heavy read counts against: the API token, else the logged-in operator."""
+    token = getattr(request, "auth", None)
+    return ("token", token.id) if isinstance(token, ApiToken) else ("user", request.user.id)
+
+
+def _admitted(request: Request, history: HistoryReads, points: int) -> Admitted | JsonResponse | None:
+    """A slot when the answer may hold more than light_points (None when it cannot), or the 429 answer."""
+    if points <= history.config.light_points:
+        return None
+    try:
+        return history.admission.admit(_client(request))
+    except ReadsFull as full:
+        answer = _error(429, "too_many_reads", str(full), retry=True)
+        answer["Retry-After"] = str(full.retry_after)
+        return answer
+
+
+def _timed_out(history: HistoryReads) -> JsonResponse:
+    seconds = history.config.timeout_seconds
+    message = f"the query ran past {seconds:g} s: ask for less (a shorter range, fewer keys)"
+    answer = _error(503, "read_timeout", message, retry=True)
+    answer["Retry-After"] = "5"
+    return answer
+
+
+def _cursor(params: dict, keys: list[str]) -> Cursor | None | JsonResponse:
+    if not params["cursor"]:
+        return None
+    try:
+        return Cursor.decode(params["cursor"], keys=len(keys))
+    except BadCursor as bad:
+        return _error(400, "invalid_parameter", f"cursor: {bad}", parameter="cursor")
+
+
 @history_endpoint(
-    "A device's stored readings, raw or aggregated (docs/history.md); `.csv`: the same points streamed as CSV",
+    "A device's stored readings, raw or aggregated (docs/history.md); `.csv`: the same points streamed as CSV. An "
+    "answer holds at most HUB_HISTORY_MAX_POINTS points: `next` is the cursor of the rest (null: complete)",
     parameters=HISTORY_PARAMETERS,
     csv=True,
 )
@@ -99,6 +144,10 @@ def telemetry_history(request: Request, key: str, fmt: str = "json") -> HttpResp
     if isinstance(asked, JsonResponse):
         return asked
     device, params, keys = asked
+    cursor = _cursor(params, keys)
+    if isinstance(cursor, JsonResponse):
+        return cursor
+    history = history_in(request.scope)
     query = HistoryQuery(
         device_id=device.id,
         keys=tuple(keys),
@@ -110,19 +159,75 @@ def telemetry_history(request: Request, key: str, fmt: str = "json") -> HttpResp
         newest_first=params["order"] == "desc",
     )
     if fmt == "csv":
-        aggregated = None if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
-        reads = runtime_in(request.scope).reads  # the ASGI request's scope, through REST framework's Request
-        stream = csv_stream(query, reads=reads, band=params["band"], aggregated=aggregated)
-        response = StreamingHttpResponse(_released_on_failure(stream), content_type="text/csv")
-        response["Content-Disposition"] = f'attachment; filename="{device.key}-{query.start}-{query.end}.csv"'
-        return response
-    data = readings_raw(query) if query.agg == "NONE" else readings_aggregate(query, band=params["band"])
-    meta = {"start": query.start, "end": query.end, "agg": query.agg, "interval": query.interval}
-    return JsonResponse({"device": device.key, **meta, "data": data})
+        return _csv(request, device, query, band=params["band"], history=history)
+    budget = history.config.max_points
+    most = len(keys) * (query.limit if query.agg == "NONE" else _buckets(query))
+    slot = _admitted(request, history, min(most, budget))
+    if isinstance(slot, JsonResponse):
+        return slot
+    try:
+        with engine().bounded(history.config.timeout_seconds):
+            if query.agg == "NONE":
+                page = raw_page(query, budget=budget, cursor=cursor)
+            else:
+                page = aggregate_page(query, budget=budget, band=params["band"], cursor=cursor)
+        head = {
+            "device": device.key,
+            "start": query.start,
+            "end": query.end,
+            "agg": query.agg,
+            "interval": query.interval,
+        }
+        return json_with_text(head, "data", page.data, {"next": page.next.encode() if page.next else None})
+    except ReadTimedOut:
+        return _timed_out(history)
+    finally:
+        if slot is not None:
+            slot.release()
 
 
-async def _released_on_failure(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Re-raises a failure midway (the server then cuts the response short: the client sees it), after giving back
+def _buckets(query: HistoryQuery) -> int:
+    assert query.interval  # noqa: S101 - an aggregate's interval: set by HistoryParams
+    start, end = bucket_bounds(query.start, query.end, query.interval)
+    return (end - start) // query.interval
+
+
+def _csv(
+    request: Request, device: Device, query: HistoryQuery, *, band: bool, history: HistoryReads
+) -> HttpResponse | StreamingHttpResponse:
+    """The whole answer (every page) as CSV, streamed; at most HUB_HISTORY_CSV_MAX_ROWS raw rows across its keys (a
+    key's `limit` is capped at its share: the X-Hub-Rows-Per-Key header says how many)."""
+    per_key = min(query.limit, max(1, history.config.csv_rows // max(1, len(query.keys))))
+    query = replace(query, limit=per_key)
+    slot = _admitted(request, history, history.config.light_points + 1)  # an export is always heavy
+    if isinstance(slot, JsonResponse):
+        return slot
+    assert slot is not None  # noqa: S101 - heavy, so admitted or refused
+    config = history.config
+    try:  # an aggregate's first page before the answer starts: a failure is an answer, not a body cut short
+        first = None
+        if query.agg != "NONE":
+            first = aggregate_csv(
+                query, band=band, budget=config.max_points, timeout=config.timeout_seconds, cursor=None
+            )
+    except ReadTimedOut:
+        slot.release()
+        return _timed_out(history)
+    except BaseException:
+        slot.release()
+        raise
+    stream = csv_stream(
+        query, reads=history.stream, band=band, first=first, budget=config.max_points, timeout=config.timeout_seconds
+    )
+    response = StreamingHttpResponse(_released(stream, slot), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{device.key}-{query.start}-{query.end}.csv"'
+    response["X-Hub-Rows-Per-Key"] = str(per_key)
+    return response
+
+
+async def _released(stream: AsyncIterator[bytes], slot: Admitted) -> AsyncIterator[bytes]:
+    """The stream, its read slot given back when it ends however it ends (sent whole, failed, or its client gone).
+    A failure midway is re-raised (the server then cuts the response short: the client sees it), after giving back
     this request's database connection, which Django gives back only when a response completes."""
     try:
         async for chunk in stream:
@@ -130,10 +235,13 @@ async def _released_on_failure(stream: AsyncIterator[bytes]) -> AsyncIterator[by
     except BaseException:
         await sync_to_async(connections.close_all)()  # the request's own thread: where the view queried
         raise
+    finally:
+        slot.release()
 
 
 @history_endpoint(
-    "A live chart's window: per key min/max buckets of about a pixel, then the newest raw readings",
+    "A live chart's window: per key min/max buckets of about a pixel, then the newest raw readings (at most "
+    "HUB_HISTORY_MAX_POINTS in all: with many keys, fewer pixels and a shorter raw tail each; `px`, `tail` say)",
     parameters=[
         OpenApiParameter("keys", str, description="comma-separated; default: every numeric key the device has sent"),
         OpenApiParameter("start", int, description="ms since the epoch, UTC, inclusive"),
@@ -141,21 +249,28 @@ async def _released_on_failure(stream: AsyncIterator[bytes]) -> AsyncIterator[by
         OpenApiParameter("px", int, description="the chart's width in pixels: about one bucket each"),
     ],
 )
-def telemetry_window(request: HttpRequest, key: str) -> JsonResponse:
+def telemetry_window(request: Request, key: str) -> HttpResponse:
     """A live chart's window: per key min/max buckets of about one pixel for the older part, then the newest
-    raw readings (ingest/selectors.py readings_window); `newest` is where the live stream takes over."""
+    raw readings (history/answers.py window_answer); `newest` is where the live stream takes over."""
     asked = _asked(request, key, WindowParams(request.GET))
     if isinstance(asked, JsonResponse):
         return asked
     device, params, keys = asked
-    start, end = params["start"], params["end"]
-    interval = window_interval(start, end, params["px"])
-    window = readings_window(device_id=device.id, keys=keys, start=start, end=end, interval=interval)
-    series = {k: {"buckets": s.buckets, "raw": s.raw, "split": s.split} for k, s in window.items()}
-    newest = max((s.raw[-1][0] for s in window.values() if s.raw), default=None)
-    return JsonResponse(
-        {"device": device.key, "start": start, "end": end, "interval": interval, "newest": newest, "series": series}
-    )
+    history = history_in(request.scope)
+    start, end, budget = params["start"], params["end"], history.config.max_points
+    slot = _admitted(request, history, min(budget, len(keys) * (WINDOW_TAIL_POINTS + 2 * params["px"])))
+    if isinstance(slot, JsonResponse):
+        return slot
+    try:
+        with engine().bounded(history.config.timeout_seconds):
+            window = window_answer(device_id=device.id, keys=keys, start=start, end=end, px=params["px"], budget=budget)
+        head = {"device": device.key, "start": start, "end": end, "interval": window.interval, "px": window.px}
+        return json_with_text({**head, "tail": window.tail, "newest": window.newest}, "series", window.series, {})
+    except ReadTimedOut:
+        return _timed_out(history)
+    finally:
+        if slot is not None:
+            slot.release()
 
 
 @history_endpoint("The newest value of each key of a device, text values included")

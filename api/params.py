@@ -50,6 +50,7 @@ class HistoryParams(forms.Form):
     limit = forms.IntegerField(required=False, min_value=1)
     order = forms.ChoiceField(required=False, choices=[("asc", "asc"), ("desc", "desc")])
     band = forms.BooleanField(required=False)
+    cursor = forms.CharField(required=False, max_length=200)  # the `next` of the previous page of this answer
 
     def clean_keys(self) -> list[str]:
         return [k.strip() for k in self.cleaned_data["keys"].split(",") if k.strip()]

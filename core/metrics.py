@@ -46,7 +46,11 @@ STREAM_LAG_SECONDS = Histogram(
     "hub_stream_lag_seconds", "From publishing a flush to handing it to the streams", buckets=_LATENCY_BUCKETS
 )
 # Connections closed for a request that did not arrive in time (hub/protocols.py): headers, body, handshake.
-HTTP_READ_TIMEOUTS = Counter("hub_http_read_timeouts", "Connections closed for slow request headers or body", ["phase"])
+HTTP_READ_TIMEOUTS = Counter(
+    "hub_http_read_timeouts",
+    "Connections closed for a slow request (headers, body) or a client not reading (send)",
+    ["phase"],
+)
 # The MQTT bridge worker (its own process; served by `mqtt_bridge` on HUB_MQTT_METRICS_PORT). Its received,
 # stored and rejected readings are the hub_* counters above with transport="mqtt".
 BRIDGE_ACKED = Counter("hub_bridge_acked", "MQTT messages PUBACKed to the broker after commit (or rejection)")

@@ -9,12 +9,12 @@ continuous aggregates); everything else reads raw readings.
 """
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import DataError, connection
+from django.db import DataError, connection, transaction
 from django.db.models import Count, OuterRef, Subquery
 
 from core.epoch import epoch_ms, from_epoch_ms
@@ -101,10 +101,12 @@ def aggregate_statement(query: HistoryQuery, *, exact: bool = False) -> tuple[st
     wide = d.exact if exact else str
     if source == "ingest_reading":
         time_column = "ts"
-        columns = f"avg({wide('value')}), min(value), max(value), sum({wide('value')}), count(*)"
+        columns = f"avg({wide('value')}) AS a, min(value) AS mn, max(value) AS mx, sum({wide('value')}) AS s"
+        columns += ", count(*) AS n"
     else:
         time_column = "bucket"
-        columns = f"sum({wide('sum')}) / sum(n), min(min), max(max), sum({wide('sum')}), sum(n)"
+        columns = f"sum({wide('sum')}) / sum(n) AS a, min(min) AS mn, max(max) AS mx, sum({wide('sum')}) AS s"
+        columns += ", sum(n) AS n"
     sql = f"""
         SELECT key, {d.bucket_ms(time_column)} AS b, {columns} FROM {source}
         WHERE device_id = %(device)s AND key {d.any_of("keys")}
@@ -120,7 +122,8 @@ def readings_aggregate(query: HistoryQuery, *, band: bool = False) -> dict[str, 
     result: dict[str, list[dict]] = {key: [] for key in query.keys}
     pick = {"AVG": 2, "MIN": 3, "MAX": 4, "SUM": 5, "COUNT": 6}[query.agg]
     try:
-        rows = _fetch(*aggregate_statement(query))
+        with transaction.atomic():  # a savepoint: the exact query may follow in the same transaction
+            rows = _fetch(*aggregate_statement(query))
     except DataError:  # a sum or an average beyond a double (readings near ±1e300, or stored before that limit)
         rows = _fetch(*aggregate_statement(query, exact=True))
     for row in rows:
@@ -129,6 +132,74 @@ def readings_aggregate(query: HistoryQuery, *, band: bool = False) -> dict[str, 
             point["min"], point["max"] = row[3], row[4]
         result[row[0]].append(point)
     return result
+
+
+# Answers as JSON text built by the database (storage/engine.py `json_agg`): the API's answers, whose encoding in
+# Python held the GIL, and with it the event loop acknowledging devices, for tens of milliseconds each.
+
+
+@dataclass(frozen=True, slots=True)
+class PointsJson:
+    count: int
+    first: int | None  # the smallest and largest ts among them (None: no point)
+    last: int | None
+    text: str  # a JSON array
+
+
+def points_json(
+    *,
+    device_id: int,
+    key: str,
+    start: int,
+    end: int,
+    limit: int,
+    newest_first: bool = False,
+    oldest_first_out: bool = False,
+    pairs: bool = False,
+) -> PointsJson:
+    """Up to `limit` raw readings of one key in [start, end), the oldest or the newest, as a JSON array of
+    {"ts", "value"} objects (`pairs`: of [ts, value] arrays) in the same order (`oldest_first_out`: oldest first
+    whichever were taken), with their count and ts range."""
+    d = engine()
+    taken = "DESC" if newest_first else "ASC"
+    given = "ASC" if oldest_first_out else taken
+    element = d.json_array(["t", "v"]) if pairs else d.json_object([("ts", "t"), ("value", "v")])
+    sql = f"""
+        SELECT count(*), min(t), max(t), {d.json_agg(element, f"t {given}")} FROM (
+            SELECT t, v FROM (
+                SELECT {d.epoch_ms("ts")} AS t, value AS v FROM ingest_reading
+                WHERE device_id = %(device)s AND key = %(key)s AND ts >= %(start)s AND ts < %(end)s
+                ORDER BY ts {taken} LIMIT %(limit)s
+            ) AS taken ORDER BY t {given}
+        ) AS page
+    """  # noqa: S608 - fixed fragments only
+    params = {"device": device_id, "key": key, "start": d.ts(start), "end": d.ts(end), "limit": limit}
+    count, first, last, text = _fetch(sql, params)[0]
+    return PointsJson(count, first, last, text)
+
+
+def aggregate_json(query: HistoryQuery, *, band: bool = False, pairs: bool = False) -> dict[str, str]:
+    """Per key, the JSON array of its buckets: {"ts", "value"} objects (+ "min"/"max" with band), or with `pairs`
+    [bucket start, min, max] arrays (a live window's)."""
+    try:
+        with transaction.atomic():  # a savepoint: the exact query may follow in the same transaction
+            rows = _fetch(*_aggregate_json_statement(query, band=band, pairs=pairs))
+    except DataError:  # a sum or an average beyond a double (readings near ±1e300, or stored before that limit)
+        rows = _fetch(*_aggregate_json_statement(query, band=band, pairs=pairs, exact=True))
+    found = dict(rows)
+    return {key: found.get(key, "[]") for key in query.keys}
+
+
+def _aggregate_json_statement(query: HistoryQuery, *, band: bool, pairs: bool, exact: bool = False) -> tuple[str, dict]:
+    inner, params = aggregate_statement(query, exact=exact)
+    d = engine()
+    if pairs:
+        element = d.json_array(["b", "mn", "mx"])
+    else:
+        value = "n" if query.agg == "COUNT" else d.finite({"AVG": "a", "MIN": "mn", "MAX": "mx", "SUM": "s"}[query.agg])
+        element = d.json_object([("ts", "b"), ("value", value), *([("min", "mn"), ("max", "mx")] if band else [])])
+    sql = f"SELECT key, {d.json_agg(element, 'b')} FROM ({inner}) AS buckets GROUP BY key"  # noqa: S608
+    return sql, params
 
 
 # Decimation of the live pages (docs/dashboards.md, "Whole window at any rate").
@@ -145,37 +216,6 @@ def window_interval(start: int, end: int, pixels: int) -> int:
     if engine().rollups and 20_000 <= interval < MINUTE_MS:
         return MINUTE_MS
     return interval
-
-
-@dataclass(frozen=True, slots=True)
-class WindowSeries:
-    """One key over a window: min/max buckets for the older part, then raw readings from `split` on."""
-
-    buckets: list[list]  # [bucket start ms, min, max], each bucket wholly before `split`
-    raw: list[list]  # [ts ms, value], ts >= split, oldest first
-    split: int  # ms: where the buckets end and the raw readings begin (the window's start if all raw)
-
-
-def readings_window(
-    *, device_id: int, keys: Sequence[str], start: int, end: int, interval: int, tail: int = WINDOW_TAIL_POINTS
-) -> dict[str, WindowSeries]:
-    """A live chart's data for [start, end): per key its newest `tail` raw readings and, when those do not
-    reach back to `start`, min/max buckets of `interval` ms for the rest (rollups where the interval fits).
-    The raw part starts at a bucket boundary, so the two join with no gap and no reading counted twice."""
-    newest = readings_raw(HistoryQuery(device_id, tuple(keys), start, end, limit=tail, newest_first=True))
-    series = {}
-    for key in keys:
-        raw = [[p["ts"], p["value"]] for p in reversed(newest[key])]
-        if len(raw) < tail:  # the whole window fits at full resolution
-            series[key] = WindowSeries(buckets=[], raw=raw, split=start)
-            continue
-        split = -(-raw[0][0] // interval) * interval  # the first bucket boundary at or after the oldest raw
-        older = HistoryQuery(device_id, (key,), start, split, agg="AVG", interval=interval)
-        buckets = readings_aggregate(older, band=True)[key] if split > start else []
-        series[key] = WindowSeries(
-            buckets=[[p["ts"], p["min"], p["max"]] for p in buckets], raw=[r for r in raw if r[0] >= split], split=split
-        )
-    return series
 
 
 def _finite(value: float | Decimal | None) -> float | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from alerts.config import AlertConfig, WebhookConfig
+from history.admission import ReadConfig
 from hub.roles import Role
 from ingest.parsing import Limits
 from ingest.service import IngestConfig
@@ -29,6 +30,7 @@ class HubConfig:
     streams: StreamConfig = field(default_factory=StreamConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    reads: ReadConfig = field(default_factory=ReadConfig)
     consumer_max_rows: int = 200_000  # an after-commit consumer this many readings behind sheds its backlog
     read_pool_size: int = 4  # connections of the streaming reads (CSV export)
     provision_rate: float = 2.0  # device self-provisioning attempts per second and client address
@@ -87,6 +89,14 @@ class HubConfig:
                 rollup_1m_days=s.HUB_ROLLUP_1M_RETENTION_DAYS,
                 rollup_1h_days=s.HUB_ROLLUP_1H_RETENTION_DAYS,
                 interval_seconds=s.HUB_RETENTION_INTERVAL_SECONDS,
+            ),
+            reads=ReadConfig(
+                max_points=s.HUB_HISTORY_MAX_POINTS,
+                csv_rows=s.HUB_HISTORY_CSV_MAX_ROWS,
+                light_points=s.HUB_READS_LIGHT_POINTS,
+                per_client=s.HUB_READS_PER_CLIENT,
+                per_process=s.HUB_READS_PER_PROCESS,
+                timeout_seconds=s.HUB_READ_TIMEOUT_SECONDS,
             ),
             consumer_max_rows=s.HUB_CONSUMER_MAX_ROWS,
             read_pool_size=s.HUB_READ_POOL_SIZE,

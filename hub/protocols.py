@@ -7,6 +7,11 @@ every new request, /healthz included, was answered 503 (issue 17). Here a reques
 HUB_HTTP_HEADER_TIMEOUT_SECONDS of the connection (or of the request's first byte on a kept-alive one), its body
 within HUB_HTTP_BODY_TIMEOUT_SECONDS of its headers, and a WebSocket handshake must be over within the header
 timeout of the upgrade; otherwise the connection is closed (HTTP: after a 408 while no response has started).
+
+And the other way: a client that stops reading an answer (a CSV export, a large page) fills the socket's buffer, and
+the answer's sender waits; once it has waited HUB_HTTP_SEND_TIMEOUT_SECONDS in a row, the connection is closed, the
+application is told the client left (Django cancels the streaming answer, which gives back its read slot), and
+nothing more is sent (issue 22: four exports whose clients never read held the read pool and four transactions).
 """
 
 import asyncio
@@ -28,6 +33,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     _deadline: asyncio.TimerHandle | None = None
     _phase = "headers"
+    _send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -52,7 +58,29 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client's socket takes nothing more for now: it has the send timeout to take some again."""
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(settings.HUB_HTTP_SEND_TIMEOUT_SECONDS, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _not_reading(self) -> None:
+        self._send_deadline = None
+        if self.transport.is_closing():
+            return
+        metrics.HTTP_READ_TIMEOUTS.labels("send").inc()
+        logger.debug("closing a connection to %s: it read nothing of its answer for too long", self.client)
+        self.transport.abort()  # close() would wait to flush what the client does not read
 
     def _arm(self, phase: str, seconds: float) -> None:
         self._disarm()

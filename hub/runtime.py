@@ -26,6 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 from alerts.engine import AlertEngine
 from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
+from history.admission import HistoryReads, ReadAdmission
 from history.selectors import device_keys
 from hub.config import HubConfig
 from hub.roles import Role
@@ -80,8 +81,12 @@ class HubRuntime:
         self._layer = layer
         # Device self-provisioning attempts per client address (POST /api/v1/provision, docs/api.md).
         self.provisioning = RateLimiter(config.provision_rate, config.provision_burst)
-        # Reads that stream (CSV export) take connections of their own, never the writer's.
-        self.reads = self.storage.reads(size=config.read_pool_size)
+        # The history endpoints' bounds and admission; their streaming reads (CSV export) take connections of their
+        # own, never the writer's.
+        reads = config.reads
+        admission = ReadAdmission(per_client=reads.per_client, per_process=reads.per_process)
+        stream = self.storage.reads(size=config.read_pool_size, timeout=reads.timeout_seconds)
+        self.history = HistoryReads(reads, admission, stream)
         self._loops: list[asyncio.Task[None]] = []
 
     def _loop_factories(self) -> dict[str, Loop]:
@@ -105,7 +110,7 @@ class HubRuntime:
     async def start(self) -> None:
         """Start every part, in order. A database that is down is retried by the pools, not fatal."""
         await self._storage_checked()
-        await self.reads.open()
+        await self.history.stream.open()
         for queue in self.consumers:
             queue.start()
         if self.writer is not None:
@@ -144,7 +149,7 @@ class HubRuntime:
             await queue.close(timeout=self.config.writer.drain_timeout)
         if self.publisher is not None:
             await self.publisher.close()
-        await self.reads.close()
+        await self.history.stream.close()
 
 
 @contextlib.asynccontextmanager

@@ -216,10 +216,22 @@ HUB_MAX_CONNECTIONS = env_int("HUB_MAX_CONNECTIONS", 20_000, minimum=1)
 # body within that many after its headers; otherwise the connection is closed.
 HUB_HTTP_HEADER_TIMEOUT_SECONDS = env_float("HUB_HTTP_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 HUB_HTTP_BODY_TIMEOUT_SECONDS = env_float("HUB_HTTP_BODY_TIMEOUT_SECONDS", 60.0, minimum=0.1)
+# A client that reads nothing of its answer (a CSV export, a page) for this long is disconnected (hub/protocols.py).
+HUB_HTTP_SEND_TIMEOUT_SECONDS = env_float("HUB_HTTP_SEND_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 
-# History API (docs/history.md).
+# History API (docs/history.md): raw points per key, points of one answer across its keys (more come in pages),
+# rows of one CSV export across its keys.
 HUB_HISTORY_MAX_LIMIT = env_int("HUB_HISTORY_MAX_LIMIT", 10_000, minimum=1)
+HUB_HISTORY_MAX_POINTS = env_int("HUB_HISTORY_MAX_POINTS", 100_000, minimum=100)
 HUB_HISTORY_CSV_MAX_ROWS = env_int("HUB_HISTORY_CSV_MAX_ROWS", 10_000_000, minimum=1)
+# Heavy reads (CSV exports, JSON answers that may hold more than HUB_READS_LIGHT_POINTS) in flight per operator or
+# API token and per process (429 past either); a read's database statement stops after HUB_READ_TIMEOUT_SECONDS.
+# A heavy read keeps about a core busy (the database's and the hub's share): by default they get half the CPUs, and
+# the devices' acks the rest (bench/reads.py: on 2 CPUs, 2 at a time put ack p99 past 1.5x alone with 4 readers).
+HUB_READS_PER_CLIENT = env_int("HUB_READS_PER_CLIENT", 2, minimum=1)
+HUB_READS_PER_PROCESS = env_int("HUB_READS_PER_PROCESS", max(1, (os.cpu_count() or 2) // 2), minimum=1)
+HUB_READS_LIGHT_POINTS = env_int("HUB_READS_LIGHT_POINTS", 20_000, minimum=0)
+HUB_READ_TIMEOUT_SECONDS = env_float("HUB_READ_TIMEOUT_SECONDS", 30.0, minimum=0.01)
 HUB_HISTORY_MAX_BUCKETS = env_int("HUB_HISTORY_MAX_BUCKETS", 10_000, minimum=1)
 HUB_HISTORY_MAX_RANGE_DAYS = env_int("HUB_HISTORY_MAX_RANGE_DAYS", 3660, minimum=1)
 

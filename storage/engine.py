@@ -8,6 +8,7 @@ database it runs on. Queries use named parameters (`%(name)s`), which Django pas
 """
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -40,6 +41,10 @@ class Batch:
     latest: Sequence[LatestRow]  # sorted by (device_id, key): every writer locks these rows in one order
     device_ids: Sequence[int]  # sorted, for the same reason
     seen_at: datetime
+
+
+class ReadTimedOut(Exception):
+    """A read's statement ran past its time (Engine.bounded) and was stopped."""
 
 
 class DevicesGone(Exception):
@@ -165,6 +170,26 @@ class Engine(Protocol):
         """The parameter value `any_of` expects."""
         ...
 
+    # JSON built by the database: an answer of 100,000 points encoded in Python held the GIL (and so the event loop
+    # that acknowledges devices) for tens of milliseconds at a time; the database builds the text instead.
+
+    def json_object(self, fields: Sequence[tuple[str, str]]) -> str:
+        """SQL: a JSON object of (name, SQL expression) pairs."""
+        ...
+
+    def json_array(self, items: Sequence[str]) -> str:
+        """SQL: a JSON array of SQL expressions."""
+        ...
+
+    def json_agg(self, element: str, order: str) -> str:
+        """SQL aggregate: the JSON text of an array of `element` (a json_object or json_array) over the group's
+        rows, ordered by `order` (a subquery's order where the engine keeps it); `[]` for no rows."""
+        ...
+
+    def finite(self, expression: str) -> str:
+        """SQL: the expression as a double, or NULL where it is beyond one (a sum of the exact fallback)."""
+        ...
+
     async def ping(self, timeout: float) -> None:
         """Raise unless the database answers a query within `timeout` seconds."""
         ...
@@ -173,8 +198,12 @@ class Engine(Protocol):
         """A new backend for this process's writer, on the default database."""
         ...
 
-    def reads(self, *, size: int) -> Reads:
-        """Streaming reads on at most `size` connections of their own."""
+    def reads(self, *, size: int, timeout: float) -> Reads:
+        """Streaming reads on at most `size` connections of their own, each statement bounded by `timeout` s."""
+        ...
+
+    def bounded(self, timeout: float) -> AbstractContextManager[None]:
+        """Django's statements inside stop after `timeout` seconds (ReadTimedOut); one transaction."""
         ...
 
     def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]:

@@ -10,19 +10,34 @@ after the previous batch's have run, and it commits only after the previous one 
 behave as if written one after the other.
 """
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections, transaction
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from core.epoch import from_epoch_ms
 from core.spreadsheet import cell_safe
-from storage.engine import ALONE, RAW, ROLLUPS, Backend, Batch, DevicesGone, RawRange, Reads, Turn, delete_in_batches
+from storage.engine import (
+    ALONE,
+    RAW,
+    ROLLUPS,
+    Backend,
+    Batch,
+    DevicesGone,
+    RawRange,
+    Reads,
+    ReadTimedOut,
+    Turn,
+    delete_in_batches,
+)
 
 
 def postgres_conninfo(settings_dict: dict[str, Any]) -> str:
@@ -230,35 +245,74 @@ class PostgresBackend:
         return isinstance(exc, psycopg.DataError | UnicodeError)
 
 
-_CSV = """
-    COPY (
-        SELECT (extract(epoch FROM ts) * 1000)::bigint,
-               to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), %s::text, value
-        FROM ingest_reading WHERE device_id = %s AND key = %s AND ts >= %s AND ts < %s
-        ORDER BY ts {order} LIMIT %s
-    ) TO STDOUT (FORMAT csv)
+# One page of an export as one text value: PostgreSQL formats the lines (as COPY's csv format would) and joins them,
+# so the hub reads one value per page. COPY … TO STDOUT sends a message per row, and taking 10,000 of them per page
+# in Python kept a hub core half busy during an export and the devices' acks waiting for the GIL (bench/reads.py).
+# Keys need no quoting: they are [A-Za-z0-9_.-] (ingest/parsing.py).
+_CSV_PAGE = """
+    SELECT count(*), {last}(t), coalesce(string_agg(
+        t || ',' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || ',' || %(cell)s || ','
+        || value || E'\\n', '' ORDER BY ts {order}), '')
+    FROM (
+        SELECT ts, (extract(epoch FROM ts) * 1000)::bigint AS t, value FROM ingest_reading
+        WHERE device_id = %(device)s AND key = %(key)s AND ts >= %(start)s AND ts < %(end)s
+        ORDER BY ts {order} LIMIT %(size)s
+    ) AS page
 """
+CSV_PAGE_ROWS = 10_000
 
 
 class PostgresReads:
-    """Streaming reads on a pool of their own: COPY … TO STDOUT, rows formatted by PostgreSQL itself."""
+    """Streaming reads on a pool of their own: a page of CSV_PAGE_ROWS rows at a time, formatted by PostgreSQL, on
+    a connection taken for that page only. A client that reads slowly (or not at all) holds no connection,
+    transaction or cursor while it waits: between pages the export holds one page of text.
 
-    def __init__(self, conninfo: str, *, size: int) -> None:
-        self._pool = AsyncConnectionPool(conninfo, min_size=0, max_size=size, open=False)
+    A page is fetched whole on a thread of the pool's own, off the event loop: an export cancelled meanwhile (its
+    client gone) lets the page finish there, and the connection goes back to the pool clean (cancelled in the
+    middle of an asynchronous COPY, the connection was left reading, idle in its transaction). Every statement stops
+    after `timeout` seconds; a session left idle in a transaction is ended by the server after the same time."""
+
+    def __init__(self, conninfo: str, *, size: int, timeout: float) -> None:
+        ms = max(1, round(timeout * 1000))
+        options = f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+        options += " -c max_parallel_workers_per_gather=0"  # a read keeps to one core (docs/history.md)
+        self._pool = ConnectionPool(conninfo, kwargs={"options": options}, min_size=0, max_size=size, open=False)
+        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="hub-reads")
 
     async def open(self) -> None:
-        await self._pool.open(wait=False)
+        self._pool.open(wait=False)  # no connection yet (min_size=0): returns at once
 
     async def close(self) -> None:
-        await self._pool.close()
+        await asyncio.get_running_loop().run_in_executor(self._threads, self._pool.close)
+        self._threads.shutdown(wait=False)
+
+    def _page(self, statement: str, params: dict[str, object]) -> tuple[int, int | None, bytes]:
+        """(rows, the ts of the last, their CSV lines)."""
+        with self._pool.connection() as conn:
+            rows, last, text = conn.execute(statement, params).fetchone() or (0, None, "")
+        return rows, last, text.encode()
 
     async def csv_raw(self, query: RawRange, key: str) -> AsyncIterator[bytes]:
-        statement = _CSV.format(order="DESC" if query.newest_first else "ASC")
-        start, end = from_epoch_ms(query.start), from_epoch_ms(query.end)
-        params = (cell_safe(key), query.device_id, key, start, end, query.limit)
-        async with self._pool.connection() as conn, conn.cursor() as cursor, cursor.copy(statement, params) as copy:
-            async for data in copy:
-                yield bytes(data)
+        newest_first = query.newest_first
+        statement = _CSV_PAGE.format(order="DESC" if newest_first else "ASC", last="min" if newest_first else "max")
+        start, end = query.start, query.end
+        remaining = query.limit
+        loop = asyncio.get_running_loop()
+        while remaining > 0 and start < end:
+            size = min(remaining, CSV_PAGE_ROWS)
+            params = {"cell": cell_safe(key), "device": query.device_id, "key": key, "size": size}
+            params |= {"start": from_epoch_ms(start), "end": from_epoch_ms(end)}
+            rows, last, page = await loop.run_in_executor(self._threads, self._page, statement, params)
+            if rows:
+                yield page
+            remaining -= rows
+            if rows < size or last is None:
+                return
+            start, end = (start, last) if newest_first else (last + 1, end)
+
+
+def _json_number(expression: str) -> str:
+    return f"coalesce(({expression})::text, 'null')"
 
 
 _RETENTION_LOCK = 0x6875_6272  # pg advisory lock: one process applies retention at a time
@@ -296,6 +350,22 @@ class Postgres:
     def array(self, values: Sequence[object]) -> list[object]:
         return list(values)
 
+    # JSON by text concatenation, not json_build_object/json_agg: a page of 5,000 points took 11 ms instead of 40
+    # (and has no spaces). The values are numbers or NULL, and PostgreSQL writes integers and finite doubles as
+    # JSON numbers (shortest exact form, as json_build_object does: the same float8 output).
+    def json_object(self, fields: Sequence[tuple[str, str]]) -> str:
+        parts = [f"'{',' if i else '{'}\"{name}\":' || {_json_number(value)}" for i, (name, value) in enumerate(fields)]
+        return "(" + " || ".join(parts) + " || '}')"
+
+    def json_array(self, items: Sequence[str]) -> str:
+        return "('[' || " + " || ',' || ".join(_json_number(item) for item in items) + " || ']')"
+
+    def json_agg(self, element: str, order: str) -> str:
+        return f"('[' || coalesce(string_agg({element}, ',' ORDER BY {order}), '') || ']')"
+
+    def finite(self, expression: str) -> str:
+        return f"CASE WHEN abs({expression}) <= 1.7976931348623157e308 THEN ({expression})::float8 END"
+
     async def ping(self, timeout: float) -> None:
         # A fresh connection with its own timeout: a pool's wait would measure the pool, not the database.
         conninfo = postgres_conninfo(connection.settings_dict)
@@ -307,8 +377,20 @@ class Postgres:
         conninfo = conninfo or postgres_conninfo(connection.settings_dict)
         return PostgresBackend(conninfo, extension=self.extension, pool_size=pool_size)
 
-    def reads(self, *, size: int) -> Reads:
-        return PostgresReads(postgres_conninfo(connection.settings_dict), size=size)
+    def reads(self, *, size: int, timeout: float) -> Reads:
+        return PostgresReads(postgres_conninfo(connection.settings_dict), size=size, timeout=timeout)
+
+    @contextlib.contextmanager
+    def bounded(self, timeout: float) -> Iterator[None]:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = %s", [max(1, round(timeout * 1000))])
+                cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # a read: one core at most
+                yield
+        except OperationalError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+                raise ReadTimedOut(f"the query ran past {timeout:g} s") from None
+            raise
 
     def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]:
         with connection.cursor() as cursor:

@@ -5,8 +5,10 @@ commits); streaming reads page through the primary key on Django's connection.
 """
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import orjson
@@ -98,16 +100,16 @@ class SqliteReads:
     async def csv_raw(self, query: RawRange, key: str) -> AsyncIterator[bytes]:
         after: str | None = None
         remaining = query.limit
-        cell = cell_safe(key)
         while remaining > 0:
-            page = await sync_to_async(self._page)(query, key, after, min(remaining, self._PAGE))
-            if not page:
+            rows, text, after = await sync_to_async(self._page)(query, key, after, min(remaining, self._PAGE))
+            if not rows:
                 return
-            remaining -= len(page)
-            after = page[-1][2]
-            yield "".join(f"{ms},{iso_ms(ms)},{cell},{value}\n" for ms, value, _ts in page).encode()
+            remaining -= rows
+            yield text
 
-    def _page(self, query: RawRange, key: str, after: str | None, size: int) -> list[tuple[int, float, str]]:
+    def _page(self, query: RawRange, key: str, after: str | None, size: int) -> tuple[int, bytes, str | None]:
+        """(rows, their CSV lines, the ts the next page starts after): formatted here, in a thread, not on the
+        event loop."""
         order, beyond = ("DESC", "<") if query.newest_first else ("ASC", ">")
         keyset = f"AND ts {beyond} %(after)s" if after is not None else ""
         sql = f"""
@@ -120,7 +122,9 @@ class SqliteReads:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows: list[tuple[int, float, str]] = cursor.fetchall()  # the three columns selected above
-            return rows
+        cell = cell_safe(key)
+        text = "".join(f"{ms},{iso_ms(ms)},{cell},{value}\n" for ms, value, _ts in rows).encode()
+        return len(rows), text, rows[-1][2] if rows else after
 
 
 _RETENTION_BATCH = 50_000
@@ -152,14 +156,29 @@ class Sqlite:
     def array(self, values: Sequence[object]) -> str:
         return orjson.dumps(list(values)).decode()
 
+    def json_object(self, fields: Sequence[tuple[str, str]]) -> str:
+        return "json_object(" + ", ".join(f"'{name}', {value}" for name, value in fields) + ")"
+
+    def json_array(self, items: Sequence[str]) -> str:
+        return "json_array(" + ", ".join(items) + ")"
+
+    def json_agg(self, element: str, order: str) -> str:
+        return f"coalesce(json_group_array({element}), '[]')"  # in the order of the subquery's rows
+
+    def finite(self, expression: str) -> str:
+        return f"CASE WHEN abs({expression}) <= 1.7976931348623157e308 THEN {expression} END"
+
     async def ping(self, timeout: float) -> None:
         await asyncio.wait_for(sync_to_async(_select_1, thread_sensitive=False)(), timeout)
 
     def writer_backend(self) -> Backend:
         return SqliteBackend(str(connection.settings_dict["NAME"]))
 
-    def reads(self, *, size: int) -> Reads:
-        return SqliteReads()
+    def reads(self, *, size: int, timeout: float) -> Reads:
+        return SqliteReads()  # one file, one process: no pool to bound, and SQLite has no statement timeout
+
+    def bounded(self, timeout: float) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # the embedded default: one operator, and SQLite has no statement timeout
 
     def retention_apply(self, cutoffs: dict[str, datetime]) -> dict[str, int]:
         relation, column = RAW  # no rollups here

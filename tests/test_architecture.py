@@ -82,6 +82,8 @@ NOT_STATE_CALLS = {
     "Histogram",
     "WriteSql",  # frozen dataclasses of SQL text
     "dict.fromkeys",  # a constant mapping, never mutated (checked below)
+    "ipaddress.IPv4Network",  # immutable values
+    "ipaddress.IPv6Network",
     "type",
 }
 # Module-level objects that are the process's by design, each with its reason.

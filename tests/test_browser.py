@@ -289,3 +289,33 @@ async def test_the_fleet_page_pages_a_thousand_devices_filters_them_and_updates_
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.fill("#filter", "")
     await page.screenshot(path=ARTIFACTS / "fleet-page.png")
+
+
+@pytest.mark.hub_settings(HUB_READS_PER_PROCESS=1, HUB_READS_LIGHT_POINTS=0)  # every window a heavy read
+async def test_a_page_whose_window_the_hub_refuses_for_now_asks_again_after_retry_after(
+    page, live_hub, make_device, operator
+):
+    """While the hub serves as many heavy reads as it takes, the window is answered 429 with Retry-After; the page
+    asks again after it and draws the window once a slot is free (instead of giving up on it)."""
+    device = await sync_to_async(make_device)()
+    t0 = now_ms() - 60_000
+    await send(live_hub, device.token, numbers(t0, range(10)))
+    admission = live_hub.runtime.history.admission
+    held = admission.admit(("user", -1))  # someone's export holds the only slot
+    refused: list[int] = []
+    page.on("response", lambda r: "/window?" in r.url and r.status == 429 and refused.append(r.status))
+    try:
+        await log_in(page, f"{live_hub.http}/devices/{device.key}/")
+        await page.wait_for_function("() => true")  # the page's scripts have run
+        for _ in range(100):
+            if refused:
+                break
+            await page.wait_for_timeout(50)  # polling the browser's responses
+        assert refused, "the window was refused while the slot was held"
+        assert await plotted(page, "t") == [], "nothing drawn yet: the window is not answered"
+    finally:
+        held.release()
+    await until_plotted(page, "t", 10)
+    assert await plotted(page, "t") == [t0 + i * 100 for i in range(10)]
+    note = await page.text_content("#window-note")
+    assert "could not load" not in note, note

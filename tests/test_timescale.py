@@ -168,7 +168,10 @@ async def answers(reads: Reads, device_id: int, t0: int) -> dict:
         else:
             result[name] = await sync_to_async(readings_aggregate)(query, band=True)
         result[f"{name}.csv"] = b"".join(
-            [chunk async for chunk in csv_stream(query, reads=reads, band=query.agg == "AVG")]
+            [
+                chunk
+                async for chunk in csv_stream(query, reads=reads, band=query.agg == "AVG", budget=100_000, timeout=30)
+            ]
         )
     result["since"] = await sync_to_async(readings_since)(device_id=device_id, since=t0 + 3 * HOUR, limit=5_000)
     result["latest"] = await sync_to_async(readings_latest)(device_id)
@@ -200,16 +203,16 @@ async def test_compressed_chunks_give_the_same_answers_and_take_late_readings_an
     readings = [R(t0 + i * 7_000 + (i % 5) * 13, key, float((i * 37) % 101) / 7) for i in range(6_000) for key in "ab"]
     await store(runtime.writer, device, readings)
     await sync_to_async(refresh_aggregates)()
-    before = await answers(runtime.reads, device.id, t0)
+    before = await answers(runtime.history.stream, device.id, t0)
     assert sum(len(points) for points in before["raw"].values()) == len(readings)
     assert await sync_to_async(compress_everything)() >= 1
-    after = await answers(runtime.reads, device.id, t0)
+    after = await answers(runtime.history.stream, device.id, t0)
     assert after == before
 
     late = R(t0 + 3_500, "a", 99.5)  # between two stored readings, in a compressed chunk
     await store(runtime.writer, device, [late, *readings[:50]])  # with 50 resends of compressed readings
     assert await sync_to_async(stored_count)(device.id) == len(readings) + 1
     await sync_to_async(refresh_aggregates)()
-    final = await answers(runtime.reads, device.id, t0)
+    final = await answers(runtime.history.stream, device.id, t0)
     assert {"ts": late.ts, "value": late.value} in final["raw"]["a"]
     assert max(p["max"] for p in final["1m"]["a"]) == 99.5

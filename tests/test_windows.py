@@ -1,13 +1,15 @@
-"""A live chart's window (ingest/selectors.py readings_window, /api/v1/devices/<KEY>/window): min/max buckets of
+"""A live chart's window (history/answers.py window_series, /api/v1/devices/<KEY>/window): min/max buckets of
 about a pixel for the older part, the newest readings raw, joined with no gap and nothing counted twice; equal
 to a fresh query of what is stored, from raw rows or rollups, on PostgreSQL and TimescaleDB."""
 
 import httpx
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 
 from core.epoch import now_ms
-from history.selectors import aggregate_source, readings_window, window_interval
+from history.answers import window_series
+from history.selectors import aggregate_source, window_interval
 from ingest.parsing import Reading as R
 from tests.engines import refresh_aggregates
 from tests.test_history import MINUTE, api, hour_floor, store  # noqa: F401 - `api` is a fixture
@@ -41,17 +43,18 @@ async def test_a_fast_key_is_buckets_then_raw_and_a_slow_key_is_all_raw(make_dev
     slow = [R(t0 + i * 2000, "slow", float(i)) for i in range(300)]
     await store(runtime.writer, device, fast + slow)
     start, end = t0 + 30_500, t0 + 10 * MINUTE + 1
-    window = await sync_to_async(readings_window)(
+    series, newest = await sync_to_async(window_series)(
         device_id=device.id, keys=["fast", "slow"], start=start, end=end, interval=1000, tail=500
     )
-    f, s = window["fast"], window["slow"]
-    assert f.split % 1000 == 0 and start < f.split < end
-    assert f.raw == [[r.ts, r.value] for r in fast if f.split <= r.ts < end], "raw from the split on"
-    assert 450 <= len(f.raw) <= 500
-    assert f.buckets == extremes(fast, start, f.split, 1000), "min/max of every second before the split"
-    assert f.buckets[-1][0] + 1000 == f.split, "no gap at the join"
-    assert s.buckets == [] and s.split == start
-    assert s.raw == [[r.ts, r.value] for r in slow if start <= r.ts < end]
+    f, s = orjson.loads(series["fast"]), orjson.loads(series["slow"])
+    assert f["split"] % 1000 == 0 and start < f["split"] < end
+    assert f["raw"] == [[r.ts, r.value] for r in fast if f["split"] <= r.ts < end], "raw from the split on"
+    assert 450 <= len(f["raw"]) <= 500
+    assert f["buckets"] == extremes(fast, start, f["split"], 1000), "min/max of every second before the split"
+    assert f["buckets"][-1][0] + 1000 == f["split"], "no gap at the join"
+    assert s["buckets"] == [] and s["split"] == start
+    assert s["raw"] == [[r.ts, r.value] for r in slow if start <= r.ts < end]
+    assert newest == max(r.ts for r in fast + slow if r.ts < end)
 
 
 async def test_a_long_window_reads_the_minute_rollups(make_device, runtime):
@@ -63,11 +66,12 @@ async def test_a_long_window_reads_the_minute_rollups(make_device, runtime):
     await sync_to_async(refresh_aggregates)()
     start, end = t0, t0 + 6 * 60 * MINUTE
     interval = window_interval(start, end, 1000)
-    window = (
-        await sync_to_async(readings_window)(device_id=device.id, keys=["t"], start=start, end=end, interval=interval)
-    )["t"]
-    assert interval == MINUTE and 2000 - 60 <= len(window.raw) <= 2000, "the newest 2,000 from a minute's start"
-    assert window.buckets == extremes(readings, start, window.split, MINUTE)
+    series, _newest = await sync_to_async(window_series)(
+        device_id=device.id, keys=["t"], start=start, end=end, interval=interval, tail=2000
+    )
+    window = orjson.loads(series["t"])
+    assert interval == MINUTE and 2000 - 60 <= len(window["raw"]) <= 2000, "the newest 2,000 from a minute's start"
+    assert window["buckets"] == extremes(readings, start, window["split"], MINUTE)
 
 
 async def test_the_window_api_answers_operators_and_names_bad_parameters(api, live_hub, make_device):  # noqa: F811

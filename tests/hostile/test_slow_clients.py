@@ -1,14 +1,22 @@
 """Clients that hold connections open: dead peers, half-sent requests, slow bodies, bodies over their limit."""
 
 import asyncio
+import contextlib
 import select
 import socket
 import time
 
 import httpx
+import psycopg
 import pytest
 from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.db import connection
 
+from api.credentials import api_token_create
+from core.epoch import from_epoch_ms, now_ms
+from storage.models import LatestValue
+from storage.postgres import postgres_conninfo
 from tests import rawws
 from tests.conftest import served_hub
 from tests.hostile.common import hub_address
@@ -177,3 +185,71 @@ async def test_half_sent_requests_at_the_connection_limit_hold_it_only_until_the
         assert time.monotonic() - started < 2.5
         for _reader, writer in held:
             writer.close()
+
+
+def bulk_readings(device_id: int, key: str, count: int, t0: int) -> None:
+    """`count` readings of one key straight into the table (COPY): data for exports, not a test of the writer."""
+    conninfo = postgres_conninfo(connection.settings_dict)
+    with (
+        psycopg.connect(conninfo) as conn,
+        conn.cursor().copy("COPY ingest_reading (device_id, key, ts, value) FROM STDIN") as copy,
+    ):
+        for i in range(count):
+            copy.write_row((device_id, key, from_epoch_ms(t0 + i), float(i)))
+    LatestValue.objects.create(device_id=device_id, key=key, ts=from_epoch_ms(t0 + count - 1), value=float(count - 1))
+
+
+def idle_in_transaction() -> int:
+    """Sessions of the test database left idle inside a transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%%'"
+        )
+        return len(cursor.fetchall())
+
+
+@pytest.mark.hub_settings(HUB_HTTP_SEND_TIMEOUT_SECONDS=4.0, HUB_READS_PER_PROCESS=5, HUB_READS_PER_CLIENT=4)
+async def test_exports_whose_clients_never_read_pin_nothing(live_hub, make_device, operator_user):
+    """Issue 22, finding 2: four CSV exports whose clients open a 4 KiB receive window and never read hold no
+    database connection, cursor or transaction while they wait, so another client's small export answers within
+    2 s; after HUB_HTTP_SEND_TIMEOUT_SECONDS without reading they are disconnected and their read slots given back."""
+    made = await sync_to_async(make_device)()
+    t0 = now_ms() - 86_400_000
+    await sync_to_async(bulk_readings)(made.id, "big", 300_000, t0)  # ~17 MB of CSV: far more than any buffer
+    await sync_to_async(bulk_readings)(made.id, "small", 10, t0)
+    token = await sync_to_async(api_token_create)(user=operator_user, name="slow", scope="read")
+    host, port = hub_address(live_hub)
+    request = (
+        f"GET /api/v1/devices/{made.key}/telemetry.csv?keys=big&start={t0}&end={t0 + 86_400_000} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    silent = []
+    for _ in range(4):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, port))
+        sock.sendall(request)
+        silent.append(sock)  # and never read
+    admission = live_hub.runtime.history.admission
+    await eventually(lambda: admission.in_flight == 4, what="the four exports to be under way")
+    other = await sync_to_async(get_user_model().objects.create_user)("other", password="pw")
+    another = await sync_to_async(api_token_create)(user=other, name="small", scope="read")
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=live_hub.http, headers={"Authorization": f"Bearer {another}"}) as client:
+        small = await client.get(f"/api/v1/devices/{made.key}/telemetry.csv", params={"keys": "small", "start": t0})
+    took = time.monotonic() - started
+    print(f"a small export beside four stalled ones: {took * 1000:.0f} ms")
+    assert small.status_code == 200 and len(small.text.splitlines()) == 11 and took < 2.0, (small.status_code, took)
+
+    async def stalled_holding_nothing() -> bool:  # a page on its way is in a transaction for a moment; no more
+        return admission.in_flight == 4 and await sync_to_async(idle_in_transaction)() == 0
+
+    await eventually(stalled_holding_nothing, timeout=3, what="the stalled exports to hold no transaction")
+    await eventually(lambda: admission.in_flight == 0, timeout=15, what="the stalled exports to be cut off")
+    for sock in silent:
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while sock.recv(1 << 20):
+                pass  # what the kernel took before the hub gave up; then the end: the hub closed it
+        sock.close()
+    assert await sync_to_async(idle_in_transaction)() == 0

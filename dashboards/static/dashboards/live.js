@@ -6,12 +6,12 @@
 // - Series: one line over the window: min/max buckets (about one per pixel) for the older part, then at most
 //   TAIL raw readings; readings leaving the tail fold into buckets of the same epoch-aligned interval the
 //   server used, so the line stays one min/max pair per pixel however fast the device sends.
-// - windowFetch(): the window's data from /api/v1/devices/<KEY>/window (ingest/selectors.py readings_window).
+// - windowFetch(): the window's data from /api/v1/devices/<KEY>/window (history/answers.py window_answer).
 (function () {
   "use strict";
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 30000;
-  const TAIL = 2000; // raw readings kept per series (ingest/selectors.py WINDOW_TAIL_POINTS)
+  const TAIL = 2000; // raw readings kept per series (history/selectors.py WINDOW_TAIL_POINTS)
   const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
   const FINAL = {[CLOSE.BAD_REQUEST]: "bad request", [CLOSE.UNAUTHENTICATED]: "not logged in",
                  [CLOSE.UNKNOWN_DEVICE]: "unknown device"};
@@ -150,12 +150,30 @@
 
   // ---- the window's data
 
+  // A 429 says the hub is serving as many heavy reads as it takes (docs/history.md, "Bounded answers"): the
+  // window is asked again after the answer's Retry-After, a few times; then the 429's message is the error (the
+  // pages then go on with live readings only) rather than the page waiting behind someone's export.
+  const WINDOW_TRIES = 5;
+
   async function windowFetch(url, keys, start, end, px, signal) {
     const params = new URLSearchParams({keys: keys.join(","), start: start, end: end, px: Math.round(px)});
-    const response = await fetch(`${url}?${params}`, {credentials: "same-origin", signal: signal});
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
-    return body;
+    for (let tries = 1; ; tries++) {
+      const response = await fetch(`${url}?${params}`, {credentials: "same-origin", signal: signal});
+      const body = await response.json();
+      if (response.status === 429 && tries < WINDOW_TRIES) {
+        await pause(1000 * (Number(response.headers.get("Retry-After")) || 1), signal);
+        continue;
+      }
+      if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+      return body;
+    }
+  }
+
+  function pause(ms, signal) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(resolve, ms);
+      if (signal) signal.addEventListener("abort", () => { clearTimeout(timer); reject(signal.reason); }, {once: true});
+    });
   }
 
   // The status badge of a stream (device page) or of one device of several (compare page).
