@@ -132,7 +132,7 @@ class AlertEngine:
 @database_sync_to_async
 def _load() -> tuple[list[RuleSpec], dict[tuple[int, int], tuple[str, int | None]], dict[int, dict[str, str]]]:
     rules = [rule_spec(r) for r in AlertRule.objects.filter(enabled=True, kind=Kind.THRESHOLD)]
-    labels = device_labels_by_id() if any(r.labels for r in rules) else {}
+    labels = device_labels_by_id() if any(r.labels or r.scope for r in rules) else {}
     states = {
         (s.rule_id, s.device_id): (s.state, epoch_ms(s.pending_since) if s.pending_since else None)
         for s in AlertState.objects.filter(rule__enabled=True, rule__kind=Kind.THRESHOLD).exclude(state=State.OK)

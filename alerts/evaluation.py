@@ -29,12 +29,17 @@ class RuleSpec:
     pattern: str
     webhook_url: str
     labels: tuple[tuple[str, str], ...] = ()  # name=value pairs the device must all carry
+    # The label scope of the person who made it (accounts/scopes.py): any selector; () = every device.
+    scope: tuple[tuple[tuple[str, str], ...], ...] = ()
 
     def applies_to(self, device_id: int, device_key: str, labels: Mapping[str, str] | None = None) -> bool:
         """Its one device; else every device whose key matches the pattern and that carries the labels."""
         if self.device_id is not None:
             return self.device_id == device_id
-        if self.labels and not all((labels or {}).get(name) == value for name, value in self.labels):
+        carried = labels or {}
+        if self.labels and not all(carried.get(name) == value for name, value in self.labels):
+            return False
+        if self.scope and not any(all(carried.get(n) == v for n, v in selector) for selector in self.scope):
             return False
         return fnmatchcase(device_key, self.pattern or "*")
 

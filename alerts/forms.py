@@ -1,22 +1,27 @@
 from django import forms
 
+from accounts.policy import NOBODY, Action, Actor
 from alerts.models import AlertRule
 
 
 class AlertRuleForm(forms.ModelForm):
-    """Validation lives in AlertRule.clean (alerts.rules.rule_problems), shared with the admin; only staff may
-    point a rule at a URL of their own (the hub POSTs there: docs/alerts.md, "Where webhooks may go")."""
+    """Validation lives in AlertRule.clean (alerts.rules.rule_problems), shared with the admin; only admins may
+    point a rule at a URL of their own (the hub POSTs there: docs/alerts.md, "Where webhooks may go"); anyone
+    who may change the rule may keep the URL it has."""
 
     webhook_url = forms.URLField(required=False, assume_scheme="https", help_text="empty: HUB_ALERT_WEBHOOK_URL")
 
-    def __init__(self, *args, user=None, **kwargs) -> None:
+    def __init__(self, *args, actor: Actor = NOBODY, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.user = user
+        self.actor = actor
+        # Only the actor's devices to choose from (the API names one by key: an unseen one is "not one of the
+        # available choices", as a device that does not exist).
+        self.fields["device"].queryset = actor.devices()  # type: ignore[attr-defined]
 
     def clean_webhook_url(self) -> str:
         url = self.cleaned_data["webhook_url"]
-        if url and not (self.user is not None and self.user.is_staff):
-            raise forms.ValidationError("only staff may set a rule's webhook URL; empty uses HUB_ALERT_WEBHOOK_URL")
+        if url and url != self.instance.webhook_url and not self.actor.may(Action.ADMINISTER):
+            raise forms.ValidationError("only admins may set a rule's webhook URL; empty uses HUB_ALERT_WEBHOOK_URL")
         return url
 
     class Meta:

@@ -59,6 +59,9 @@ class AlertRule(models.Model):
     no_data_seconds = models.PositiveIntegerField(default=0, help_text="no-data and offline rules: silence that fires")
     severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.WARNING)
     webhook_url = models.URLField(blank=True, help_text="empty: HUB_ALERT_WEBHOOK_URL")
+    # The label scope of who made it (selector texts, any matches; [] = every device): a scoped operator's rule
+    # covers only their devices, and only people whose scope covers it see or change it (accounts/policy.py).
+    scope = models.JSONField(default=list, blank=True, db_default=[])
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -4,6 +4,7 @@ import re
 
 from django.core.exceptions import ValidationError
 
+from accounts.scopes import scope_of, scoped
 from alerts.destinations import webhook_url_problem
 from alerts.evaluation import RuleSpec
 from alerts.models import AlertRule, Condition, Kind
@@ -58,11 +59,12 @@ def _key_reported(rule: AlertRule) -> bool:
     latest = LatestValue.objects.filter(key=rule.key)
     if rule.device_id:
         return latest.filter(device_id=rule.device_id).exists()
+    reporting = scoped(Device.objects.filter(id__in=latest.values("device_id")), scope_of(rule.scope))
     if not rule.device_pattern and not rule.device_labels:
-        return latest.exists()
+        return reporting.exists()
     pattern = re.compile(_glob_to_regex(rule.device_pattern or "*"))
-    scope = devices_labelled(Device.objects.filter(id__in=latest.values("device_id")), labels_parse(rule.device_labels))
-    return any(pattern.fullmatch(k) for k in scope.values_list("key", flat=True))
+    covered = devices_labelled(reporting, labels_parse(rule.device_labels))
+    return any(pattern.fullmatch(k) for k in covered.values_list("key", flat=True))
 
 
 def _glob_to_regex(pattern: str) -> str:
@@ -88,4 +90,5 @@ def rule_spec(rule: AlertRule) -> RuleSpec:
         pattern=rule.device_pattern,
         webhook_url=rule.webhook_url,
         labels=tuple(sorted(labels_parse(rule.device_labels).items())),
+        scope=tuple(tuple(sorted(labels_parse(text).items())) for text in rule.scope),
     )

@@ -4,11 +4,27 @@ from datetime import datetime
 
 from django.db.models import QuerySet
 
+from accounts.policy import Actor, Role
+from accounts.scopes import scope_of
 from alerts.models import AlertEvent, AlertRule, AlertState, State, alert_event_payload
 from core.epoch import epoch_ms
 from core.protocol import AlertEventPayload
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}  # worst first
+
+
+def rules_visible(actor: Actor) -> QuerySet[AlertRule]:
+    """The rules an actor sees and may change: those whose scope theirs covers (a fleet-wide rule is only for
+    the unscoped), of a device they see. Rules are few: decided here, one query for the ids."""
+    rules = AlertRule.objects.select_related("device")
+    if not actor.scope:
+        return rules if actor.role > Role.NONE else rules.none()
+    ids = [
+        rule.id
+        for rule in rules
+        if actor.covers(scope_of(rule.scope)) and (rule.device is None or actor.sees(rule.device.labels))
+    ]
+    return rules.filter(id__in=ids)
 
 
 def alerts_open() -> QuerySet[AlertState]:
@@ -109,5 +125,6 @@ def alert_rule_summary(rule: AlertRule) -> dict:
         "id": rule.id,
         "device": rule.device.key if rule.device is not None else None,  # no query without a device id
         **{field: getattr(rule, field) for field in RULE_FIELDS},
+        "scope": rule.scope,
         "created": epoch_ms(rule.created_at),
     }

@@ -7,9 +7,10 @@ from django.db import transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
+from accounts.policy import Actor
+from accounts.scopes import scope_text
 from alerts.forms import AlertRuleForm
 from alerts.models import AlertEvent, AlertRule, AlertState, State
-from devices.models import Device
 
 
 def alert_acknowledge(*, state_id: int, user: User) -> bool:
@@ -40,20 +41,22 @@ class RuleRefused(Exception):
         self.errors = errors
 
 
-def alert_rule_save(*, values: Mapping[str, object], rule: AlertRule | None = None) -> AlertRule:
+def alert_rule_save(*, values: Mapping[str, object], actor: Actor, rule: AlertRule | None = None) -> AlertRule:
     """Create a rule (`rule` None) or change the given fields of one, through the rules page's form, so the API
     and the page refuse the same values with the same messages (AlertRuleForm, AlertRule.clean). `device` is a
     device key. Raises RuleRefused. (A rule that depends on who writes, such as staff-only webhook URLs, belongs
-    in the form too; this is the one place the API builds it.)"""
+    in the form too; this is the one place the API builds it.) A new rule takes the actor's label scope."""
     if rule is None:  # the empty page's values: the model's defaults
         rule, base = AlertRule(), {name: field.initial for name, field in AlertRuleForm.base_fields.items()}
     else:
         base = model_to_dict(rule, fields=AlertRuleForm.Meta.fields)
     data = {**base, **values}
     if isinstance(data.get("device"), str):  # the API names devices by key, the form by id
-        device_id = Device.objects.filter(key=data["device"]).values_list("id", flat=True).first()
+        device_id = actor.devices().filter(key=data["device"]).values_list("id", flat=True).first()
         data["device"] = device_id if device_id is not None else data["device"]
-    form = AlertRuleForm(data, instance=rule)
+    if rule.pk is None:
+        rule.scope = scope_text(actor.scope)
+    form = AlertRuleForm(data, instance=rule, actor=actor)
     if not form.is_valid():
         # Iterating an ErrorList yields its messages as text (ErrorList.__getitem__); django-stubs types the items
         # as the ValidationErrors it stores.

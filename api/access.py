@@ -11,9 +11,11 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from accounts.policy import Action, actor_of
+from accounts.requests import actor_in
 from api.credentials import api_token_find
 from api.errors import ApiError
-from api.models import ApiToken, Scope
+from api.models import ApiToken
 from core.state import runtime_in
 
 
@@ -34,16 +36,28 @@ class ApiTokenAuthentication(BaseAuthentication):
         return 'Bearer realm="hub"'
 
 
-class OperatorScope(BasePermission):
-    """Reads need an operator; writes need a session (with its CSRF token) or a read-write token (403)."""
+class Allowed(BasePermission):
+    """Asks the policy (accounts/policy.py) whether the caller's role may do what the method asks: each view's
+    `policy` maps a method to an Action; by default reads are VIEW and writes OPERATE. A session needs a role;
+    a read-only token acts as a viewer (403 insufficient_scope when a write-token would do)."""
 
     def has_permission(self, request: Request, view) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False  # 401: REST framework answers NotAuthenticated when no authenticator succeeded
-        token = request.auth
-        if request.method in SAFE_METHODS or not isinstance(token, ApiToken) or token.scope == Scope.WRITE:
+        action = action_of(view, request.method or "GET")
+        actor = actor_in(request)
+        if actor.may(action):
             return True
-        raise ApiError(403, "insufficient_scope", "this API token is read-only; writes need a read-write token")
+        if isinstance(request.auth, ApiToken) and request.auth.read_only and actor_of(request.user).may(action):
+            raise ApiError(403, "insufficient_scope", "this API token is read-only; writes need a read-write token")
+        role = actor.role.label
+        raise ApiError(403, "forbidden", f"your role ({role}) may not {action.name.lower()}: ask an admin")
+
+
+def action_of(view, method: str) -> Action:
+    """What a view's method asks of the policy."""
+    policy: dict[str, Action] = getattr(view, "policy", {})
+    return policy.get(method, Action.VIEW if method in SAFE_METHODS else Action.OPERATE)
 
 
 class ProvisionThrottle(BaseThrottle):

@@ -6,8 +6,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.audit import audit_record
+from accounts.policy import Actor
+from accounts.requests import actor_in
 from alerts.models import AlertRule, AlertState
-from alerts.selectors import RULE_FIELDS, alert_rule_summary, alert_state_summary, alerts_open
+from alerts.selectors import RULE_FIELDS, alert_rule_summary, alert_state_summary, alerts_open, rules_visible
 from alerts.services import RuleRefused, alert_acknowledge, alert_rule_save
 from api import shapes
 from api.errors import ApiError, invalid
@@ -17,18 +20,21 @@ from api.rest import Pages, body_fields
 RULE_BODY = dict.fromkeys(("device", *RULE_FIELDS), object)
 
 
-def rule_or_404(rule_id: int) -> AlertRule:
-    rule = AlertRule.objects.select_related("device").filter(id=rule_id).first()
+def rule_or_404(actor: Actor, rule_id: int) -> AlertRule:
+    rule = rules_visible(actor).filter(id=rule_id).first()
     if rule is None:
         raise ApiError(404, "unknown_rule", f"no alert rule {rule_id}")
     return rule
 
 
 def rule_saved(request: Request, rule: AlertRule | None = None) -> AlertRule:
+    values, actor = body_fields(request, types=RULE_BODY), actor_in(request)
     try:
-        return alert_rule_save(values=body_fields(request, types=RULE_BODY), rule=rule)
+        saved = alert_rule_save(values=values, rule=rule, actor=actor)
     except RuleRefused as exc:
         raise invalid(exc.errors) from None
+    audit_record(actor, "rule.create" if rule is None else "rule.change", saved, **values)
+    return saved
 
 
 class RuleList(APIView):
@@ -37,7 +43,7 @@ class RuleList(APIView):
     @extend_schema(operation_id="alert_rules_list", responses={200: shapes.AlertRule(many=True), **shapes.ERRORS})
     def get(self, request: Request) -> Response:
         paginator = Pages()
-        rules = paginator.paginate_queryset(AlertRule.objects.select_related("device").order_by("name", "id"), request)
+        rules = paginator.paginate_queryset(rules_visible(actor_in(request)).order_by("name", "id"), request)
         return paginator.get_paginated_response([alert_rule_summary(rule) for rule in rules])
 
     @extend_schema(
@@ -55,7 +61,7 @@ class RuleDetail(APIView):
         operation_id="alert_rules_get", responses={200: shapes.AlertRule, 404: shapes.Error, **shapes.ERRORS}
     )
     def get(self, request: Request, rule_id: int) -> Response:
-        return Response(alert_rule_summary(rule_or_404(rule_id)))
+        return Response(alert_rule_summary(rule_or_404(actor_in(request), rule_id)))
 
     @extend_schema(
         operation_id="alert_rules_update",
@@ -64,11 +70,14 @@ class RuleDetail(APIView):
         responses={200: shapes.AlertRule, 404: shapes.Error, **shapes.ERRORS},
     )
     def patch(self, request: Request, rule_id: int) -> Response:
-        return Response(alert_rule_summary(rule_saved(request, rule_or_404(rule_id))))
+        return Response(alert_rule_summary(rule_saved(request, rule_or_404(actor_in(request), rule_id))))
 
     @extend_schema(operation_id="alert_rules_delete", responses={204: None, 404: shapes.Error, **shapes.ERRORS})
     def delete(self, request: Request, rule_id: int) -> Response:
-        rule_or_404(rule_id).delete()
+        actor = actor_in(request)
+        rule = rule_or_404(actor, rule_id)
+        audit_record(actor, "rule.delete", rule, name=rule.name)
+        rule.delete()
         return Response(status=204)
 
 
@@ -82,7 +91,7 @@ class FiringList(APIView):
         responses={200: shapes.AlertState(many=True), **shapes.ERRORS},
     )
     def get(self, request: Request) -> Response:
-        firing = alerts_open().order_by("-fired_at", "-id")
+        firing = actor_in(request).scoped(alerts_open(), "device__labels").order_by("-fired_at", "-id")
         if device := request.query_params.get("device"):
             firing = firing.filter(device__key=device)
         paginator = Pages()
@@ -99,9 +108,11 @@ class Acknowledge(APIView):
         responses={200: shapes.AlertState, 404: shapes.Error, 409: shapes.Error, **shapes.ERRORS},
     )
     def post(self, request: Request, state_id: int) -> Response:
-        if not AlertState.objects.filter(id=state_id).exists():
+        actor = actor_in(request)
+        if not actor.scoped(AlertState.objects.filter(id=state_id), "device__labels").exists():
             raise ApiError(404, "unknown_alert", f"no alert {state_id}")
         if not alert_acknowledge(state_id=state_id, user=request.user):
             raise ApiError(409, "not_acknowledgeable", "that alert is no longer firing or was already acknowledged")
         state = AlertState.objects.select_related("rule", "device", "acknowledged_by").get(id=state_id)
+        audit_record(actor, "alert.acknowledge", state, rule=state.rule.name, device=state.device.key)
         return Response(alert_state_summary(state))

@@ -1,7 +1,6 @@
-"""Who is asking: a logged-in operator (session) or a script with `Authorization: Bearer <api token>`."""
+"""API tokens of people, for scripts: issued (the plaintext shown once), found by their plaintext, revoked."""
 
-from django.contrib.auth.models import AnonymousUser, User
-from django.http import HttpRequest
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from api.models import ApiToken, Scope
@@ -35,13 +34,3 @@ def api_token_revoke(*, token_id: int, user: User | None = None) -> bool:
     if user is not None:
         tokens = tokens.filter(user=user)
     return tokens.update(revoked_at=timezone.now()) == 1
-
-
-def operator_of(request: HttpRequest) -> User | AnonymousUser:
-    """The session user, else the owner of a valid bearer token, else anonymous."""
-    if request.user.is_authenticated:
-        return request.user
-    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and (token := api_token_find(credential.strip())) is not None:
-        return token.user
-    return AnonymousUser()

@@ -1,6 +1,8 @@
 """Devices: list (paged, filtered), create (the token shown once), get, change, delete, rotate the token, bulk
 import, and a device's alert events."""
 
+from collections.abc import Mapping, Sequence
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -9,6 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.audit import audit_record
+from accounts.policy import Actor
+from accounts.requests import actor_in
+from accounts.scopes import scope_text
 from alerts.selectors import alert_events_of_device
 from api import shapes
 from api.errors import ApiError, devices_refused, invalid
@@ -18,18 +24,34 @@ from core.epoch import from_epoch_ms
 from devices.imports import device_specs_from_csv, device_specs_from_json, devices_import
 from devices.models import Device
 from devices.selectors import STATUSES, device_summary, devices_matching
-from devices.services import DevicesRefused, device_create, device_delete, device_token_rotate, device_update
+from devices.services import (
+    DeviceSpec,
+    DevicesRefused,
+    RowProblem,
+    device_create,
+    device_delete,
+    device_token_rotate,
+    device_update,
+)
 
 
 def unknown_device(key: str) -> ApiError:
+    # The same answer for a device out of the caller's scope: a 403 would confirm that it exists.
     return ApiError(404, "unknown_device", f"no device {key!r}")
 
 
-def device_or_404(key: str) -> Device:
-    device = Device.objects.filter(key=key).first()
+def device_or_404(actor: Actor, key: str) -> Device:
+    device = actor.devices().filter(key=key).first()
     if device is None:
         raise unknown_device(key)
     return device
+
+
+def labels_in_scope(actor: Actor, labels: Mapping[str, str], field: str = "labels") -> None:
+    """400 when a device with these labels would be out of the caller's scope (they could not see it)."""
+    if not actor.sees(dict(labels)):
+        allowed = " or ".join(scope_text(actor.scope))
+        raise ApiError(400, "out_of_scope", f"{field}: your devices carry {allowed}", field=field)
 
 
 class DeviceList(APIView):
@@ -49,6 +71,7 @@ class DeviceList(APIView):
         params = params_valid(DeviceFilter(request.query_params))
         now = timezone.now()
         devices = devices_matching(now=now, text=params["q"], labels=params["label"], status=params["status"])
+        devices = actor_in(request).scoped(devices)
         paginator = Pages()
         page = paginator.paginate_queryset(devices, request, view=self)
         return paginator.get_paginated_response([device_summary(d, now=now) for d in page])
@@ -61,17 +84,20 @@ class DeviceList(APIView):
     )
     def post(self, request: Request) -> Response:
         fields = body_fields(request, types={"key": str, "name": str, "labels": dict}, required=["key"])
+        actor = actor_in(request)
+        labels_in_scope(actor, fields.get("labels") or {})
         try:
             device, token = device_create(**fields)
         except DevicesRefused as exc:
             raise devices_refused(exc) from None
+        audit_record(actor, "device.create", device, name=device.name, labels=device.labels)
         return Response({**device_summary(device, now=timezone.now()), "token": token}, status=201)
 
 
 class DeviceDetail(APIView):
     @extend_schema(operation_id="devices_get", responses={200: shapes.Device, 404: shapes.Error, **shapes.ERRORS})
     def get(self, request: Request, key: str) -> Response:
-        return Response(device_summary(device_or_404(key), now=timezone.now()))
+        return Response(device_summary(device_or_404(actor_in(request), key), now=timezone.now()))
 
     @extend_schema(
         operation_id="devices_update",
@@ -81,12 +107,18 @@ class DeviceDetail(APIView):
     )
     def patch(self, request: Request, key: str) -> Response:
         fields = body_fields(request, types={"name": str, "labels": dict})
+        actor = actor_in(request)
+        before = device_or_404(actor, key)
+        if "labels" in fields:
+            labels_in_scope(actor, fields["labels"] or {})  # else the device would leave the caller's hands
         try:
             device = device_update(key=key, **fields)
         except Device.DoesNotExist:
             raise unknown_device(key) from None
         except ValidationError as exc:
             raise invalid(exc.message_dict) from None
+        changes = {f: {"from": getattr(before, f), "to": getattr(device, f)} for f in fields}
+        audit_record(actor, "device.change", device, **changes)
         return Response(device_summary(device, now=timezone.now()))
 
     @extend_schema(
@@ -95,10 +127,13 @@ class DeviceDetail(APIView):
         responses={204: None, 404: shapes.Error, **shapes.ERRORS},
     )
     def delete(self, request: Request, key: str) -> Response:
+        actor = actor_in(request)
+        device = device_or_404(actor, key)
         try:
             device_delete(key=key)
         except Device.DoesNotExist:
             raise unknown_device(key) from None
+        audit_record(actor, "device.delete", device, name=device.name, labels=device.labels)
         return Response(status=204)
 
 
@@ -110,11 +145,24 @@ class DeviceTokenRotate(APIView):
         responses={200: shapes.DeviceToken, 404: shapes.Error, **shapes.ERRORS},
     )
     def post(self, request: Request, key: str) -> Response:
+        actor = actor_in(request)
+        device = device_or_404(actor, key)
         try:
             token = device_token_rotate(key=key)
         except Device.DoesNotExist:
             raise unknown_device(key) from None
+        audit_record(actor, "device.token.rotate", device)  # never the token
         return Response({"key": key, "token": token})
+
+
+def specs_out_of_scope(actor: Actor, specs: Sequence[DeviceSpec]) -> list[RowProblem]:
+    """A row of a bulk import whose labels the caller's scope does not cover (rows are 1-based)."""
+    allowed = " or ".join(scope_text(actor.scope))
+    return [
+        RowProblem(row=i, key=spec.key, field="labels", message=f"your devices carry {allowed}")
+        for i, spec in enumerate(specs, start=1)
+        if not actor.sees(dict(spec.labels))
+    ]
 
 
 class DeviceBulk(APIView):
@@ -138,10 +186,13 @@ class DeviceBulk(APIView):
         if len(specs) > settings.HUB_API_BULK_MAX_DEVICES:
             limit = settings.HUB_API_BULK_MAX_DEVICES
             raise ApiError(413, "too_many_devices", f"{len(specs)} devices; at most {limit} per request")
+        actor = actor_in(request)
+        problems = [*problems, *specs_out_of_scope(actor, specs)]
         try:
             created = devices_import(specs=specs, problems=problems)
         except DevicesRefused as exc:
             raise devices_refused(exc) from None
+        audit_record(actor, "device.bulk_create", None, keys=[device.key for device, _ in created])
         devices = [{"key": device.key, "token": token} for device, token in created]
         return Response({"created": len(devices), "devices": devices}, status=201)
 
@@ -160,7 +211,7 @@ class DeviceAlertEvents(APIView):
         responses={200: shapes.AlertEvents, 404: shapes.Error, **shapes.ERRORS},
     )
     def get(self, request: Request, key: str) -> Response:
-        device = device_or_404(key)
+        device = device_or_404(actor_in(request), key)
         params = params_valid(HistoryParams(request.query_params))  # the history API's range and limit, its checks
         since, until = from_epoch_ms(params["start"]), from_epoch_ms(params["end"])
         events = alert_events_of_device(device_id=device.id, start=since, end=until, limit=params["limit"])

@@ -28,3 +28,8 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.name}".strip()
+
+    @property
+    def read_only(self) -> bool:
+        """A read-only token acts as a viewer whatever its user's role (accounts/policy.py)."""
+        return self.scope != Scope.WRITE

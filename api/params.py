@@ -116,3 +116,20 @@ class WindowParams(forms.Form):
             self.add_error("end", f"the range is limited to {settings.HUB_HISTORY_MAX_RANGE_DAYS} days")
         data["px"] = data["px"] or 1000
         return data
+
+
+class AuditFilter(forms.Form):
+    """The audit log's filters (`GET /api/v1/audit`): who, what, which object, [start, end); each optional."""
+
+    actor = forms.CharField(required=False, max_length=150)
+    action = forms.CharField(required=False, max_length=40)
+    object_type = forms.CharField(required=False, max_length=40)
+    object_id = forms.CharField(required=False, max_length=200)
+    start = forms.IntegerField(required=False, min_value=0, max_value=MAX_MS)
+    end = forms.IntegerField(required=False, min_value=0, max_value=MAX_MS)
+
+    def clean(self) -> dict:
+        data = _cleaned(self, super().clean())
+        if not self.errors and None not in (data["start"], data["end"]) and data["start"] >= data["end"]:
+            self.add_error("start", "must be before end")
+        return data

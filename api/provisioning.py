@@ -9,8 +9,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.audit import audit_record, audit_record_as
+from accounts.policy import Actor
+from accounts.requests import actor_in
 from api import shapes
 from api.access import ProvisionThrottle
+from api.devices import labels_in_scope
 from api.errors import ApiError, invalid
 from api.rest import body_fields
 from core.epoch import MAX_MS, from_epoch_ms
@@ -28,10 +32,22 @@ from devices.services import DevicesRefused
 NONE_OR = type(None)
 
 
+def profiles_visible(actor: Actor) -> list[ProvisioningProfile]:
+    """The profiles whose devices would be in the actor's scope (profiles are few)."""
+    return [profile for profile in ProvisioningProfile.objects.all() if actor.sees(profile.labels)]
+
+
+def profile_or_404(actor: Actor, key: str) -> ProvisioningProfile:
+    profile = ProvisioningProfile.objects.filter(key=key).first()
+    if profile is None or not actor.sees(profile.labels):
+        raise ApiError(404, "unknown_profile", f"no provisioning profile {key!r}")
+    return profile
+
+
 class ProfileList(APIView):
     @extend_schema(operation_id="provisioning_profiles_list", responses={200: shapes.ProvisioningProfile(many=True)})
     def get(self, request: Request) -> Response:
-        return Response([provisioning_profile_summary(p) for p in ProvisioningProfile.objects.all()])
+        return Response([provisioning_profile_summary(p) for p in profiles_visible(actor_in(request))])
 
     @extend_schema(
         operation_id="provisioning_profiles_create",
@@ -48,6 +64,8 @@ class ProfileList(APIView):
             "max_devices": (int, NONE_OR),
         }
         fields = body_fields(request, types=types, required=["key"])
+        actor = actor_in(request)
+        labels_in_scope(actor, fields.get("labels") or {})  # the devices it provisions are the caller's
         expires = fields.pop("expires", None)
         if expires is not None and not 0 <= expires <= MAX_MS:
             raise ApiError(400, "invalid", f"expires: ms since the epoch, at most {MAX_MS}", field="expires")
@@ -59,6 +77,7 @@ class ProfileList(APIView):
             raise invalid(exc.message_dict) from None
         except ProfileExists:
             raise ApiError(409, "conflict", f"a provisioning profile {fields['key']!r} exists", field="key") from None
+        audit_record(actor, "profile.create", profile, **{k: v for k, v in fields.items() if k != "key"})
         return Response({**provisioning_profile_summary(profile), "secret": secret}, status=201)
 
 
@@ -68,10 +87,7 @@ class ProfileDetail(APIView):
         responses={200: shapes.ProvisioningProfile, 404: shapes.Error, **shapes.ERRORS},
     )
     def get(self, request: Request, key: str) -> Response:
-        profile = ProvisioningProfile.objects.filter(key=key).first()
-        if profile is None:
-            raise ApiError(404, "unknown_profile", f"no provisioning profile {key!r}")
-        return Response(provisioning_profile_summary(profile))
+        return Response(provisioning_profile_summary(profile_or_404(actor_in(request), key)))
 
     @extend_schema(
         operation_id="provisioning_profiles_delete",
@@ -79,10 +95,13 @@ class ProfileDetail(APIView):
         responses={204: None, 404: shapes.Error, **shapes.ERRORS},
     )
     def delete(self, request: Request, key: str) -> Response:
+        actor = actor_in(request)
+        profile = profile_or_404(actor, key)
         try:
             provisioning_profile_delete(key=key)
         except ProvisioningProfile.DoesNotExist:
             raise ApiError(404, "unknown_profile", f"no provisioning profile {key!r}") from None
+        audit_record(actor, "profile.delete", profile)
         return Response(status=204)
 
 
@@ -131,4 +150,5 @@ class Provision(APIView):
             status, code = (409, "conflict") if exc.conflict else (400, "invalid")
             field = "device" if exc.problems[0].field == "key" else exc.problems[0].field
             raise ApiError(status, code, f"{field}: {exc.problems[0].message}", field=field) from None
+        audit_record_as("device", device.key, "device.provision", device, profile=fields["profile"])
         return Response({"device": device.key, "token": token}, status=201)

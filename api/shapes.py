@@ -73,7 +73,10 @@ class AlertRule(serializers.Serializer):
     hysteresis = serializers.FloatField(required=False)
     no_data_seconds = serializers.IntegerField(min_value=0, required=False)
     severity = serializers.ChoiceField(choices=Severity.choices, required=False)
-    webhook_url = serializers.URLField(required=False, allow_blank=True)
+    webhook_url = serializers.URLField(required=False, allow_blank=True, help_text="admins only")
+    scope = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text="its maker's label scope; empty: every device"
+    )
     created = serializers.IntegerField(read_only=True)
 
 
@@ -115,6 +118,7 @@ class AlertEvents(serializers.Serializer):
 class ApiToken(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    user = serializers.CharField(read_only=True, help_text="its user's username")
     scope = serializers.ChoiceField(choices=Scope.choices, required=False)
     created = serializers.IntegerField(read_only=True)
     revoked = serializers.IntegerField(allow_null=True, read_only=True)
@@ -152,3 +156,53 @@ class Provisioned(serializers.Serializer):
 
 # What any operator endpoint may answer besides success: a bad value, no operator, not allowed.
 ERRORS = {400: Error, 401: Error, 403: Error}
+
+
+class AuditEvent(serializers.Serializer):
+    id = serializers.IntegerField()
+    at = serializers.IntegerField(help_text="ms since the epoch, UTC")
+    actor_kind = serializers.ChoiceField(choices=["user", "token", "device", "system"])
+    actor = serializers.CharField(help_text="the username, or the device key, at the time")
+    token_id = serializers.IntegerField(allow_null=True, help_text="the API token the user acted through")
+    action = serializers.CharField(help_text="e.g. login.failed, device.delete, alert.acknowledge")
+    object_type = serializers.CharField(allow_blank=True, help_text="e.g. device, alertrule")
+    object_id = serializers.CharField(allow_blank=True, help_text="a device's key, else the id")
+    address = serializers.CharField(allow_blank=True, help_text="the client's address")
+    detail = serializers.DictField(help_text="how: the changed fields, never a secret")
+
+
+USER_ROLES = ["viewer", "operator", "admin"]  # accounts.policy.ROLE_GROUPS
+
+
+class User(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(max_length=150)
+    email = serializers.EmailField(allow_blank=True)
+    active = serializers.BooleanField(help_text="false: cannot log in, their API tokens stop working")
+    # Text, not a choice: an enum of four beside the bodies' three would collide in the schema's names.
+    role = serializers.CharField(help_text="viewer, operator, admin, or none (logged in, but sees nothing)")
+    scope = serializers.ListField(
+        child=serializers.CharField(), help_text="the selectors limiting them (their own and their groups'); []: all"
+    )
+    own_scope = serializers.ListField(child=serializers.CharField(), help_text="the selectors given to them alone")
+    last_login = serializers.DateTimeField(allow_null=True)
+
+
+class UserCreate(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(
+        required=False, allow_null=True, help_text="checked by the hub's password rules; null or absent: none"
+    )
+    role = serializers.ChoiceField(choices=USER_ROLES)
+    scope = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="label selectors, e.g. site=north; not for admins"
+    )
+    email = serializers.EmailField(required=False, allow_blank=True)
+
+
+class UserUpdate(serializers.Serializer):
+    role = serializers.ChoiceField(choices=USER_ROLES, required=False)
+    scope = serializers.ListField(child=serializers.CharField(), required=False, help_text="replaces their own scope")
+    active = serializers.BooleanField(required=False)
+    password = serializers.CharField(required=False, allow_null=True, help_text="null: no password (API tokens only)")
+    email = serializers.EmailField(required=False, allow_blank=True)

@@ -5,7 +5,7 @@ framework views too (dashboards/api.py), so the schema lists them."""
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerSplitView
 
-from api import alerts, devices, provisioning, tokens
+from api import alerts, audit, devices, provisioning, tokens, users
 
 app_name = "api"
 urlpatterns = [
@@ -20,9 +20,12 @@ urlpatterns = [
     path("alerts/<int:state_id>/acknowledge", alerts.Acknowledge.as_view(), name="alert-acknowledge"),
     path("tokens", tokens.TokenList.as_view(), name="tokens"),
     path("tokens/<int:token_id>", tokens.TokenRevoke.as_view(), name="token"),
+    path("users", users.UserList.as_view(), name="users"),
+    path("users/<int:user_id>", users.UserDetail.as_view(), name="user"),
     path("provisioning-profiles", provisioning.ProfileList.as_view(), name="provisioning-profiles"),
     path("provisioning-profiles/<slug:key>", provisioning.ProfileDetail.as_view(), name="provisioning-profile"),
     path("provision", provisioning.Provision.as_view(), name="provision"),
+    path("audit", audit.AuditList.as_view(), name="audit"),
     path("schema", SpectacularJSONAPIView.as_view(), name="schema"),
     # The split view serves Swagger UI's init script as a file: the hub's CSP allows no inline script.
     path(

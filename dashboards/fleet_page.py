@@ -5,11 +5,12 @@
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
+from accounts.policy import Action
+from accounts.requests import actor_in, allowed
 from core.protocol import close_codes
 from dashboards.selectors import FLEET_SORTS, FLEET_STATUSES, FleetQuery, fleet_status
 from devices.labels import labels_from_query, labels_text
@@ -103,11 +104,12 @@ def _rows(snapshot: dict) -> list[dict]:
     ]
 
 
-@login_required
+@allowed(Action.VIEW)
 def fleet(request: HttpRequest) -> HttpResponse:
-    """The first page of matching devices, rendered into the HTML; fleet.js makes it live."""
+    """The first page of matching devices (of those the viewer sees), rendered into the HTML; fleet.js makes
+    it live."""
     query, problem = fleet_query(request.GET)
-    snapshot = fleet_status(query)
+    snapshot = fleet_status(query, fleet=actor_in(request).devices())
     page = snapshot["page"]
     context = {
         "fleet": snapshot,
@@ -130,7 +132,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboards/fleet.html", context)
 
 
-@login_required
+@allowed(Action.VIEW)
 def fleet_json(request: HttpRequest) -> JsonResponse:
     """The fleet page's periodic refresh: the same page of the same query (statuses, rates, alerts, counts)."""
-    return JsonResponse(fleet_status(fleet_query(request.GET)[0]))
+    return JsonResponse(fleet_status(fleet_query(request.GET)[0], fleet=actor_in(request).devices()))

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
+from accounts.policy import Action
+from accounts.requests import actor_in, allowed
 from core.epoch import MAX_MS, now_ms
 from devices.models import Device
 from history.selectors import HOUR_MS, MINUTE_MS, interval_auto, keys_of_device
@@ -122,10 +123,10 @@ def history_page_context(*, device: Device, known_keys: list[str], choices: Hist
     }
 
 
-@login_required
+@allowed(Action.VIEW)
 def device_history(request: HttpRequest, key: str) -> HttpResponse:
     """One device's history: range, keys and aggregate pickers, a chart, the CSV of what it shows."""
-    device = get_object_or_404(Device, key=key)
+    device = get_object_or_404(actor_in(request).devices(), key=key)
     known = keys_of_device(device.id)
     choices = history_choices(request.GET, known_keys=known, now=now_ms())
     context = history_page_context(device=device, known_keys=known, choices=choices)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from alerts.selectors import SEVERITY_ORDER, alerts_open_by_device
@@ -54,15 +54,17 @@ def _sort_key(sort: str, device: dict) -> tuple:
     return name
 
 
-def fleet_status(query: FleetQuery | None = None) -> dict:
-    """One page of the fleet (`query`): each device's status, last seen, readings in the last minute, newest
-    value per key and worst firing alert, with counts by status over every matching device. A fixed number of
-    queries whatever the fleet's size; latest values are read for the page's devices only."""
+def fleet_status(query: FleetQuery | None = None, *, fleet: QuerySet[Device] | None = None) -> dict:
+    """One page of the fleet (`query`) among `fleet` (the devices the viewer sees; default: all): each device's
+    status, last seen, readings in the last minute, newest value per key and worst firing alert, with counts by
+    status over every matching device. A fixed number of queries whatever the fleet's size; latest values are
+    read for the page's devices only."""
     query = query or FleetQuery()
+    fleet = Device.objects.all() if fleet is None else fleet
     now = timezone.now()
     now_ms, window = epoch_ms(now), settings.HUB_ONLINE_WINDOW_SECONDS * 1000
-    total = Device.objects.count()
-    matching = devices_labelled(Device.objects.all(), query.labels)
+    total = fleet.count()
+    matching = devices_labelled(fleet, query.labels)
     if query.text:
         matching = matching.filter(Q(key__icontains=query.text) | Q(name__icontains=query.text))
     alerts = alerts_open_by_device()
@@ -114,14 +116,17 @@ class CompareSelection:
     available: tuple[str, ...]  # numeric keys any matching device has reported
 
 
-def compare_selection(*, pattern: str, labels: Mapping[str, str], keys: Sequence[str]) -> CompareSelection:
+def compare_selection(
+    *, pattern: str, labels: Mapping[str, str], keys: Sequence[str], fleet: QuerySet[Device] | None = None
+) -> CompareSelection:
     """Devices whose key matches `pattern` (shell-style, comma-separated alternatives) and that carry `labels`;
     the asked keys they have reported, or by default the keys they all share (at most COMPARE_DEFAULT_KEYS).
-    Nothing is selected until a pattern or a label is given."""
+    Nothing is selected until a pattern or a label is given; only devices of `fleet` (default: all)."""
     if not pattern and not labels:
         return CompareSelection(pattern, labels, (), [], 0, ())
     alternatives = [p.strip() for p in pattern.split(",") if p.strip()] or ["*"]
-    candidates = devices_labelled(Device.objects.order_by("key"), labels).only("id", "key", "name")
+    fleet = Device.objects.all() if fleet is None else fleet
+    candidates = devices_labelled(fleet.order_by("key"), labels).only("id", "key", "name")
     matched = [d for d in candidates if any(fnmatch.fnmatchcase(d.key, p) for p in alternatives)]
     shown = matched[:COMPARE_MAX_DEVICES]
     reported = keys_of_devices([d.id for d in shown])

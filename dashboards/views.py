@@ -1,20 +1,20 @@
-"""Operator pages (login required): the live device page and the compare view. The fleet page is in
+"""Operator pages (for every role; accounts/policy.py): the live device page and the compare view. The fleet page is in
 dashboards/fleet_page.py, the history page in dashboards/history_page.py."""
 
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render, resolve_url
 from django.urls import reverse
 
+from accounts.policy import Action
+from accounts.requests import actor_in, allowed
 from alerts.selectors import alert_events_recent, alert_thresholds_for_device, firing_on_device
 from core.epoch import from_epoch_ms, now_ms
 from core.protocol import close_codes
 from dashboards.selectors import compare_selection
 from devices.labels import labels_from_query, labels_text
-from devices.models import Device
 from history.selectors import keys_of_device, readings_latest
 
 # The live pages' windows (`?window=`): a fixed few; longer ranges belong to the history page.
@@ -37,11 +37,11 @@ def _live_config(window: str) -> dict:
     }
 
 
-@login_required
+@allowed(Action.VIEW)
 def device_detail(request: HttpRequest, key: str) -> HttpResponse:
     """Live charts of the picked numeric keys (`?key=`, repeatable; all by default) over the whole `?window=`,
     and the latest text values; dashboards/static/dashboards/device.js loads the window and follows the stream."""
-    device = get_object_or_404(Device, key=key)
+    device = get_object_or_404(actor_in(request).devices(), key=key)  # out of scope: as unknown
     window = live_window(request)
     known = keys_of_device(device.id)
     asked = set(request.GET.getlist("key"))
@@ -68,14 +68,15 @@ def device_detail(request: HttpRequest, key: str) -> HttpResponse:
     return render(request, "dashboards/device.html", context)
 
 
-@login_required
+@allowed(Action.VIEW)
 def compare(request: HttpRequest) -> HttpResponse:
     """Several devices side by side: `devices` (a key pattern, e.g. boiler-*), `label` (name=value pairs) and
     `keys` pick them; one chart per key, a trace per device, live over `window` (compare.js)."""
     window = live_window(request)
     labels, problem = labels_from_query(request.GET.get("label", ""))
     keys = [k.strip() for k in request.GET.get("keys", "").split(",") if k.strip()]
-    selection = compare_selection(pattern=request.GET.get("devices", "").strip()[:500], labels=labels, keys=keys)
+    pattern = request.GET.get("devices", "").strip()[:500]
+    selection = compare_selection(pattern=pattern, labels=labels, keys=keys, fleet=actor_in(request).devices())
     page = {
         **_live_config(window),
         "devices": [{"key": d.key, "name": d.name or d.key} for d in selection.devices],

@@ -35,6 +35,7 @@ class HubConfig:
     read_pool_size: int = 4  # connections of the streaming reads (CSV export)
     provision_rate: float = 2.0  # device self-provisioning attempts per second and client address
     provision_burst: float = 20.0
+    audit_retention_days: int = 365  # the audit trail's (0: kept forever); pruned every retention interval
 
     @classmethod
     def from_settings(cls, *, role: Role | None = None) -> "HubConfig":
@@ -70,6 +71,7 @@ class HubConfig:
                 watchdog_seconds=s.HUB_STREAM_WATCHDOG_SECONDS,
                 rejoin_seconds=s.HUB_STREAM_REJOIN_SECONDS,
                 fleet_digest_seconds=s.HUB_FLEET_DIGEST_SECONDS,
+                scope_refresh_seconds=s.HUB_STREAM_SCOPE_REFRESH_SECONDS,
                 redis_urls=tuple(s.REDIS_URLS),
             ),
             alerts=AlertConfig(
@@ -102,4 +104,5 @@ class HubConfig:
             read_pool_size=s.HUB_READ_POOL_SIZE,
             provision_rate=s.HUB_PROVISION_RATE_LIMIT,
             provision_burst=s.HUB_PROVISION_RATE_BURST,
+            audit_retention_days=s.HUB_AUDIT_RETENTION_DAYS,
         )

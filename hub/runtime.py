@@ -5,7 +5,7 @@
     storage engine -> writer (its engine's backend) -> after-commit consumers, each on its own queue (publisher,
     alert engine) -> the ingest entry point -> device transports (open sockets) -> dashboard streams
     (broadcaster, catch-up) -> streaming reads -> loops (token re-check, alert rules and silence, webhooks,
-    layer watchdog, retention)
+    layer watchdog, retention, audit retention)
 
 and stops them in reverse: loops cancelled, the writer drained (whatever was acked is committed), each consumer
 given its backlog, the publisher's last fleet digest sent, pools closed. The ASGI lifespan (hub/asgi.py) hands
@@ -23,6 +23,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 
+from accounts.audit import audit_prune_loop
 from alerts.engine import AlertEngine
 from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
@@ -103,6 +104,9 @@ class HubRuntime:
             loops["hub-alert-webhooks"] = lambda: webhook_loop(config.alerts.webhooks)
             if config.retention.configured:
                 loops["hub-retention"] = lambda: retention_loop(config.retention)
+            if config.audit_retention_days > 0:
+                interval = config.retention.interval_seconds
+                loops["hub-audit-retention"] = lambda: audit_prune_loop(config.audit_retention_days, interval)
         if (streams := self.streams) is not None:
             loops["hub-layer-watchdog"] = lambda: layer_watchdog(streams.broadcaster, self._layer, config.streams)
         return loops

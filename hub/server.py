@@ -40,6 +40,11 @@ def uvicorn_options() -> dict[str, Any]:
         # Slow clients: deadlines for request headers, bodies and WebSocket handshakes (uvicorn has none).
         "http": TimedHttpProtocol,
         "ws": TimedWebSocketProtocol,
+        # X-Forwarded-For/-Proto only from HUB_TRUSTED_PROXIES (none: the peer is the client). Always an explicit
+        # list: given None, uvicorn trusts $FORWARDED_ALLOW_IPS or else 127.0.0.1, and a client could pick its own
+        # address for the login and provisioning throttles through a proxy that passes its header on.
+        "proxy_headers": bool(settings.HUB_TRUSTED_PROXIES),
+        "forwarded_allow_ips": list(settings.HUB_TRUSTED_PROXIES),
         "log_config": None,  # Django's LOGGING (with token redaction) already configured the loggers
         "timeout_graceful_shutdown": CONNECTIONS_GRACE_SECONDS,
         "server_header": False,

@@ -1,5 +1,6 @@
 """Hub settings, read from HUB_* environment variables (listed in .env.example and docs/configuration.md)."""
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -8,6 +9,7 @@ from typing import Any
 
 import dj_database_url
 import plotly
+from django.core.exceptions import ImproperlyConfigured
 
 from core.env import env_bool, env_choice, env_float, env_int, env_list, env_optional, env_str
 from hub.roles import SERVED as SERVED_ROLES
@@ -47,7 +49,7 @@ ALLOWED_HOSTS = env_list("HUB_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"
 CSRF_TRUSTED_ORIGINS = env_list("HUB_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "accounts.apps.HubAdminConfig",  # django.contrib.admin, its site asking the policy
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -64,6 +66,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI as static files: the docs page works offline
     "api",
+    "accounts",
     "axes",
 ]
 
@@ -83,6 +86,13 @@ MIDDLEWARE = [
 
 # Operator logins (docs/deployment.md, "Hardening"): django-axes counts failed logins per username and client IP in
 # the database (shared by every hub process) and refuses that pair for a while after too many.
+# Passwords people choose (createoperator, /api/v1/users, the admin): Django's four checks.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env_int("HUB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_float("HUB_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.01))
@@ -90,6 +100,33 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # one attacker cannot lo
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_VERBOSE = False
+
+
+def _remote_addr(request: Any) -> str | None:
+    """The peer address, which uvicorn rewrites only for HUB_TRUSTED_PROXIES: never X-Forwarded-For as sent."""
+    return request.META.get("REMOTE_ADDR")
+
+
+# Explicit, so installing django-ipware (which axes would then use, reading client-sent headers) changes nothing.
+AXES_CLIENT_IP_CALLABLE = _remote_addr
+
+
+def _trusted_proxies() -> list[str]:
+    """HUB_TRUSTED_PROXIES, checked as uvicorn parses it (which silently keeps a typo as a never-matching name)."""
+    proxies = env_list("HUB_TRUSTED_PROXIES", [])
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy) if "/" in proxy else ipaddress.ip_address(proxy)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"HUB_TRUSTED_PROXIES: {exc} (list IP addresses or networks: 127.0.0.1,10.0.0.0/8)"
+            ) from None
+    return proxies
+
+
+# Proxies whose X-Forwarded-For and X-Forwarded-Proto uvicorn believes (hub/server.py); none by default: the peer
+# is the client, and the login and provisioning throttles count per address (docs/deployment.md, "Client addresses").
+HUB_TRUSTED_PROXIES = _trusted_proxies()
 
 # HTTPS behind a TLS-terminating proxy (docs/deployment.md): the header the proxy sets, as "Name: value".
 HUB_SECURE_PROXY_SSL_HEADER = env_optional("HUB_SECURE_PROXY_SSL_HEADER")
@@ -118,6 +155,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context.access",
             ],
         },
     },
@@ -251,7 +289,7 @@ REST_FRAMEWORK = {
         "api.access.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["api.access.OperatorScope"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.access.Allowed"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.rest.BoundedJSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.rest.JsonOnly",
@@ -276,6 +314,8 @@ HUB_RAW_RETENTION_DAYS = env_int("HUB_RAW_RETENTION_DAYS", 0)
 HUB_ROLLUP_1M_RETENTION_DAYS = env_int("HUB_ROLLUP_1M_RETENTION_DAYS", 0)
 HUB_ROLLUP_1H_RETENTION_DAYS = env_int("HUB_ROLLUP_1H_RETENTION_DAYS", 0)
 HUB_RETENTION_INTERVAL_SECONDS = env_int("HUB_RETENTION_INTERVAL_SECONDS", 3600, minimum=1)
+# The audit trail's (docs/security.md), pruned by the same processes at the same interval; 0 keeps it forever.
+HUB_AUDIT_RETENTION_DAYS = env_int("HUB_AUDIT_RETENTION_DAYS", 365)
 
 # Alerts (docs/alerts.md).
 HUB_ALERT_RULES_REFRESH_SECONDS = env_float("HUB_ALERT_RULES_REFRESH_SECONDS", 5.0)
@@ -303,6 +343,8 @@ HUB_STREAM_WATCHDOG_SECONDS = env_float("HUB_STREAM_WATCHDOG_SECONDS", 1.0, mini
 HUB_STREAM_REJOIN_SECONDS = env_float("HUB_STREAM_REJOIN_SECONDS", 60.0, minimum=0.1)
 # Fleet page: each hub process publishes at most one digest of its committed readings per interval.
 HUB_FLEET_DIGEST_SECONDS = env_float("HUB_FLEET_DIGEST_SECONDS", 1.0, minimum=0.05)
+# How soon a device that leaves a scoped person's label scope leaves their open streams (docs/security.md).
+HUB_STREAM_SCOPE_REFRESH_SECONDS = env_float("HUB_STREAM_SCOPE_REFRESH_SECONDS", 2.0, minimum=0.1)
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"

@@ -40,6 +40,7 @@ class Stream(Protocol):
     """What the broadcaster needs of a dashboard stream (dashboards/consumers.py)."""
 
     outbox: "Outbox | None"
+    visible: frozenset[str] | None  # a scoped person's device keys (live/scopes.py); None: every device
 
     def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
         """Readings of its device, `fragment` their JSON array without its brackets (shared, encoded once)."""
@@ -376,10 +377,20 @@ class Broadcaster:
 
     def _to_all(self, group: str, payload: dict) -> None:
         followers = self._followers.get(group)
-        if followers:
-            text = orjson.dumps(payload).decode()  # once, whatever the number of followers
-            for stream in list(followers):
+        if not followers:
+            return
+        text = ""
+        narrowed: dict[frozenset[str], str] = {}  # one encoding per scope, however many of its streams
+        for stream in list(followers):
+            visible = stream.visible
+            if visible is None:
+                text = text or orjson.dumps(payload).decode()  # once, whatever the number of followers
                 stream.take_message(text)
+                continue
+            if visible not in narrowed:
+                narrowed[visible] = _narrowed(payload, visible)
+            if narrowed[visible]:
+                stream.take_message(narrowed[visible])
 
     async def _watch_stalls(self) -> None:
         """Give up the streams whose socket has taken nothing for their stall time (each closes itself)."""
@@ -419,3 +430,15 @@ class Broadcaster:
                     fragment = orjson.dumps(chunk).decode()[1:-1]
                     for stream in list(followers):
                         stream.take_readings(fragment, chunk)
+
+
+def _narrowed(payload: dict, visible: frozenset[str]) -> str:
+    """A fleet digest or an alert event as a scoped person's stream may see it: only their devices ("" when
+    nothing is left)."""
+    if payload.get("type") == "fleet":
+        devices = {key: digest for key, digest in payload["devices"].items() if key in visible}
+        return orjson.dumps({**payload, "devices": devices}).decode() if devices else ""
+    event = payload.get("event")
+    if isinstance(event, dict) and event.get("device") not in visible:
+        return ""
+    return orjson.dumps(payload).decode()

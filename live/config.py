@@ -13,6 +13,7 @@ class StreamConfig:
     watchdog_seconds: float = 1.0  # how often the channel layer is probed
     rejoin_seconds: float = 60.0  # how often the broadcaster's groups are joined again (core layer's expiry)
     fleet_digest_seconds: float = 1.0  # at most one fleet digest of a process's commits per interval
+    scope_refresh_seconds: float = 2.0  # how soon a device that leaves a person's scope leaves their streams
     redis_urls: tuple[str, ...] = ()  # the channel layer's Redis servers (the watchdog asks each for its run id)
 
     @property

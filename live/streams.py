@@ -13,7 +13,9 @@ close codes: core/protocol.py.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import orjson
 from channels.consumer import get_handler_name
@@ -22,6 +24,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import connection
 
+from accounts.policy import NOBODY, Action, Actor, actor_of
 from core.epoch import MAX_MS
 from core.logs import ThrottledLog
 from core.protocol import ALERTS_GROUP, FLEET_GROUP, Close, WireReading, device_group
@@ -30,11 +33,13 @@ from devices.models import Device
 from history.selectors import readings_since
 from live.broadcast import FRAGMENT_READINGS, Broadcaster, Outbox
 from live.config import StreamConfig
+from live.scopes import Keys, ScopeWatch
 
 logger = logging.getLogger(__name__)
 
 _DEDUPE_SECONDS = 30.0  # history identities are kept this long to drop live duplicates
 Identity = tuple[str, int]  # (key, ts)
+T = TypeVar("T")
 
 
 class Streams:
@@ -48,6 +53,11 @@ class Streams:
         # its turn behind every other stream's (a burst of viewers opening queued seconds of them, and held a
         # SIGTERM).
         self._threads = ThreadPoolExecutor(max_workers=config.catch_up_threads, thread_name_prefix="hub-catch-up")
+        self.scopes = ScopeWatch(config.scope_refresh_seconds, self.run_query)
+
+    async def run_query(self, query: Callable[..., T], *args: object) -> T:
+        """A database query on the streams' own threads."""
+        return await database_sync_to_async(query, thread_sensitive=False, executor=self._threads)(*args)
 
     async def catch_up(self, device_id: int, since: int) -> list[list]:
         query = database_sync_to_async(_caught_up, thread_sensitive=False, executor=self._threads)
@@ -55,6 +65,7 @@ class Streams:
 
     def close(self) -> None:
         """No new catch-up starts; one already running ends in its thread, unobserved."""
+        self.scopes.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
 
@@ -87,6 +98,8 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
     streams: Streams
     broadcaster: Broadcaster | None = None
     outbox: Outbox | None = None
+    actor: Actor = NOBODY
+    visible: Keys | None = None  # the keys of a scoped person's devices; None: every device
 
     async def dispatch(self, message) -> None:
         # Channels hops to its one database thread (close_old_connections) before every message; nothing here
@@ -108,7 +121,17 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=Close.UNAUTHENTICATED)
             return False
+        self.actor = await self.streams.run_query(actor_of, user)
+        if not self.actor.may(Action.VIEW):
+            await self.close(code=Close.TOKEN_REVOKED)  # 4403: this person may not watch (final)
+            return False
+        if self.actor.scope:
+            self.visible = await self.streams.scopes.watch(self, self.actor.scope)
         return True
+
+    def scope_seen(self, keys: Keys) -> None:
+        """A refresh of the devices the person's scope covers (live/scopes.py)."""
+        self.visible = keys
 
     async def subscribe(self, *groups: str) -> bool:
         """Follow the groups (before any database query, so nothing slips between). False (and the socket
@@ -163,6 +186,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         await self.base_send({"type": "websocket.send", "text": text})
 
     async def disconnect(self, code: int) -> None:
+        self.streams.scopes.forget(self)
         await self._leave()
 
 
@@ -181,8 +205,8 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         if not await self.authenticated():
             return
         key = self.scope["url_route"]["kwargs"]["key"]
-        self.device_id = await _device_id(key)
-        if self.device_id is None:
+        self.device_id = None if self.visible is not None and key not in self.visible else await _device_id(key)
+        if self.device_id is None:  # out of the person's scope: as unknown
             await self.close(code=Close.UNKNOWN_DEVICE)
             return
         self.caught_up = False
@@ -191,6 +215,17 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         self.seen_until = 0.0
         if await self.subscribe(device_group(key)):  # follow first, then query
             self.post({"type": "subscribed", "device": key})
+
+    def scope_seen(self, keys: Keys) -> None:
+        """Its device left the person's scope: closed as unknown (final), at once."""
+        key = self.scope["url_route"]["kwargs"]["key"]
+        if key not in keys:
+            self.streams.scopes.forget(self)
+            asyncio.get_running_loop().create_task(self._close_out_of_scope())
+
+    async def _close_out_of_scope(self) -> None:
+        await self._leave()
+        await self.close(code=Close.UNKNOWN_DEVICE)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:

@@ -4,9 +4,9 @@ its test on a JavaScript error, an operator, logging in through the real login f
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from tests.browser_chromium import chromium_page, need_chromium
+from tests.conftest import person
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "test-artifacts"
 OPERATOR, PASSWORD = "operator", "operator-password"
@@ -34,7 +34,7 @@ async def page():
 
 @pytest.fixture
 def operator(transactional_db) -> str:
-    get_user_model().objects.create_user(OPERATOR, password=PASSWORD)  # an operator, not staff
+    person(OPERATOR, password=PASSWORD)  # an operator, not an admin
     return OPERATOR
 
 

@@ -154,19 +154,29 @@ def session_cookie(username: str) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
+def person(username: str, *, role: int = 2, password: str = "pw", scope: tuple[str, ...] = (), **extra):  # noqa: S107
+    """A user of the test database with a role (accounts.policy.Role: 1 viewer, 2 operator, 3 admin; 0 none)
+    and a label scope (selector texts)."""
+    from accounts.policy import Role
+    from accounts.users import user_role_set, user_scope_set
+
+    user = get_user_model().objects.create_user(username, password=password, **extra)
+    user_role_set(user, Role(role))
+    user_scope_set(user, scope)
+    return user
+
+
 @pytest.fixture
 def operator_cookie(transactional_db) -> str:
     """A logged-in operator's session cookie header value."""
-    from django.contrib.auth import get_user_model
-
-    get_user_model().objects.create_user("operator", password="pw")
+    person("operator")
     return session_cookie("operator")
 
 
 @pytest.fixture
 def operator_user(transactional_db):
-    """An operator (not staff) of the test database."""
-    return get_user_model().objects.create_user("ops", password="pw")
+    """An operator (not an admin) of the test database."""
+    return person("ops")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from django.core.management import call_command
 from django.core.management.color import no_style
 from django.db import connection, connections
 
+from accounts.users import roles_ensure
 from storage.postgres import postgres_conninfo
 from storage.timescale import CAGGS, reading_is_hypertable
 from tests.services import TIMESCALE_URL, need
@@ -114,6 +115,7 @@ def _emptied() -> None:
         tables = connection.introspection.django_table_names(only_existing=True, include_views=False)
         for statement in connection.ops.sql_flush(no_style(), tables, reset_sequences=False, allow_cascade=True):
             cursor.execute(statement)
+    roles_ensure()  # as Django's own flush does through post_migrate: the role groups and their permissions
     refresh_aggregates()
 
 

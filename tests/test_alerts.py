@@ -17,7 +17,7 @@ from alerts.rules import rule_spec
 from alerts.silence import silence_check
 from core.epoch import now_ms
 from devices.services import DeviceIdentity
-from tests.conftest import served_hub
+from tests.conftest import person, served_hub
 from tests.waiting import eventually
 from tests.webhook_receiver import WebhookReceiver
 
@@ -246,13 +246,12 @@ async def _event_count(kind: str, count: int) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 def test_rule_page_creates_valid_rules_and_refuses_bad_ones(client, make_device):
-    from django.contrib.auth import get_user_model
 
     from storage.models import LatestValue
 
     device = make_device()
     LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)
-    client.force_login(get_user_model().objects.create_user("op", password="pw"))
+    client.force_login(person("op", password="pw"))
     base = {"name": "hot", "enabled": "on", "kind": "threshold", "severity": "critical", "hysteresis": "0"}
     base |= {"duration_seconds": "0", "no_data_seconds": "0", "device": str(device.id), "condition": "gt"}
     refused = client.post("/alerts/rules/", {**base, "key": "unknown", "threshold": "30"})
@@ -265,7 +264,6 @@ def test_rule_page_creates_valid_rules_and_refuses_bad_ones(client, make_device)
 
 @pytest.mark.django_db(transaction=True)
 def test_open_alerts_page_lists_firing_alerts_and_records_acknowledgement(client, make_device):
-    from django.contrib.auth import get_user_model
 
     from storage.models import LatestValue
 
@@ -273,7 +271,7 @@ def test_open_alerts_page_lists_firing_alerts_and_records_acknowledgement(client
     LatestValue.objects.create(device_id=device.id, key="t", ts=_dt(now_ms()), value=1.0)
     rule = make_rule(device.id)
     record([Transition(rule_spec(rule), DeviceIdentity(device.id, device.key), FIRED, now_ms(), 41.5)])
-    operator = get_user_model().objects.create_user("op", password="pw")
+    operator = person("op", password="pw")
     client.force_login(operator)
     page = client.get("/alerts/").content.decode()
     assert "boiler hot" in page and device.key in page and "41.5" in page

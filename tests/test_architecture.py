@@ -16,19 +16,21 @@ from tests.imports import imported_packages
 ARROWS: dict[str, set[str]] = {
     "core": set(),
     "devices": {"core"},
+    "accounts": {"core", "devices"},
     "storage": {"core", "devices"},
     "ingest": {"core", "devices", "storage"},
     "history": {"core", "devices", "storage"},
-    "live": {"core", "devices", "ingest", "history"},
+    "live": {"core", "devices", "accounts", "ingest", "history"},
     "transports": {"core", "devices", "ingest"},
-    "alerts": {"core", "devices", "storage", "ingest", "history", "live"},
-    "api": {"core", "devices", "storage", "history", "alerts"},
-    "dashboards": {"core", "devices", "history", "alerts"},
+    "alerts": {"core", "devices", "accounts", "storage", "ingest", "history", "live"},
+    "api": {"core", "devices", "accounts", "storage", "history", "alerts"},
+    "dashboards": {"core", "devices", "accounts", "history", "alerts"},
     "bridge": {"core", "devices", "storage", "ingest"},
     "clients": {"core", "devices", "ingest"},
     "hub": {
         "core",
         "devices",
+        "accounts",
         "storage",
         "ingest",
         "history",
@@ -85,6 +87,8 @@ NOT_STATE_CALLS = {
     "ipaddress.IPv4Network",  # immutable values
     "ipaddress.IPv6Network",
     "type",
+    "TypeVar",  # a typing construct
+    "Actor",  # frozen dataclasses of the policy (accounts/policy.py: NOBODY)
 }
 # Module-level objects that are the process's by design, each with its reason.
 PROCESS_WIDE = {

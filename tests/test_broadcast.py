@@ -14,8 +14,9 @@ from tests.waiting import eventually
 class Sink:
     """A stream as the broadcaster sees it: records what it is handed."""
 
-    def __init__(self, outbox: Outbox | None = None) -> None:
+    def __init__(self, outbox: Outbox | None = None, visible: frozenset[str] | None = None) -> None:
         self.outbox = outbox
+        self.visible = visible
         self.fragments: list[str] = []
         self.messages: list[str] = []
         self.closed_with: int | None = None

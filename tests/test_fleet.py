@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -18,6 +17,7 @@ from dashboards.fleet_page import fleet_query
 from dashboards.selectors import FleetQuery, fleet_status
 from devices.models import Device
 from storage.models import LatestValue, Reading
+from tests.conftest import person
 from tests.inprocess import HandshakeRefused, viewer_in_process
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -39,7 +39,7 @@ def test_pages_and_the_snapshot_need_a_login(client, transactional_db):
     for url in ("/", "/fleet.json"):
         response = client.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/login/"), url
-    get_user_model().objects.create_user("op", password="secret-pw")
+    person("op", password="secret-pw")
     response = client.post("/login/", {"username": "op", "password": "secret-pw"})
     assert response.status_code == 302 and response["Location"] == "/"
     assert client.get("/").status_code == 200
@@ -100,7 +100,7 @@ def test_the_page_reads_its_choices_from_the_url_leniently(client, transactional
     query, problem = fleet_query({"label": "site", "status": "sideways", "sort": "color", "page": "x"})
     assert query == FleetQuery() and problem.startswith("label filter ignored")
     fleet_of(120)
-    client.force_login(get_user_model().objects.create_user("op"))
+    client.force_login(person("op"))
     page = client.get("/", {"sort": "name", "page": "2"}).content.decode()
     assert page.count('<tr data-key="') == 20 and "page 2 of 2" in page, "the first HTML holds the rows"
     assert client.get("/fleet.json", {"q": "fleet-011"}).json()["matched"] == 10
@@ -137,7 +137,7 @@ def test_the_favicon_is_served(client):
 
 def test_device_names_reach_the_page_escaped(client, transactional_db):
     Device.objects.create(key="evil", name="<script>alert(1)</script>", token_hash="e" * 64)
-    client.force_login(get_user_model().objects.create_user("op"))
+    client.force_login(person("op"))
     page = client.get("/").content.decode()
     assert "<script>alert(1)" not in page
     assert "\\u003Cscript\\u003Ealert(1)" in page, "the name travels inside json_script, escaped"

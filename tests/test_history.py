@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.db import connection
 
 from api.credentials import api_token_create
@@ -19,6 +18,7 @@ from devices.services import DeviceIdentity
 from history.selectors import HistoryQuery, aggregate_source, aggregate_statement, interval_auto
 from ingest.parsing import Reading as R
 from ingest.writer import Writer
+from tests.conftest import person
 from tests.engines import refresh_aggregates
 
 pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.engines]
@@ -39,7 +39,7 @@ async def store(writer: Writer, device, readings: list[R]) -> None:
 
 @pytest.fixture
 async def api(live_hub, transactional_db):
-    user = await sync_to_async(get_user_model().objects.create_user)("analyst", password="pw")
+    user = await sync_to_async(person)("analyst", password="pw")
     token = await sync_to_async(api_token_create)(user=user)
     async with httpx.AsyncClient(
         base_url=live_hub.http, headers={"Authorization": f"Bearer {token}"}, timeout=30

@@ -10,7 +10,6 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.shortcuts import resolve_url
 from django.test import Client
 from django.urls import reverse
@@ -20,7 +19,7 @@ from history.selectors import interval_auto
 from ingest.parsing import Reading as R
 from storage.models import LatestValue
 from tests.browser_chromium import CHROMIUM, CHROMIUM_ARGS, need_chromium
-from tests.conftest import session_cookie
+from tests.conftest import person, session_cookie
 from tests.inprocess import in_process_client
 from tests.test_history import HOUR, MINUTE, hour_floor, store
 
@@ -31,7 +30,7 @@ DAY = 24 * HOUR
 
 @pytest.fixture
 def operator(transactional_db):
-    return get_user_model().objects.create_user("viewer", password="pw")
+    return person("viewer", password="pw")
 
 
 @pytest.fixture

@@ -5,14 +5,16 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 
+from accounts.policy import Actor, Role
+from accounts.registry_admin import DeviceForm as ScopedDeviceForm
 from alerts.models import AlertEvent, AlertRule
 from alerts.rules import rule_problems, rule_spec
 from alerts.selectors import alert_thresholds_for_device
 from core.epoch import now_ms
-from devices.admin import DeviceForm
 from devices.labels import device_labels_set, devices_labelled, labels_parse, labels_text
 from devices.models import Device
 from storage.models import LatestValue
+from tests.conftest import person
 from tests.test_alerts import post, spec
 from tests.waiting import eventually
 
@@ -43,6 +45,7 @@ def test_labels_are_validated_on_every_write_and_select_devices(make_device):
     assert keys(tier="1", site="south") == ["s-1"]
     assert keys(site="east") == [] and keys() == ["n-1", "s-1", "x-1"]
 
+    DeviceForm = type("DeviceForm", (ScopedDeviceForm,), {"actor": Actor(role=Role.OPERATOR)})  # the admin's own
     form = DeviceForm(
         {"key": bare.key, "name": "", "labels": "room=boiler, floor=2"}, instance=Device.objects.get(key=bare.key)
     )
@@ -106,12 +109,11 @@ async def _nonempty(query) -> bool:
 
 def test_the_rule_form_takes_a_label_scope(client, make_device):
     """The rules page creates a label-scoped rule and lists its scope; bad labels are refused by name."""
-    from django.contrib.auth import get_user_model
 
     device = make_device("boiler-9")
     device_labels_set(key=device.key, labels={"site": "north"})
     LatestValue.objects.create(device_id=device.id, key="t", ts="2030-01-01T00:00:00Z", value=1.0)
-    client.force_login(get_user_model().objects.create_user("op"))
+    client.force_login(person("op"))
     rule = {"name": "hot north", "enabled": "on", "device_labels": "site=north", "key": "t", "kind": "threshold",
             "condition": "gt", "threshold": "30", "duration_seconds": "0", "hysteresis": "0", "no_data_seconds": "0",
             "severity": "warning"}  # fmt: skip

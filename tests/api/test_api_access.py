@@ -17,7 +17,7 @@ from core.epoch import epoch_ms
 from devices.models import Device, ProvisioningProfile
 from devices.services import device_authenticate
 from tests.api.conftest import error, token_client
-from tests.conftest import served_hub
+from tests.conftest import person, served_hub
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -49,11 +49,10 @@ async def test_an_operator_issues_lists_and_revokes_tokens(browser, runtime, cap
 
 
 async def test_a_token_of_another_operator_cannot_be_revoked(writer, transactional_db):
-    from django.contrib.auth import get_user_model
 
     from api.credentials import api_token_issue
 
-    other = await sync_to_async(get_user_model().objects.create_user)("other", password="pw")
+    other = await sync_to_async(person)("other", password="pw")
     token, _ = await sync_to_async(api_token_issue)(user=other, scope="write")
     assert error(await writer.delete(f"/api/v1/tokens/{token.id}"), 404)["code"] == "unknown_token"
     assert (await ApiToken.objects.aget(id=token.id)).revoked_at is None

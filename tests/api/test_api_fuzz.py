@@ -8,7 +8,6 @@ import os
 
 import pytest
 import schemathesis
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck
@@ -17,7 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from api.credentials import api_token_create
 from devices.services import device_create
 from testkit.process import HubProcess
-from tests.conftest import database_url_for_tests
+from tests.conftest import database_url_for_tests, person
 
 SCHEMA = schemathesis.openapi.from_dict(SchemaGenerator().get_schema(request=None, public=True))
 EXAMPLES = 25  # per operation: 27 operations, about 700 requests
@@ -27,7 +26,7 @@ EXAMPLES = 25  # per operation: 27 operations, about 700 requests
 def fuzzed_hub(django_db_setup, django_db_blocker, tmp_path_factory):
     """A hub subprocess on the test database with an operator's read-write token and one device; flushed after."""
     with django_db_blocker.unblock():
-        user = get_user_model().objects.create_user("fuzz", password="fuzz", is_staff=True)
+        user = person("fuzz", password="fuzz", role=3)
         token = api_token_create(user=user, name="fuzz", scope="write")
         device_create(key="fuzz-1")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))}

@@ -10,7 +10,6 @@ import httpx
 import psycopg
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.db import connection
 
 from api.credentials import api_token_create
@@ -18,7 +17,7 @@ from core.epoch import from_epoch_ms, now_ms
 from storage.models import LatestValue
 from storage.postgres import postgres_conninfo
 from tests import rawws
-from tests.conftest import served_hub
+from tests.conftest import person, served_hub
 from tests.hostile.common import hub_address
 from tests.ledger import bystanders
 from tests.waiting import eventually
@@ -232,7 +231,7 @@ async def test_exports_whose_clients_never_read_pin_nothing(live_hub, make_devic
         silent.append(sock)  # and never read
     admission = live_hub.runtime.history.admission
     await eventually(lambda: admission.in_flight == 4, what="the four exports to be under way")
-    other = await sync_to_async(get_user_model().objects.create_user)("other", password="pw")
+    other = await sync_to_async(person)("other", password="pw")
     another = await sync_to_async(api_token_create)(user=other, name="small", scope="read")
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=live_hub.http, headers={"Authorization": f"Bearer {another}"}) as client:

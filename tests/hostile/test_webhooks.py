@@ -7,6 +7,7 @@ from django.utils.timezone import now as django_now
 
 from alerts.destinations import webhook_url_problem
 from storage.models import LatestValue
+from tests.conftest import person
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -23,7 +24,6 @@ async def test_webhooks_cannot_be_pointed_inside_the_hubs_network(make_device, s
     """Finding 7: an operator who is not staff cannot set a rule's webhook URL; staff cannot point one at a loopback,
     private, link-local or mapped address, nor at a name resolving to one, unless HUB_ALERT_WEBHOOK_ALLOW lists it;
     and a delivery whose URL leads inside by the time it is sent is refused then: recorded failed, never sent."""
-    from django.contrib.auth import get_user_model
     from django.test import Client
 
     from alerts.config import WebhookConfig
@@ -36,12 +36,11 @@ async def test_webhooks_cannot_be_pointed_inside_the_hubs_network(make_device, s
 
     def through_the_form() -> None:
         LatestValue.objects.create(device_id=device.id, key="t", ts=django_now(), value=1.0)
-        users = get_user_model().objects
         operator, staff = Client(), Client()
-        operator.force_login(users.create_user("op", password="pw"))
-        staff.force_login(users.create_user("boss", password="pw", is_staff=True))
+        operator.force_login(person("op"))
+        staff.force_login(person("boss", password="pw", role=3))
         status, page = rule_form(operator, webhook_url="https://hooks.example.com/x")
-        assert status == 400 and "only staff" in page
+        assert status == 400 and "only admins" in page
         for inside in (receiver.url, "http://localhost:8000/", "http://10.1.2.3/", "http://169.254.169.254/latest/",
                        "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://100.64.0.1/"):  # fmt: skip
             status, page = rule_form(staff, webhook_url=inside)

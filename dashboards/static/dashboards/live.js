@@ -14,6 +14,7 @@
   const TAIL = 2000; // raw readings kept per series (history/selectors.py WINDOW_TAIL_POINTS)
   const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
   const FINAL = {[CLOSE.BAD_REQUEST]: "bad request", [CLOSE.UNAUTHENTICATED]: "not logged in",
+                 [CLOSE.TOKEN_REVOKED]: "not allowed",
                  [CLOSE.UNKNOWN_DEVICE]: "unknown device"};
   const REASONS = {1001: "server going away", 1006: "connection lost", [CLOSE.INTERNAL_ERROR]: "server error",
                    [CLOSE.SERVICE_RESTART]: "server restarting", [CLOSE.TOO_SLOW]: "too slow",

@@ -8,6 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from accounts.policy import Role as AccessRole
+from accounts.users import user_create
 from alerts.models import AlertRule
 from clients.simulator import backfill_size, device_phase, history_backfill, run_simulation
 from core.collector import collector_for_serving
@@ -24,6 +26,13 @@ from storage.engines import engine
 from storage.models import LatestValue
 
 DEMO_USER = "demo"
+# One person per role, and an operator limited to the north site (docs/security.md); each with the password "demo".
+DEMO_PEOPLE = (
+    ("viewer", AccessRole.VIEWER, ()),
+    ("operator", AccessRole.OPERATOR, ()),
+    ("admin", AccessRole.ADMIN, ()),
+    ("north", AccessRole.OPERATOR, ("site=north",)),
+)
 DEMO_SITES = ("north", "north", "south")  # demo-1, demo-2: site=north; demo-3: site=south; then again
 DEMO_RULE = "Demo: temperature high"
 
@@ -47,13 +56,15 @@ class Command(BaseCommand):
         user_model = get_user_model()
         if not user_model.objects.filter(username=DEMO_USER).exists():
             user_model.objects.create_superuser(DEMO_USER, password=DEMO_USER)  # noqa: S106 - local demo only
+        demo_people_ensure()
         keys = [f"demo-{i}" for i in range(1, devices + 1)]
         tokens = [device_issue_token(key=key, name=f"Demo sensor {key[5:]}") for key in keys]
         for i, key in enumerate(keys):
             device_labels_set(key=key, labels={"site": DEMO_SITES[i % len(DEMO_SITES)], "kind": "sensor"})
         demo_rule_ensure()
         self.stdout.write(
-            f"Hub at http://{host}:{port}/  (log in as {DEMO_USER} / {DEMO_USER}); "
+            f"Hub at http://{host}:{port}/  (log in as {DEMO_USER}, viewer, operator, admin or north; password "
+            f"{DEMO_USER}); "
             f"{devices} simulated devices at {rate}/s. Ctrl-C stops."
         )
         with contextlib.suppress(KeyboardInterrupt):
@@ -118,6 +129,17 @@ def backfill_starts(keys: list[str], *, since: int) -> dict[str, int]:
         )
     }
     return {key: max(since, newest.get(key, since)) for key in keys}
+
+
+def demo_people_ensure() -> None:
+    """The demo's people, made once (a person changed since keeps the change)."""
+    for name, role, scope in DEMO_PEOPLE:
+        if get_user_model().objects.filter(username=name).exists():
+            continue
+        # Made without a password, then given one: "demo" is too weak for the validators, and this is a local demo.
+        user = user_create(name, password=None, role=role, scope=scope)
+        user.set_password(DEMO_USER)
+        user.save(update_fields=["password"])
 
 
 def demo_rule_ensure() -> None:
