@@ -7,7 +7,7 @@ from alerts.models import AlertRule
 class AlertRuleForm(forms.ModelForm):
     """Validation lives in AlertRule.clean (alerts.rules.rule_problems), shared with the admin; only admins may
     point a rule at a URL of their own (the hub POSTs there: docs/alerts.md, "Where webhooks may go"); anyone
-    who may change the rule may keep the URL it has."""
+    who may change the rule keeps the URL it has (and cannot clear one an admin set)."""
 
     webhook_url = forms.URLField(required=False, assume_scheme="https", help_text="empty: HUB_ALERT_WEBHOOK_URL")
 
@@ -20,7 +20,7 @@ class AlertRuleForm(forms.ModelForm):
 
     def clean_webhook_url(self) -> str:
         url = self.cleaned_data["webhook_url"]
-        if url and url != self.instance.webhook_url and not self.actor.may(Action.ADMINISTER):
+        if url != self.instance.webhook_url and not self.actor.may(Action.ADMINISTER):  # set, changed or cleared
             raise forms.ValidationError("only admins may set a rule's webhook URL; empty uses HUB_ALERT_WEBHOOK_URL")
         return url
 

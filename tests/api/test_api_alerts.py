@@ -150,3 +150,27 @@ async def test_alert_events_of_a_device_in_a_time_range(reader, boiler):
     assert error(await reader.get(url, params={"limit": 10_001}), 400)["parameter"] == "limit"
     assert error(await reader.get("/api/v1/devices/ghost/alert-events"), 404)["code"] == "unknown_device"
     assert epoch_ms(timezone.now() - timedelta(days=1)) < recent[0]["at"]
+
+
+async def test_only_admins_set_change_or_clear_a_rules_webhook(writer, runtime, boiler, settings):
+    """An operator may change a rule that has a webhook without touching it, never set, change or clear it."""
+    from api.credentials import api_token_create
+    from tests.api.conftest import token_client
+    from tests.conftest import person
+
+    settings.HUB_ALERT_WEBHOOK_ALLOW = ["127.0.0.1/32"]  # no DNS in the test
+    hook = {**HOT, "webhook_url": "http://127.0.0.1:9/ops"}
+    assert error(await writer.post("/api/v1/alert-rules", json=hook), 400)["field"] == "webhook_url"
+    admin = await sync_to_async(person)("boss", role=3)
+    token = await sync_to_async(api_token_create)(user=admin, name="admin", scope="write")
+    async with token_client(runtime, token) as boss:
+        created = await boss.post("/api/v1/alert-rules", json=hook)
+        assert created.status_code == 201, created.text
+        url = f"/api/v1/alert-rules/{created.json()['id']}"
+        for change in ({"webhook_url": ""}, {"webhook_url": "http://127.0.0.1:9/other"}):
+            assert error(await writer.patch(url, json=change), 400)["field"] == "webhook_url", change
+        assert (await writer.patch(url, json={"threshold": 33})).status_code == 200, "the URL kept as it is"
+        stored = await AlertRule.objects.aget(id=created.json()["id"])
+        assert (stored.webhook_url, stored.threshold) == ("http://127.0.0.1:9/ops", 33.0)
+        assert (await boss.patch(url, json={"webhook_url": ""})).status_code == 200, "an admin clears it"
+    assert (await AlertRule.objects.aget(id=stored.id)).webhook_url == ""
