@@ -39,17 +39,20 @@ class ApiTokenAuthentication(BaseAuthentication):
 class Allowed(BasePermission):
     """Asks the policy (accounts/policy.py) whether the caller's role may do what the method asks: each view's
     `policy` maps a method to an Action; by default reads are VIEW and writes OPERATE. A session needs a role;
-    a read-only token acts as a viewer (403 insufficient_scope when a write-token would do)."""
+    a read-only token acts as a viewer and never writes, even where a viewer may (its own API tokens): 403
+    insufficient_scope when a read-write token would do."""
 
     def has_permission(self, request: Request, view) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False  # 401: REST framework answers NotAuthenticated when no authenticator succeeded
-        action = action_of(view, request.method or "GET")
-        actor = actor_in(request)
-        if actor.may(action):
+        method = request.method or "GET"
+        action, actor = action_of(view, method), actor_in(request)
+        read_only = isinstance(request.auth, ApiToken) and request.auth.read_only
+        if read_only and method not in SAFE_METHODS:
+            if actor_of(request.user).may(action):
+                raise ApiError(403, "insufficient_scope", "this API token is read-only; writes need a read-write token")
+        elif actor.may(action):
             return True
-        if isinstance(request.auth, ApiToken) and request.auth.read_only and actor_of(request.user).may(action):
-            raise ApiError(403, "insufficient_scope", "this API token is read-only; writes need a read-write token")
         role = actor.role.label
         raise ApiError(403, "forbidden", f"your role ({role}) may not {action.name.lower()}: ask an admin")
 

@@ -30,6 +30,8 @@ def token_summary(token: ApiToken) -> dict:
 
 
 class TokenList(APIView):
+    policy = {"POST": Action.VIEW}  # anyone with a role keeps their own tokens (a viewer's act as a viewer)
+
     @extend_schema(
         operation_id="tokens_list",
         summary="Your API tokens; an admin's `?user=all` or `?user=<username>`: anyone's",
@@ -66,6 +68,8 @@ class TokenList(APIView):
 
 
 class TokenRevoke(APIView):
+    policy = {"DELETE": Action.VIEW}
+
     @extend_schema(
         operation_id="tokens_revoke",
         summary="Revoke one of your API tokens (an admin: anyone's); it stops working at once",
