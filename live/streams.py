@@ -56,8 +56,8 @@ class Streams:
         self.scopes = ScopeWatch(config.scope_refresh_seconds, self.run_query)
 
     async def run_query(self, query: Callable[..., T], *args: object) -> T:
-        """A database query on the streams' own threads."""
-        return await database_sync_to_async(query, thread_sensitive=False, executor=self._threads)(*args)
+        """A database query on the streams' own threads, its connection given back at once (see `_caught_up`)."""
+        return await database_sync_to_async(_closing, thread_sensitive=False, executor=self._threads)(query, *args)
 
     async def catch_up(self, device_id: int, since: int) -> list[list]:
         query = database_sync_to_async(_caught_up, thread_sensitive=False, executor=self._threads)
@@ -74,6 +74,14 @@ def _caught_up(*, device_id: int, since: int, limit: int) -> list[list]:
     a thread still held then would stay open."""
     try:
         return readings_since(device_id=device_id, since=since, limit=limit)
+    finally:
+        connection.close()
+
+
+def _closing(query: Callable[..., T], *args: object) -> T:
+    """`query(*args)`, then its thread's connection closed (given back to the pool), as `_caught_up` does."""
+    try:
+        return query(*args)
     finally:
         connection.close()
 
@@ -125,13 +133,20 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         if not self.actor.may(Action.VIEW):
             await self.close(code=Close.TOKEN_REVOKED)  # 4403: this person may not watch (final)
             return False
-        if self.actor.scope:
-            self.visible = await self.streams.scopes.watch(self, self.actor.scope)
+        self.visible = await self.streams.scopes.watch(self, user.pk, self.actor.scope)
         return True
 
-    def scope_seen(self, keys: Keys) -> None:
+    def scope_seen(self, keys: Keys | None) -> None:
         """A refresh of the devices the person's scope covers (live/scopes.py)."""
         self.visible = keys
+
+    def role_lost(self) -> None:
+        """The person lost their role, or was deactivated or deleted: closed with 4403 (final)."""
+        asyncio.get_running_loop().create_task(self._close_with(Close.TOKEN_REVOKED))
+
+    async def _close_with(self, code: int) -> None:
+        await self._leave()
+        await self.close(code=code)
 
     async def subscribe(self, *groups: str) -> bool:
         """Follow the groups (before any database query, so nothing slips between). False (and the socket
@@ -168,11 +183,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
     def too_slow(self) -> None:
         """This browser stopped reading: stop following at once (the close itself waits for its socket to take
         the close frame), close with 4008; it catches up from the database when it returns."""
-        asyncio.get_running_loop().create_task(self._close_too_slow())
-
-    async def _close_too_slow(self) -> None:
-        await self._leave()
-        await self.close(code=Close.TOO_SLOW)
+        asyncio.get_running_loop().create_task(self._close_with(Close.TOO_SLOW))
 
     async def _leave(self) -> None:
         if self.outbox is not None:
@@ -216,16 +227,11 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         if await self.subscribe(device_group(key)):  # follow first, then query
             self.post({"type": "subscribed", "device": key})
 
-    def scope_seen(self, keys: Keys) -> None:
+    def scope_seen(self, keys: Keys | None) -> None:
         """Its device left the person's scope: closed as unknown (final), at once."""
-        key = self.scope["url_route"]["kwargs"]["key"]
-        if key not in keys:
+        if keys is not None and self.scope["url_route"]["kwargs"]["key"] not in keys:
             self.streams.scopes.forget(self)
-            asyncio.get_running_loop().create_task(self._close_out_of_scope())
-
-    async def _close_out_of_scope(self) -> None:
-        await self._leave()
-        await self.close(code=Close.UNKNOWN_DEVICE)
+            asyncio.get_running_loop().create_task(self._close_with(Close.UNKNOWN_DEVICE))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
