@@ -1,6 +1,7 @@
 """The shapes of the API's bodies, for its OpenAPI schema (drf-spectacular reads these serializers). Views
 validate with the hub's own services and forms, so a refusal carries the same message as a page or command."""
 
+from drf_spectacular.utils import PolymorphicProxySerializer
 from rest_framework import serializers
 
 from alerts.models import Condition, Kind, Severity, State
@@ -152,6 +153,46 @@ class Provision(serializers.Serializer):
 class Provisioned(serializers.Serializer):
     device = serializers.SlugField()
     token = serializers.CharField(help_text="the device's token: shown this once")
+
+
+# ThingsBoard's device provisioning request and answers (its HTTP device API: DeviceApiController.provisionDevice,
+# JsonConverter), served on the same path so a device written for ThingsBoard provisions itself unchanged.
+class ProvisionThingsBoard(serializers.Serializer):
+    deviceName = serializers.SlugField(max_length=64, help_text="this device's own key (a slug, as every hub key)")
+    provisionDeviceKey = serializers.CharField(help_text="the provisioning profile's key")
+    provisionDeviceSecret = serializers.CharField(help_text="the profile's secret")
+    credentialsType = serializers.ChoiceField(
+        choices=["ACCESS_TOKEN"], required=False, help_text="the only kind served: the hub generates the token"
+    )
+
+
+# `status` is a plain string here: a second choice set named "status" would rename the devices' StatusEnum.
+class ProvisionedThingsBoard(serializers.Serializer):
+    status = serializers.CharField(help_text="SUCCESS")
+    credentialsType = serializers.ChoiceField(choices=["ACCESS_TOKEN"])
+    credentialsValue = serializers.CharField(help_text="the device's token: shown this once")
+
+
+class ProvisionRefusedThingsBoard(serializers.Serializer):
+    status = serializers.CharField(help_text="NOT_FOUND: an unknown profile or a wrong secret, alike; else FAILURE")
+    errorMsg = serializers.CharField()
+
+
+ProvisionEither = PolymorphicProxySerializer(
+    component_name="ProvisionEither",
+    serializers=[Provision, ProvisionThingsBoard],
+    resource_type_field_name=None,
+)
+ProvisionAnswerThingsBoard = PolymorphicProxySerializer(
+    component_name="ProvisionAnswerThingsBoard",
+    serializers=[ProvisionedThingsBoard, ProvisionRefusedThingsBoard],
+    resource_type_field_name=None,
+)
+ProvisionInvalid = PolymorphicProxySerializer(
+    component_name="ProvisionInvalid",
+    serializers=[Error, ProvisionRefusedThingsBoard],
+    resource_type_field_name=None,
+)
 
 
 # What any operator endpoint may answer besides success: a bad value, no operator, not allowed.

@@ -5,7 +5,7 @@ framework views too (dashboards/api.py), so the schema lists them."""
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerSplitView
 
-from api import alerts, audit, devices, provisioning, tokens, users
+from api import alerts, audit, control, devices, provisioning, tokens, users
 
 app_name = "api"
 urlpatterns = [
@@ -14,6 +14,10 @@ urlpatterns = [
     path("devices/<slug:key>", devices.DeviceDetail.as_view(), name="device"),
     path("devices/<slug:key>/token", devices.DeviceTokenRotate.as_view(), name="device-token"),
     path("devices/<slug:key>/alert-events", devices.DeviceAlertEvents.as_view(), name="device-alert-events"),
+    path("devices/<slug:key>/attributes", control.AttributeList.as_view(), name="device-attributes"),
+    path("devices/<slug:key>/attributes/<slug:scope>", control.AttributeScope.as_view(), name="device-attributes-set"),
+    path("devices/<slug:key>/rpc", control.commands, name="device-rpc"),
+    path("devices/<slug:key>/rpc/<int:command_id>", control.CommandDetail.as_view(), name="device-command"),
     path("alert-rules", alerts.RuleList.as_view(), name="alert-rules"),
     path("alert-rules/<int:rule_id>", alerts.RuleDetail.as_view(), name="alert-rule"),
     path("alerts", alerts.FiringList.as_view(), name="alerts"),

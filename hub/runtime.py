@@ -27,6 +27,8 @@ from accounts.audit import audit_prune_loop
 from alerts.engine import AlertEngine
 from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
+from control.bus import ControlBus
+from control.deadlines import deadline_loop
 from history.admission import HistoryReads, ReadAdmission
 from history.selectors import device_keys
 from hub.config import HubConfig
@@ -80,6 +82,8 @@ class HubRuntime:
             broadcaster = Broadcaster(layer, tick_seconds=config.streams.tick_seconds, stall_check_seconds=stall_check)
             self.streams = Streams(broadcaster, config.streams)
         self._layer = layer
+        # Word about devices' attributes and commands between the processes (control/bus.py): every role.
+        self.control = ControlBus(layer)
         # Device self-provisioning attempts per client address (POST /api/v1/provision, docs/api.md).
         self.provisioning = RateLimiter(config.provision_rate, config.provision_burst)
         # The history endpoints' bounds and admission; their streaming reads (CSV export) take connections of their
@@ -104,6 +108,7 @@ class HubRuntime:
             loops["hub-alert-webhooks"] = lambda: webhook_loop(config.alerts.webhooks)
             if config.retention.configured:
                 loops["hub-retention"] = lambda: retention_loop(config.retention)
+            loops["hub-command-deadlines"] = lambda: deadline_loop(self.control)
             if config.audit_retention_days > 0:
                 interval = config.retention.interval_seconds
                 loops["hub-audit-retention"] = lambda: audit_prune_loop(config.audit_retention_days, interval)
@@ -121,6 +126,7 @@ class HubRuntime:
             self.writer.start()
         if self.streams is not None:
             await self.streams.broadcaster.start()
+        self.control.start()
         for name, loop in self._loop_factories().items():
             self._loops.append(asyncio.create_task(loop(), name=name))
 
@@ -143,6 +149,7 @@ class HubRuntime:
             # the call returns: the writer's drain does not wait for it.
             await asyncio.wait(self._loops, timeout=1.0)
         self._loops.clear()
+        await self.control.stop()
         if self.streams is not None:
             await self.streams.broadcaster.close()
             self.streams.close()

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI as static files: the docs page works offline
     "api",
     "accounts",
+    "control",
     "axes",
 ]
 
@@ -216,6 +217,9 @@ HUB_STREAM_NICE = env_int("HUB_STREAM_NICE", 5)
 
 # MQTT broker of the bridge (docs/mqtt.md); when set, /readyz also checks it.
 HUB_MQTT_URL = env_optional("HUB_MQTT_URL")
+# The broker's dynamic-security administrator, mqtt://user:password@host:port (docs/mqtt.md, "Credentials that follow
+# the registry"): when set, devices created, rotated or deleted are logged in or out at the broker at once.
+HUB_MQTT_ADMIN_URL = env_optional("HUB_MQTT_ADMIN_URL")
 
 # Ingest limits (docs/payload.md).
 HUB_MAX_MESSAGE_BYTES = env_int("HUB_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1)
@@ -316,6 +320,16 @@ HUB_ROLLUP_1H_RETENTION_DAYS = env_int("HUB_ROLLUP_1H_RETENTION_DAYS", 0)
 HUB_RETENTION_INTERVAL_SECONDS = env_int("HUB_RETENTION_INTERVAL_SECONDS", 3600, minimum=1)
 # The audit trail's (docs/security.md), pruned by the same processes at the same interval; 0 keeps it forever.
 HUB_AUDIT_RETENTION_DAYS = env_int("HUB_AUDIT_RETENTION_DAYS", 365)
+
+# Talking back to devices (docs/commands.md): attributes and commands, bounded per device.
+HUB_ATTRIBUTES_MAX_PER_SCOPE = env_int("HUB_ATTRIBUTES_MAX_PER_SCOPE", 256, minimum=1)
+HUB_ATTRIBUTE_MAX_BYTES = env_int("HUB_ATTRIBUTE_MAX_BYTES", 4096, minimum=16)
+HUB_COMMANDS_MAX_OPEN = env_int("HUB_COMMANDS_MAX_OPEN", 100, minimum=1)  # queued or awaiting a response
+HUB_COMMAND_MAX_BYTES = env_int("HUB_COMMAND_MAX_BYTES", 16 * 1024, minimum=64)  # params, and a response
+HUB_COMMAND_TIMEOUT_MAX_SECONDS = env_int("HUB_COMMAND_TIMEOUT_MAX_SECONDS", 600, minimum=1)
+HUB_COMMAND_PERSISTENT_SECONDS = env_int("HUB_COMMAND_PERSISTENT_SECONDS", 7 * 86400, minimum=1)
+HUB_DEVICE_POLL_MAX_SECONDS = env_float("HUB_DEVICE_POLL_MAX_SECONDS", 60.0, minimum=0.1)  # HTTP long-polls
+HUB_DEVICE_POLLS_PER_DEVICE = env_int("HUB_DEVICE_POLLS_PER_DEVICE", 4, minimum=1)  # open at once, per process
 
 # Alerts (docs/alerts.md).
 HUB_ALERT_RULES_REFRESH_SECONDS = env_float("HUB_ALERT_RULES_REFRESH_SECONDS", 5.0)

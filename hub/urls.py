@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 
 from api.history import telemetry_history, telemetry_latest, telemetry_window
 from hub.health import healthz, metrics, readyz
+from transports import device_api
 from transports.http import telemetry_post
 
 urlpatterns = [
@@ -21,6 +22,11 @@ urlpatterns = [
     path("api/v1/devices/<slug:key>/window", telemetry_window, name="telemetry-window"),
     path("favicon.ico", RedirectView.as_view(url=static("dashboards/favicon.svg"), permanent=True)),
     path("api/v1/<str:token>/telemetry", telemetry_post, name="telemetry-post"),
+    # ThingsBoard's HTTP device API: attributes and commands (docs/commands.md)
+    path("api/v1/<str:token>/attributes", device_api.attributes, name="device-api-attributes"),
+    path("api/v1/<str:token>/attributes/updates", device_api.attribute_updates, name="device-api-attribute-updates"),
+    path("api/v1/<str:token>/rpc", device_api.rpc, name="device-api-rpc"),
+    path("api/v1/<str:token>/rpc/<int:command_id>", device_api.rpc_reply, name="device-api-rpc-reply"),
     path("alerts/", include("alerts.urls")),
     path("", include("dashboards.urls")),
     path("api/v1/", include("api.urls")),  # the operator API, its schema and docs (docs/api.md)

@@ -17,20 +17,22 @@ ARROWS: dict[str, set[str]] = {
     "core": set(),
     "devices": {"core"},
     "accounts": {"core", "devices"},
+    "control": {"core", "devices"},
     "storage": {"core", "devices"},
     "ingest": {"core", "devices", "storage"},
     "history": {"core", "devices", "storage"},
     "live": {"core", "devices", "accounts", "ingest", "history"},
-    "transports": {"core", "devices", "ingest"},
+    "transports": {"core", "devices", "ingest", "control"},
     "alerts": {"core", "devices", "accounts", "storage", "ingest", "history", "live"},
-    "api": {"core", "devices", "accounts", "storage", "history", "alerts"},
-    "dashboards": {"core", "devices", "accounts", "history", "alerts"},
-    "bridge": {"core", "devices", "storage", "ingest"},
+    "api": {"core", "devices", "accounts", "storage", "history", "alerts", "control"},
+    "dashboards": {"core", "devices", "accounts", "history", "alerts", "control"},
+    "bridge": {"core", "devices", "storage", "ingest", "control"},
     "clients": {"core", "devices", "ingest"},
     "hub": {
         "core",
         "devices",
         "accounts",
+        "control",
         "storage",
         "ingest",
         "history",
@@ -89,6 +91,7 @@ NOT_STATE_CALLS = {
     "type",
     "TypeVar",  # a typing construct
     "Actor",  # frozen dataclasses of the policy (accounts/policy.py: NOBODY)
+    "PolymorphicProxySerializer",  # a description of the OpenAPI schema (api/shapes.py)
 }
 # Module-level objects that are the process's by design, each with its reason.
 PROCESS_WIDE = {

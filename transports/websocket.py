@@ -1,5 +1,6 @@
 """WebSocket ingest: authenticate by token, hand frames to the ingest service, send acks and errors."""
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -8,6 +9,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from core import metrics
 from core.protocol import Close
+from core.state import runtime_in
 from devices.services import DeviceIdentity, device_authenticate
 from ingest.parsing import ErrorCode, IngestError
 from ingest.service import Ingest
@@ -15,6 +17,7 @@ from ingest.writer import DeviceDeleted, WriterClosed
 from transports.acks import AckSequencer
 from transports.revocation import OpenSockets
 from transports.shared import transports_in
+from transports.socket_control import SocketControl, is_control
 
 
 class TelemetryConsumer(AsyncWebsocketConsumer):
@@ -27,6 +30,7 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
     ingest: Ingest
     sockets: OpenSockets
     acks: AckSequencer | None = None
+    control: SocketControl | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         # The ack task must end with the socket even when uvicorn cancels us without a disconnect event.
@@ -59,6 +63,8 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
         await self.accept()
         metrics.CONNECTED_DEVICES.labels("ws").inc()
         self.sockets.opened(device.token_hash, self._revoked)
+        self.control = SocketControl(runtime_in(self.scope).control, device, self._send_json)
+        self.control.open()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         assert self.acks is not None  # noqa: S101 - receive only follows an accepted connect
@@ -67,6 +73,10 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
             error = IngestError(ErrorCode.UNSUPPORTED_FRAME, "send telemetry as text frames of JSON")
             metrics.MESSAGES_REJECTED.labels("ws", error.code).inc()
             await self.acks.rejected(self.frames, error)
+            return
+        if self.control is not None and is_control(text_data):
+            # Done in its turn: its ack (or error frame) follows those of the frames before it.
+            await self.acks.committed_later(self.frames, asyncio.ensure_future(self.control.frame(text_data)))
             return
         try:
             future = await self.ingest.message(device=self.device, body=text_data, transport="ws")
@@ -81,6 +91,9 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
     async def _release(self) -> None:
         """Idempotent: the gauge, the revocation registry and the ack task of an accepted socket."""
         acks, self.acks = self.acks, None
+        control, self.control = self.control, None
+        if control is not None:
+            await control.close()
         if acks is not None:
             metrics.CONNECTED_DEVICES.labels("ws").dec()
             self.sockets.closed(self.device.token_hash, self._revoked)

@@ -1,0 +1,108 @@
+"""Word between hub processes about devices' attributes and commands, over the channel layer (Redis across
+processes; in memory on the embedded default): "device KEY has something new" reaches the process holding its
+connection or long-poll, "command N has ended" reaches the process whose caller waits for it. The database is
+the record; these are only wake-ups: a lost one delays a command until the device reconnects or polls again,
+never loses it (and the maintenance sweep ends what passes its deadline)."""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+GROUP = "hub.control"
+Listener = Callable[[dict[str, Any]], None]
+_REJOIN_SECONDS = 600.0  # the layer forgets group members after a day (channels-redis group_expiry)
+
+
+class ControlBus:
+    """This process's end of the word: listeners per device key, waiters per command id."""
+
+    def __init__(self, layer) -> None:
+        self._layer = layer
+        self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+        self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._receiving(), name="hub-control-bus")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def listen(self, key: str, listener: Listener) -> None:
+        self._listeners[key].add(listener)
+
+    def unlisten(self, key: str, listener: Listener) -> None:
+        listeners = self._listeners.get(key)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[key]
+
+    def listening(self, key: str) -> int:
+        return len(self._listeners.get(key, ()))
+
+    async def tell(self, key: str, **news: Any) -> None:
+        """Tell whoever holds device `key` (here or in another process): `news` is `commands=True` or
+        `attributes={...}, deleted=[...]`."""
+        await self._send({"type": "control.device", "device": key, **news})
+
+    async def ended(self, command_id: int) -> None:
+        await self._send({"type": "control.ended", "command": command_id})
+
+    def expect(self, command_id: int) -> asyncio.Future[None]:
+        """A future done when word comes that the command ended; register it before the word can come, and
+        `forget` it after."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[command_id].add(waiter)
+        return waiter
+
+    def forget(self, command_id: int, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(command_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[command_id]
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self._layer.group_send(GROUP, message)
+        except Exception:
+            # The layer away: the record is in the database; the device gets it when it reconnects or polls.
+            logger.warning("control: word of %s not sent (channel layer unavailable)", message["type"], exc_info=True)
+            self._dispatch(message)  # this process at least
+
+    async def _receiving(self) -> None:
+        while True:
+            try:
+                channel = await self._layer.new_channel("control.")
+                while True:
+                    await self._layer.group_add(GROUP, channel)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_REJOIN_SECONDS):
+                            while True:
+                                self._dispatch(await self._layer.receive(channel))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("control: channel layer unavailable; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "control.device":
+            for listener in list(self._listeners.get(message.get("device", ""), ())):
+                try:
+                    listener(message)
+                except Exception:
+                    logger.exception("control: a listener of %s failed", message.get("device"))
+        elif message.get("type") == "control.ended":
+            for waiter in list(self._waiters.get(message.get("command", -1), ())):
+                if not waiter.done():
+                    waiter.set_result(None)
