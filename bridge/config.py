@@ -33,7 +33,11 @@ class BridgeConfig:
 
     @property
     def subscription(self) -> str:
-        return f"$share/{self.share_group}/{TELEMETRY_FILTER}" if self.shared else TELEMETRY_FILTER
+        return self.shared_form(TELEMETRY_FILTER)
+
+    def shared_form(self, topic_filter: str) -> str:
+        """The filter as this worker subscribes to it (one of a shared group, or alone)."""
+        return f"$share/{self.share_group}/{topic_filter}" if self.shared else topic_filter
 
 
 def bridge_config(*, url: str | None = None, client_id: str | None = None, protocol: int | None = None) -> BridgeConfig:
@@ -59,4 +63,32 @@ def bridge_config(*, url: str | None = None, client_id: str | None = None, proto
         metrics_port=env_int("HUB_MQTT_METRICS_PORT", 0),
         metrics_host=env_str("HUB_MQTT_METRICS_HOST", "127.0.0.1"),
         device_cache_seconds=env_float("HUB_MQTT_DEVICE_CACHE_SECONDS", 10.0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLogin:
+    """A broker and who logs in to it: the dynamic-security plugin's administrator (bridge/dynsec.py)."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str
+    password: str
+
+
+def admin_login(url: str | None = None) -> BrokerLogin | None:
+    """HUB_MQTT_ADMIN_URL, or None when it is empty: device credentials then do not follow the registry live."""
+    url = url if url is not None else settings.HUB_MQTT_ADMIN_URL
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.username or not parts.password:
+        raise ImproperlyConfigured("HUB_MQTT_ADMIN_URL must be mqtt[s]://user:password@host[:port]")
+    return BrokerLogin(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username),
+        password=unquote(parts.password),
     )

@@ -27,7 +27,9 @@ from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
 
 from bridge.config import BridgeConfig
+from bridge.control import CONTROL_FILTERS, BridgeControl, control_kind
 from bridge.stats import BridgeStats
+from control.bus import ControlBus
 from core import metrics
 from devices.services import DeviceIdentity, device_identity_by_key
 from ingest.parsing import IngestError
@@ -61,7 +63,7 @@ def device_key_of(topic: str) -> str | None:
 class Bridge:
     """One worker: owns the paho client, the consumer task and the status line."""
 
-    def __init__(self, config: BridgeConfig, ingest: Ingest) -> None:
+    def __init__(self, config: BridgeConfig, ingest: Ingest, bus: ControlBus | None = None) -> None:
         self.config = config
         self._ingest = ingest
         self.stats = BridgeStats()
@@ -76,6 +78,8 @@ class Bridge:
         self._generation = 0
         self._ack_lock = threading.Lock()
         self._client = self._make_client()
+        # Attributes and commands over MQTT (bridge/control.py), with word from the hub's processes.
+        self._control = BridgeControl(bus, self._publish) if bus is not None else None
 
     def _make_client(self) -> mqtt.Client:
         c = self.config
@@ -111,7 +115,10 @@ class Bridge:
             self._generation += 1
             generation = self._generation
         self._loop.call_soon_threadsafe(self.stats.forget_before, generation)
-        client.subscribe(self.config.subscription, qos=1)
+        filters = [self.config.subscription]
+        if self._control is not None:
+            filters += [self.config.shared_form(f) for f in CONTROL_FILTERS]
+        client.subscribe([(topic_filter, 1) for topic_filter in filters])
         logger.info(
             "bridge: connected as %s (session present: %s), subscribed to %s",
             self.config.client_id,
@@ -163,6 +170,8 @@ class Bridge:
         await asyncio.gather(consumer, return_exceptions=True)
         await self._ingest.drain()  # commits what is queued; the resolved futures ack their messages
         await asyncio.sleep(0)  # let the last ack callbacks run
+        if self._control is not None:
+            await self._control.close()
         self._client.disconnect()
         self._client.loop_stop()
         reporter.cancel()
@@ -182,7 +191,12 @@ class Bridge:
         if message.qos > 0:
             self.stats.unacked[(message.generation, message.mid)] = message.received_at
         key = device_key_of(message.topic)
+        if key is None and self._control is not None and (control := control_kind(message.topic)):
+            await self._control_message(message, *control)
+            return
         device = await self._device(key) if key else None
+        if device is not None and self._control is not None:
+            self._control.heard(device)
         if device is None:
             reason = _UNKNOWN_DEVICE if key else _BAD_TOPIC
             self._reject(message, key, reason, f"no device {key!r}" if key else "topic is not devices/<KEY>/telemetry")
@@ -193,6 +207,31 @@ class Bridge:
             self._reject(message, key, error.code, error.message, error.as_dict())
             return
         future.add_done_callback(partial(self._committed, message))
+
+    async def _control_message(self, message: Incoming, key: str, kind: str, ident: str) -> None:
+        """An attribute or command message: handled off the consumer's turn, acked once done (or refused)."""
+        device = await self._device(key)
+        if device is None or self._control is None:
+            self._reject(message, key, _UNKNOWN_DEVICE, f"no device {key!r}")
+            return
+        self._control.heard(device)
+        done = asyncio.ensure_future(self._control.handle(device, kind, ident, message.payload))
+        done.add_done_callback(partial(self._control_done, message, key))
+
+    def _control_done(self, message: Incoming, key: str, done: asyncio.Future[None]) -> None:
+        if done.cancelled():
+            return  # shutting down: not acked, so the broker delivers it again
+        error = done.exception()
+        if error is None:
+            self._ack(message)
+        elif isinstance(error, IngestError):
+            self._reject(message, key, error.code, error.message, error.as_dict())
+        else:
+            logger.warning("bridge: %s from %s not handled (%r); the broker delivers it again", message.topic,
+                           key, error)  # fmt: skip
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1)  # paho queues it for its network thread
 
     def _committed(self, message: Incoming, future: asyncio.Future[None]) -> None:
         if future.cancelled():

@@ -24,6 +24,7 @@ class ControlBus:
     def __init__(self, layer) -> None:
         self._layer = layer
         self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+        self._everyone: set[Listener] = set()  # listeners of every device (an MQTT bridge worker)
         self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -38,6 +39,9 @@ class ControlBus:
 
     def listen(self, key: str, listener: Listener) -> None:
         self._listeners[key].add(listener)
+
+    def listen_all(self, listener: Listener) -> None:
+        self._everyone.add(listener)
 
     def unlisten(self, key: str, listener: Listener) -> None:
         listeners = self._listeners.get(key)
@@ -97,7 +101,7 @@ class ControlBus:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if message.get("type") == "control.device":
-            for listener in list(self._listeners.get(message.get("device", ""), ())):
+            for listener in [*self._listeners.get(message.get("device", ""), ()), *self._everyone]:
                 try:
                     listener(message)
                 except Exception:

@@ -233,3 +233,37 @@ async def test_open_commands_are_bounded_per_device(runtime, operator, make_devi
     ).status_code == 202
     bad = await operator.post("/api/v1/devices/calm-1/rpc", json={"method": "m", "timeout": 10**9})
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "timeout"
+
+
+@pytest.mark.serial
+async def test_a_queued_command_survives_a_hub_killed_with_sigkill(hub_process, transactional_db, operator_user):
+    """Queued on one hub process, which is then SIGKILLed; the device reaches another and gets it."""
+    import signal
+
+    import websockets
+    from django.conf import settings
+
+    from tests.conftest import database_url_for_tests
+
+    env = {"HUB_DATABASE_URL": database_url_for_tests(), "HUB_SECRET_KEY": settings.SECRET_KEY}
+    device = await sync_to_async(device_create_with_token)("kept-1")
+    token = await sync_to_async(api_token_create)(user=operator_user, name="ops", scope="write")
+    first = await hub_process(**env).start().ready()
+    async with httpx.AsyncClient(base_url=first.http, headers={"Authorization": f"Bearer {token}"}) as operator:
+        queued = await operator.post("/api/v1/devices/kept-1/rpc", json={"method": "calibrate", "persistent": True})
+        assert queued.status_code == 202, queued.text
+    first.stop(signal.SIGKILL)
+    second = await hub_process(**env).start().ready()
+    async with websockets.connect(f"{second.ws}/ws/v1/{device}/telemetry") as socket:
+        rpc = orjson.loads(await asyncio.wait_for(socket.recv(), 10))["rpc"]
+        assert (rpc["id"], rpc["method"]) == (queued.json()["id"], "calibrate")
+        await socket.send(orjson.dumps({"$rpc": {"id": rpc["id"], "response": {"ok": True}}}).decode())
+        assert "ack" in orjson.loads(await asyncio.wait_for(socket.recv(), 10))
+    command = await Command.objects.aget(id=rpc["id"])
+    assert (command.state, command.response) == ("successful", {"ok": True})
+
+
+def device_create_with_token(key: str) -> str:
+    from devices.services import device_create
+
+    return device_create(key=key)[1]

@@ -30,4 +30,4 @@ class Command(BaseCommand):
         async with hub_runtime(role=Role.BRIDGE) as runtime:
             assert runtime.ingest is not None  # noqa: S101 - a bridge writes
             with collector_for_serving():
-                await Bridge(config, runtime.ingest).run(stop)
+                await Bridge(config, runtime.ingest, runtime.control).run(stop)
