@@ -19,13 +19,22 @@ _ACL = """\
 # Written by `python manage.py mqtt_auth_files` (docs/mqtt.md). Do not edit: regenerate.
 # Devices: username = device key, password = its access token.
 pattern write devices/%u/#
-pattern read devices/%u/errors
+pattern read devices/%u/#
 
-# The bridge reads every device's telemetry (plain or shared subscription) and answers on the error topics.
+# The bridge reads what every device sends (plain or shared subscription) and answers under devices/<KEY>/:
+# errors, attribute updates and answers, commands (docs/commands.md).
 user {bridge}
 topic read devices/+/telemetry
 topic read $share/+/devices/+/telemetry
-topic write devices/+/errors
+topic read devices/+/attributes
+topic read $share/+/devices/+/attributes
+topic read devices/+/attributes/request/+
+topic read $share/+/devices/+/attributes/request/+
+topic read devices/+/rpc/response/+
+topic read $share/+/devices/+/rpc/response/+
+topic read devices/+/call/request/+
+topic read $share/+/devices/+/call/request/+
+topic write devices/+/#
 """
 
 

@@ -141,16 +141,22 @@ def test_devices_log_in_with_their_token_and_publish_only_under_their_key(make_d
     bridge.subscribe("$share/hub/devices/+/telemetry")
     device = Session(broker.port, alice.key, alice.token)
     device.subscribe("devices/+/errors")
+    device.subscribe("devices/+/rpc/request/+")
     try:
         assert not bridge.refused and not device.refused
         assert not device.publish(f"devices/{alice.key}/telemetry").is_failure
         assert device.publish(f"devices/{bob.key}/telemetry") == NOT_AUTHORIZED
+        assert device.publish(f"devices/{bob.key}/rpc/response/1") == NOT_AUTHORIZED
         assert not bridge.publish(f"devices/{bob.key}/errors").is_failure
         assert not bridge.publish(f"devices/{alice.key}/errors").is_failure
+        assert not bridge.publish(f"devices/{bob.key}/rpc/request/7").is_failure
+        assert not bridge.publish(f"devices/{alice.key}/rpc/request/8").is_failure
         assert Session(broker.port, alice.key, bob.token).refused, "another device's token is refused"
         assert Session(broker.port, "nobody", alice.token).refused
         device.publish(f"devices/{alice.key}/telemetry")  # its PUBACK follows the error messages on the socket
-        assert device.received == [f"devices/{alice.key}/errors"], "a device reads only its own error topic"
+        assert device.received == [f"devices/{alice.key}/errors", f"devices/{alice.key}/rpc/request/8"], (
+            "a device reads only its own topics"
+        )
         bridge.wait_received(2)
         assert bridge.received == [f"devices/{alice.key}/telemetry"] * 2
     finally:
