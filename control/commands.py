@@ -90,7 +90,7 @@ def commands_open(device_id: int):
     return Command.objects.filter(device_id=device_id).filter(Q(state__in=(State.QUEUED, State.SENT)) | unanswered)
 
 
-def commands_due(device_id: int, *, again: bool = False) -> list[Command]:
+def commands_due(device_id: int, *, again: bool = False, limit: int | None = None) -> list[Command]:
     """What to hand the device now, oldest first: queued commands; with `again` (a device that just connected)
     also those handed before and not confirmed or answered (at least once: the device drops a repeat by id)."""
     states = (State.QUEUED, State.SENT) if again else (State.QUEUED,)
@@ -98,7 +98,7 @@ def commands_due(device_id: int, *, again: bool = False) -> list[Command]:
     if again:
         due |= Q(state=State.DELIVERED, two_way=True)
     rows = Command.objects.filter(due, device_id=device_id, expires_at__gt=timezone.now())
-    return list(rows.order_by("id")[: settings.HUB_COMMANDS_MAX_OPEN])
+    return list(rows.order_by("id")[: limit or settings.HUB_COMMANDS_MAX_OPEN])
 
 
 def commands_handed(ids: Iterable[int], *, delivered: bool) -> None:

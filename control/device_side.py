@@ -62,12 +62,14 @@ async def attributes_asked(
     return await database_sync_to_async(read)()
 
 
-async def commands_taken(device: DeviceIdentity, *, again: bool, delivered: bool) -> list[Command]:
-    """The device's due commands, marked handed (`again`: a device that just connected gets what it was handed
-    before and did not confirm, once more; `delivered`: handing them is the receipt)."""
+async def commands_taken(
+    device: DeviceIdentity, *, again: bool, delivered: bool, limit: int | None = None
+) -> list[Command]:
+    """The device's due commands (at most `limit`), marked handed (`again`: a device that just connected gets what
+    it was handed before and did not confirm, once more; `delivered`: handing them is the receipt)."""
 
     def take() -> list[Command]:
-        due = commands_due(device.id, again=again)
+        due = commands_due(device.id, again=again, limit=limit)
         commands_handed([c.id for c in due], delivered=delivered)
         return due
 

@@ -267,3 +267,14 @@ def device_create_with_token(key: str) -> str:
     from devices.services import device_create
 
     return device_create(key=key)[1]
+
+
+async def test_each_http_poll_takes_one_command_and_leaves_the_rest_queued(runtime, operator, make_device):
+    device = await sync_to_async(make_device)("poll-1")
+    for method in ("a", "b", "c"):
+        await operator.post("/api/v1/devices/poll-1/rpc", json={"method": method, "persistent": True})
+    async with in_process_client(runtime) as thing:
+        taken = [(await thing.get(f"/api/v1/{device.token}/rpc", params={"timeout": 1000})).json()["method"]
+                 for _ in range(3)]  # fmt: skip
+        assert taken == ["a", "b", "c"]
+        assert (await thing.get(f"/api/v1/{device.token}/rpc", params={"timeout": 100})).status_code == 408

@@ -145,7 +145,7 @@ async def rpc(request: ASGIRequest, token: str) -> HttpResponse:
         while True:
             inbox.commands.clear()
             # Handing it in this answer is its delivery (ThingsBoard's HTTP transport says the same).
-            taken = await commands_taken(device, again=False, delivered=True)
+            taken = await commands_taken(device, again=False, delivered=True, limit=1)  # one per answer
             if taken:
                 break
             try:
@@ -153,11 +153,8 @@ async def rpc(request: ASGIRequest, token: str) -> HttpResponse:
                     await inbox.commands.wait()
             except TimeoutError:
                 return HttpResponse(status=408)
-    command, rest = taken[0], taken[1:]
-    await commands_told(_bus(request), [command])
-    if rest:  # one command per answer: the others wait for the next poll
-        await _bus(request).tell(device.key, commands=True)
-    return JsonResponse(command_for_device(command))
+    await commands_told(_bus(request), taken)
+    return JsonResponse(command_for_device(taken[0]))
 
 
 async def _call(request: ASGIRequest, token: str) -> HttpResponse:
