@@ -92,6 +92,7 @@ async def test_the_demo_has_a_past_incidents_and_pages_worth_showing(demo, tmp_p
         await page.wait_for_function("() => document.querySelector('.chart').data.length === 2")
         assert not failed, f"every request succeeded (favicon included): {failed}"
     assert not errors, errors
+    assert '"GET /' not in log.read_text(), "no access log in the demo's terminal unless asked (--access-log)"
 
 
 def inline_code(html: str) -> list[str]:

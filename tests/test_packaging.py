@@ -36,7 +36,8 @@ SOURCE_PACKAGES = sorted(
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    built = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert "would be ignored" not in built.stderr, "the package configuration names every folder it ships"
     shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools builds in the tree
     return next(out.glob("telemetry_hub-*.whl"))
 

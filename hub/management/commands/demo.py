@@ -49,8 +49,11 @@ class Command(BaseCommand):
         parser.add_argument("--devices", type=int, default=3)
         parser.add_argument("--rate", type=float, default=2.0, help="messages per second per device")
         parser.add_argument("--days", type=float, default=7.0, help="days of simulated history to back-fill")
+        parser.add_argument("--access-log", action="store_true", help="log every request (off: a quiet terminal)")
 
-    def handle(self, *args, host: str, port: int, devices: int, rate: float, days: float, **options) -> None:
+    def handle(
+        self, *args, host: str, port: int, devices: int, rate: float, days: float, access_log: bool, **options
+    ) -> None:
         if not engine().embedded:
             raise CommandError("demo is for the embedded default; use `serve` and `simulate` otherwise")
         user_model = get_user_model()
@@ -68,14 +71,17 @@ class Command(BaseCommand):
             f"{devices} simulated devices at {rate}/s. Ctrl-C stops."
         )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self._run(host, port, keys, tokens, rate, days))
+            asyncio.run(self._run(host, port, keys, tokens, rate, days, access_log))
 
-    async def _run(self, host: str, port: int, keys: list[str], tokens: list[str], rate: float, days: float) -> None:
+    async def _run(
+        self, host: str, port: int, keys: list[str], tokens: list[str], rate: float, days: float, access_log: bool
+    ) -> None:
         """The runtime is built here and handed to the served app: the back-fill goes through its writer."""
         async with hub_runtime(role=Role.ALL) as runtime:
             assert runtime.writer is not None  # noqa: S101 - a process of every role writes
             app = HubApplication(Role.ALL, runtime=runtime)
-            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **uvicorn_options()))
+            options = {**uvicorn_options(), "access_log": access_log}  # quiet unless asked: the demo's terminal
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
             with collector_for_serving():
                 await self._serve(server, runtime.writer, keys, tokens, rate, days)
 
