@@ -22,6 +22,7 @@ from rest_framework.request import Request
 from accounts.requests import actor_in
 from api.models import ApiToken
 from api.params import HistoryParams, WindowParams
+from core.epoch import from_epoch_ms
 from devices.models import Device
 from history.admission import Admitted, HistoryReads, ReadsFull, history_in
 from history.answers import BadCursor, Cursor, aggregate_page, raw_page, window_answer
@@ -220,9 +221,21 @@ def _csv(
         query, reads=history.stream, band=band, first=first, budget=config.max_points, timeout=config.timeout_seconds
     )
     response = StreamingHttpResponse(_released(stream, slot), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="{device.key}-{query.start}-{query.end}.csv"'
+    response["Content-Disposition"] = f'attachment; filename="{csv_filename(device.key, query.start, query.end)}"'
     response["X-Hub-Rows-Per-Key"] = str(per_key)
     return response
+
+
+def csv_filename(key: str, start: int, end: int) -> str:
+    """`boiler-1_2026-12-07T10-00Z_2026-12-07T11-00Z.csv`: the device and its UTC range, readable and sortable."""
+
+    def instant(ms: int) -> str:
+        try:
+            return from_epoch_ms(ms).strftime("%Y-%m-%dT%H-%MZ")
+        except (OverflowError, ValueError, OSError):
+            return str(ms)
+
+    return f"{key}_{instant(start)}_{instant(end)}.csv"
 
 
 async def _released(stream: AsyncIterator[bytes], slot: Admitted) -> AsyncIterator[bytes]:

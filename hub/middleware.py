@@ -7,6 +7,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from core.logs import request_id, request_id_from
+from dashboards.errors import error_page
 
 
 class _AroundMiddleware:
@@ -100,3 +101,24 @@ class ContentSecurityPolicyMiddleware(_AroundMiddleware):
 
     def after(self, response: HttpResponse) -> None:
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+
+
+class MethodNotAllowedPage(_AroundMiddleware):
+    """A page answered 405 (a GET to a form's POST address) says so in the site's page, not a blank one."""
+
+    def __call__(self, request: HttpRequest):
+        if self.is_async:
+            return self._answered(request)
+        return self._replaced(request, cast(HttpResponse, self.get_response(request)))
+
+    async def _answered(self, request: HttpRequest) -> HttpResponse:
+        response = await cast("Awaitable[HttpResponse]", self.get_response(request))
+        return self._replaced(request, response)
+
+    def _replaced(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.status_code != 405 or response.content or request.path.startswith("/api/"):
+            return response
+        allowed = response.get("Allow", "")
+        page = error_page(request, 405, f"{request.path} takes {allowed or 'another method'}, not {request.method}")
+        page["Allow"] = allowed
+        return page

@@ -80,6 +80,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "hub.middleware.MethodNotAllowedPage",  # a page, not a blank 405, for a GET to a form's address
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "hub.middleware.ContentSecurityPolicyMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its 429 answer

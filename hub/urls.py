@@ -31,3 +31,5 @@ urlpatterns = [
     path("", include("dashboards.urls")),
     path("api/v1/", include("api.urls")),  # the operator API, its schema and docs (docs/api.md)
 ]
+
+handler404 = "dashboards.errors.not_found"  # the site's own page (the API: its JSON error)
