@@ -56,6 +56,9 @@ HTTP_READ_TIMEOUTS = Counter(
 BRIDGE_ACKED = Counter("hub_bridge_acked", "MQTT messages PUBACKed to the broker after commit (or rejection)")
 BRIDGE_INFLIGHT = Gauge("hub_bridge_inflight", "MQTT messages received and not yet committed")
 BRIDGE_LAG = Gauge("hub_bridge_lag_seconds", "Age of the oldest MQTT message not yet acknowledged")
+MQTT_CREDENTIALS_UNSENT = Counter(
+    "hub_mqtt_credentials_unsent", "Registry changes the MQTT broker was not told of (mqtt_dynsec_sync repairs)"
+)
 
 
 # Labelled children, cached: `.labels()` validates and locks on every call, which the hot path should not pay.

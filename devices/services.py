@@ -11,6 +11,7 @@ from django.db.models import Field
 
 from devices.labels import labels_problems
 from devices.models import Device
+from devices.signals import credentials_changed
 from devices.tokens import token_broker_hash, token_hash, token_new
 
 
@@ -99,6 +100,7 @@ def devices_bulk_create(*, specs: Sequence[DeviceSpec]) -> list[tuple[Device, st
             Device.objects.bulk_create(devices, batch_size=2000)
     except IntegrityError:  # a concurrent create took one of the keys since the check
         raise DevicesRefused(_taken(specs) or [RowProblem(0, "", "key", "a key was taken meanwhile", True)]) from None
+    _credentials_told(created={device.key: token for device, token in zip(devices, tokens, strict=True)})
     return list(zip(devices, tokens, strict=True))
 
 
@@ -152,6 +154,7 @@ def device_delete(*, key: str) -> None:
     deleted, _ = Device.objects.filter(key=key).delete()
     if not deleted:
         raise Device.DoesNotExist(key)
+    _credentials_told(deleted=[key])
 
 
 def device_token_rotate(*, key: str) -> str:
@@ -162,6 +165,7 @@ def device_token_rotate(*, key: str) -> str:
         device.token_hash = token_hash(token)
         device.broker_hash = token_broker_hash(token)
         device.save(update_fields=["token_hash", "broker_hash"])
+    _credentials_told(created={key: token})
     return token
 
 
@@ -186,6 +190,12 @@ async def device_identity_by_key(*, key: str) -> DeviceIdentity | None:
     """The device registered under `key`, or None (MQTT topics name devices by key)."""
     row = await _device_row(key=key)
     return DeviceIdentity(id=row[0], key=row[1]) if row else None
+
+
+def _credentials_told(*, created: Mapping[str, str] | None = None, deleted: Sequence[str] = ()) -> None:
+    """Once the change commits (never for one rolled back), tell listeners (devices/signals.py)."""
+    created, deleted = dict(created or {}), list(deleted)
+    transaction.on_commit(lambda: credentials_changed.send(sender=Device, created=created, deleted=deleted))
 
 
 @database_sync_to_async

@@ -92,6 +92,7 @@ NOT_STATE_CALLS = {
     "TypeVar",  # a typing construct
     "Actor",  # frozen dataclasses of the policy (accounts/policy.py: NOBODY)
     "PolymorphicProxySerializer",  # a description of the OpenAPI schema (api/shapes.py)
+    "Signal",  # Django's signals: receivers connected once, at start-up (AppConfig.ready)
 }
 # Module-level objects that are the process's by design, each with its reason.
 PROCESS_WIDE = {
