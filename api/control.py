@@ -226,6 +226,7 @@ async def commands(request: ASGIRequest, key: str) -> HttpResponse:
     if command is None:
         return JsonResponse({"error": {"code": "unknown_device", "message": f"{key!r} was deleted"}}, status=404)
     if command.state in (Command.State.TIMED_OUT, Command.State.EXPIRED):
-        message = f"the device did not {'answer' if command.two_way else 'take it'} within {command.timeout_ms} ms"
+        answered = command.state == Command.State.TIMED_OUT and command.two_way  # delivered, not answered
+        message = f"the device did not {'answer' if answered else 'take it'} within {command.timeout_ms} ms"
         return JsonResponse({"error": {"code": "timeout", "message": message}, **command_summary(command)}, status=504)
     return JsonResponse(command_summary(command))

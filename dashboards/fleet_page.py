@@ -1,6 +1,7 @@
 """The fleet page (`/`) and its refresh (`/fleet.json`): one page of rows, server-rendered first, then live
 (dashboards/static/dashboards/fleet.js). The URL holds the choices: `q` (key or name text), `label`
-(`name=value`, comma-separated pairs all match), `status`, `sort` (`-` first: reversed) and `page`."""
+(`name=value`, comma-separated pairs all match), `attr` (`name=value`: an attribute of any scope), `status`, `sort`
+(`-` first: reversed) and `page`."""
 
 from collections.abc import Mapping
 from urllib.parse import urlencode
@@ -11,16 +12,38 @@ from django.urls import reverse
 
 from accounts.policy import Action
 from accounts.requests import actor_in, allowed
+from control.attributes import AttributesRefused, keys_checked
 from core.protocol import close_codes
 from dashboards.selectors import FLEET_SORTS, FLEET_STATUSES, FleetQuery, fleet_status
 from devices.labels import labels_from_query, labels_text
 
 SORT_TITLES = {"name": "Device", "status": "Status", "seen": "Last seen", "rate": "Readings/min"}
+ATTRIBUTE_VALUE_MAX = 200  # characters of an attribute filter's value: it is parsed as JSON, so bounded
+
+
+def attribute_from_query(text: str) -> tuple[tuple[str, str] | None, str]:
+    """A page's attribute filter (`firmware=1.2.0`): the name and the value's text, or none and what was wrong."""
+    if not text.strip():
+        return None, ""
+    name, equals, value = text.partition("=")
+    name = name.strip()
+    if not equals or not name:
+        return None, "attribute filter ignored: write name=value, e.g. firmware=1.2.0"
+    try:
+        keys_checked([name])
+    except AttributesRefused as refused:
+        return None, f"attribute filter ignored: {refused.message}"
+    value = value.strip()
+    if len(value) > ATTRIBUTE_VALUE_MAX:
+        return None, f"attribute filter ignored: a value of at most {ATTRIBUTE_VALUE_MAX} characters"
+    return (name, value), ""
 
 
 def fleet_query(params: Mapping[str, str]) -> tuple[FleetQuery, str]:
     """The page's choices from its URL (anything invalid falls back to the default), and what was wrong."""
-    labels, problem = labels_from_query(params.get("label", ""))
+    labels, label_problem = labels_from_query(params.get("label", ""))
+    attribute, attribute_problem = attribute_from_query(params.get("attr", ""))
+    problem = "; ".join(p for p in (label_problem, attribute_problem) if p)
     sort = params.get("sort", "status")
     descending = sort.startswith("-")
     sort = sort.lstrip("-")
@@ -34,6 +57,7 @@ def fleet_query(params: Mapping[str, str]) -> tuple[FleetQuery, str]:
     query = FleetQuery(
         text=params.get("q", "").strip()[:200],
         labels=labels,
+        attribute=attribute,
         status=status if status in FLEET_STATUSES else "",
         sort=sort,
         descending=descending,
@@ -42,11 +66,17 @@ def fleet_query(params: Mapping[str, str]) -> tuple[FleetQuery, str]:
     return query, problem
 
 
+def attribute_text(attribute: tuple[str, str] | None) -> str:
+    """The inverse of `attribute_from_query`."""
+    return f"{attribute[0]}={attribute[1]}" if attribute else ""
+
+
 def _url(query: FleetQuery, **changes: object) -> str:
     """The page's URL for `query` with some choices changed."""
     values = {
         "q": query.text,
         "label": labels_text(query.labels),
+        "attr": attribute_text(query.attribute),
         "status": query.status,
         "sort": ("-" if query.descending else "") + query.sort,
         "page": query.page,
@@ -116,6 +146,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "rows": _rows(snapshot),
         "query": query,
         "label_text": labels_text(query.labels),
+        "attribute_text": attribute_text(query.attribute),
         "problem": problem,
         "columns": _columns(query),
         "statuses": [(s, snapshot["counts"][s], _url(query, status=s, page=1)) for s in FLEET_STATUSES],

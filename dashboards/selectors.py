@@ -1,16 +1,18 @@
 """Read-side queries for the dashboards: compositions of the readings selectors (ingest/selectors.py),
-the device registry and open alerts."""
+the device registry, open alerts, and devices' attributes and commands."""
 
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import orjson
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from alerts.selectors import SEVERITY_ORDER, alerts_open_by_device
+from control.models import Attribute, Command
 from core.epoch import epoch_ms
 from devices.labels import devices_labelled
 from devices.models import Device
@@ -25,10 +27,12 @@ COMPARE_DEFAULT_KEYS = 4
 
 @dataclass(frozen=True, slots=True)
 class FleetQuery:
-    """Which devices the fleet page shows: text (key or name), labels, a status, an order and a page."""
+    """Which devices the fleet page shows: text (key or name), labels, an attribute, a status, an order and a
+    page."""
 
     text: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    attribute: tuple[str, str] | None = None  # (name, value as text): any scope's attribute of that name reads so
     status: str = ""  # one of FLEET_STATUSES, or "" for all
     sort: str = "status"  # one of FLEET_SORTS
     descending: bool = False
@@ -65,6 +69,8 @@ def fleet_status(query: FleetQuery | None = None, *, fleet: QuerySet[Device] | N
     now_ms, window = epoch_ms(now), settings.HUB_ONLINE_WINDOW_SECONDS * 1000
     total = fleet.count()
     matching = devices_labelled(fleet, query.labels)
+    if query.attribute is not None:
+        matching = devices_with_attribute(matching, *query.attribute)
     if query.text:
         matching = matching.filter(Q(key__icontains=query.text) | Q(name__icontains=query.text))
     alerts = alerts_open_by_device()
@@ -102,6 +108,26 @@ def fleet_status(query: FleetQuery | None = None, *, fleet: QuerySet[Device] | N
         "pages": pages,
         "devices": shown,
     }
+
+
+def devices_with_attribute(devices: QuerySet[Device], name: str, text: str) -> QuerySet[Device]:
+    """The devices of `devices` with an attribute `name` (client, shared or server) whose value reads `text`: a
+    JSON string by its text, a number, boolean or object by its JSON text (`5` finds 5 and "5"). One subquery,
+    compared in SQL: JSONField's exact lookup means the same on PostgreSQL and SQLite."""
+    values = Q(value=text)
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # plain text (1.2.0): only a JSON string can read so
+    else:
+        values |= Q(value=parsed)
+    holders = Attribute.objects.filter(values, key=name).values("device_id")
+    return devices.filter(id__in=holders)
+
+
+def commands_recent(device_id: int, *, limit: int = 20) -> list[Command]:
+    """A device's newest commands, newest first (the device page; its script then polls the API's list)."""
+    return list(Command.objects.filter(device_id=device_id).order_by("-id")[:limit])
 
 
 @dataclass(frozen=True, slots=True)

@@ -337,3 +337,37 @@ async def test_the_fleet_page_of_ten_thousand_devices_is_fast_and_stays_responsi
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
+
+
+async def test_on_a_slow_machine_every_chart_of_a_page_advances(page, live_hub, make_device, operator):
+    """With the CPU throttled 8× (a slow laptop, a phone) and six keys streaming at 1,000 readings/s each, every
+    chart of the device page moves on, not only the first (each redraw goes to the chart drawn longest ago); the
+    toolbar offers zoom and nothing that uploads, each button reachable by keyboard."""
+    made = await sync_to_async(make_device)()
+    device = DeviceIdentity(made.id, made.key)
+    keys = ("a", "b", "c", "d", "e", "f")
+    now = now_ms()
+    await store(live_hub.runtime.writer, made, steady(device, keys, now - MINUTE, now, step=100))
+    async with streaming(live_hub.runtime.writer, device, keys, now - 1):
+        await log_in(page, f"{live_hub.http}/devices/{device.key}/?window=5m")
+        await page.wait_for_function("() => document.getElementById('connection').dataset.state === 'live'")
+        await page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('.chart')).filter((c) => c.data && c.data[0]).length === 6"
+        )
+        session = await page.context.new_cdp_session(page)
+        await session.send("Emulation.setCPUThrottlingRate", {"rate": 8})
+        newest = "() => Array.from(document.querySelectorAll('.chart')).map((c) => c.data[0].x.at(-1).getTime())"
+        before = await page.evaluate(newest)
+        await page.wait_for_timeout(12_000)  # the period watched: each chart must move within it
+        after = await page.evaluate(newest)
+        await session.send("Emulation.setCPUThrottlingRate", {"rate": 1})
+        buttons = await page.evaluate(
+            """() => Array.from(document.querySelector('.chart').querySelectorAll('.modebar-btn'))
+                     .map((b) => [b.getAttribute('data-title'), b.getAttribute('tabindex')])"""
+        )
+    moved = [round((b - a) / 1000, 1) for a, b in zip(before, after, strict=True)]
+    print(f"CPU throttled 8x, 6 charts: each chart's newest point moved by {moved} s in 12 s")
+    assert all(step > 0 for step in moved), f"a chart froze: {moved}"
+    titles = [title for title, _ in buttons]
+    assert titles == ["Zoom in", "Zoom out", "Autoscale"], titles
+    assert all(tabindex == "0" for _, tabindex in buttons), buttons

@@ -72,13 +72,14 @@ async def test_the_docs_page_is_served_by_the_hub_itself(live_hub):
         assert "/api/v1/schema" in script and "<script>" not in page.text
 
 
-def examples() -> str:
-    """The `sh` blocks of docs/api.md, in order."""
-    text = (ROOT / "docs" / "api.md").read_text()
+def examples(doc: str) -> str:
+    """The `sh` blocks of docs/<doc>, in order."""
+    text = (ROOT / "docs" / doc).read_text()
     return "\n".join(re.findall(r"^```sh\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE))
 
 
-async def test_the_curl_examples_of_docs_api_run_green(live_hub, tmp_path, transactional_db):
+async def examples_run(doc: str, live_hub, tmp_path) -> None:
+    """Run them as a person would, against the served hub, failing on the first command that fails."""
     await sync_to_async(person)("alice", password="pw", role=3)  # an admin: the audit log example too
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "DJANGO_"))},
@@ -88,18 +89,31 @@ async def test_the_curl_examples_of_docs_api_run_green(live_hub, tmp_path, trans
         "HUB_SECRET_KEY": "docs-" * 10,
         "HUB_VAR_DIR": str(tmp_path),
     }
-    script = "set -euo pipefail\n" + examples()
+    script = "set -euxo pipefail\n" + examples(doc)  # -x: the failing command is named
     process = await asyncio.create_subprocess_exec(
         "bash", "-c", script, cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, f"{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
+
+
+async def test_the_curl_examples_of_docs_api_run_green(live_hub, tmp_path, transactional_db):
+    await examples_run("api.md", live_hub, tmp_path)
     assert (
         await Device.objects.filter(key__in=["th-1", "th-100", "th-101", "th-200", "th-201", "fs-0001"]).acount() == 6
     )
     assert (await Device.objects.aget(key="th-1")).labels == {"site": "south", "floor": "2"}
     assert (await Device.objects.aget(key="fs-0001")).labels == {"site": "east"}
     assert (tmp_path / "tokens.csv").read_text().startswith("key,token\nth-200,")
+
+
+async def test_the_curl_examples_of_docs_commands_run_green(live_hub, tmp_path, transactional_db):
+    from control.models import Attribute, Command
+
+    await examples_run("commands.md", live_hub, tmp_path)
+    states = await sync_to_async(lambda: sorted(Command.objects.values_list("method", "state")))()
+    assert states == [("calibrate", "successful"), ("open", "successful")]
+    assert await Attribute.objects.filter(key="firmware", scope="client", value="1.2.0").aexists()
 
 
 @pytest.mark.serial

@@ -55,6 +55,10 @@
     layout.paper_bgcolor = "rgba(0,0,0,0)";
     layout.plot_bgcolor = "rgba(0,0,0,0)";
     layout.font = Object.assign({color: colour("--fg")}, layout.font);
+    // Vertical on the right: the toolbar never covers a chart's title, on a phone either.
+    layout.modebar = Object.assign({orientation: "v", bgcolor: "rgba(0,0,0,0)", color: colour("--muted"),
+                                    activecolor: colour("--accent")}, layout.modebar);
+    layout.yaxis = layout.yaxis || {}; // both axes themed, in dark mode too
     for (const axis of Object.keys(layout).filter((k) => /^[xy]axis\d*$/.test(k))) {
       layout[axis] = Object.assign({gridcolor: grid, zerolinecolor: grid}, layout[axis]);
     }
@@ -69,7 +73,29 @@
     return `${ms} ms`;
   }
 
+  // Plotly's toolbar for this product: zoom in, zoom out and back to the whole range; nothing that uploads or
+  // exports data anywhere (no "Share chart…", no Chart Studio link).
+  const CONFIG = {responsive: true, displaylogo: false, displayModeBar: true, showSendToCloud: false,
+                  showEditInChartStudio: false, showLink: false,
+                  modeBarButtons: [["zoomIn2d", "zoomOut2d", "autoScale2d"]]};
+
+  function config() { return Object.assign({}, CONFIG); }
+
+  // The toolbar's buttons are links without an href: give them a place in the Tab order and Enter/Space.
+  function keyboardToolbar(div) {
+    for (const button of div.querySelectorAll(".modebar-btn:not([tabindex])")) {
+      button.setAttribute("tabindex", "0");
+      button.setAttribute("role", "button");
+      button.addEventListener("keydown", (event) => {
+        if (event.key !== "Enter" && event.key !== " ") return;
+        event.preventDefault();
+        button.dispatchEvent(new MouseEvent("click", {bubbles: true}));
+      });
+    }
+  }
+
   const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
-  window.HubCharts = {fromLocal, fromPlotly, toPlotly, toLocalInput, zoomOf, themed, formatInterval, COLORS};
+  window.HubCharts = {fromLocal, fromPlotly, toPlotly, toLocalInput, zoomOf, themed, formatInterval, COLORS, config,
+                      keyboardToolbar};
 })();

@@ -1,8 +1,8 @@
 // Fleet page: one page of devices (the server rendered it into the HTML; this script keeps it live). Statuses,
 // rates and latest values follow /ws/v1/fleet/stream (digests, alert events); the page's query is refetched
 // from fleet.json every REFRESH_MS and after alert events (counts, rates, order, new devices). Typing in the
-// filters refetches at once, without a reload; sorting and paging are links. Device-provided strings only ever
-// reach the page through textContent.
+// filters (key or name, label, attribute) refetches at once, without a reload; sorting and paging are links.
+// Device-provided strings only ever reach the page through textContent.
 (function () {
   "use strict";
   const REFRESH_MS = 15000;
@@ -189,7 +189,7 @@
   function filtersChanged() {
     clearTimeout(typing);
     typing = setTimeout(() => {
-      for (const name of ["q", "label"]) {
+      for (const name of ["q", "label", "attr"]) {
         const value = form.elements[name].value.trim();
         if (value) query.set(name, value); else query.delete(name);
       }

@@ -193,7 +193,8 @@
       layout[index === 0 ? "yaxis" : `yaxis${index + 1}`] = {title: {text: key}};
       count += body.data[key].length;
     });
-    Plotly.react(chart, traces, themed(layout), {responsive: true, displaylogo: false});
+    Plotly.react(chart, traces, themed(layout), HubCharts.config());
+    HubCharts.keyboardToolbar(chart);
     const what = body.agg === "NONE" ? "raw points" : `${body.agg} every ${formatInterval(body.interval)}`;
     const full = body.agg === "NONE" && keys.some((k) => body.data[k].length >= config.maxLimit);
     setStatus(`${count.toLocaleString()} points, ${what}` +
@@ -227,7 +228,7 @@
   document.getElementById("history-tz").textContent =
     Intl.DateTimeFormat().resolvedOptions().timeZone || `UTC${-new Date().getTimezoneOffset() / 60}`;
   showRangeInputs();
-  Plotly.newPlot(chart, [], {height: 320}, {responsive: true, displaylogo: false}).then(() => {
+  Plotly.newPlot(chart, [], {height: 320}, HubCharts.config()).then(() => {
     chart.on("plotly_relayout", onRelayout);
     load();
   });

@@ -209,6 +209,10 @@
       this.revision = 0;
       this.inFlight = null;
       setInterval(() => this.schedule(), 1000); // the window moves even when nothing arrives
+      const hint = document.createElement("p");
+      hint.className = "hint";
+      hint.textContent = "Drag across a chart to zoom in; double-click it to return to live.";
+      o.container.before(hint);
     }
 
     now() { return Date.now() + this.skew; }
@@ -222,7 +226,7 @@
       div.dataset.key = key;
       const next = Array.from(this.o.container.children).find((el) => el.dataset.key > key);
       this.o.container.insertBefore(div, next || null); // charts in key order
-      c = {div: div, key: key, traces: new Map(), bound: false, dirty: true};
+      c = {div: div, key: key, traces: new Map(), bound: false, dirty: true, drawn: 0};
       this.charts.set(key, c);
       return c;
     }
@@ -253,7 +257,8 @@
 
     // Redraws are paced by what they cost: one chart per task (never all in one), and the next no sooner than
     // twice the last one took, so drawing holds at most about a third of the main thread however fast
-    // readings arrive, and the page stays responsive (tests/test_live_pages.py measures it).
+    // readings arrive, and the page stays responsive (tests/test_live_pages.py measures it). Each turn goes to
+    // the chart drawn longest ago, so on a slow machine every chart advances, not only the first.
     schedule() {
       for (const c of this.charts.values()) c.dirty = true;
       this.kick();
@@ -268,9 +273,11 @@
 
     drawNext() {
       this.frame = 0;
-      const c = Array.from(this.charts.values()).find((chart) => chart.dirty);
+      let c = null;
+      for (const chart of this.charts.values()) if (chart.dirty && (!c || chart.drawn < c.drawn)) c = chart;
       if (!c) return;
       c.dirty = false;
+      c.drawn = performance.now();
       const began = performance.now();
       this.draw(c);
       this.nextDraw = performance.now() + 2 * (performance.now() - began);
@@ -290,11 +297,13 @@
         traces.push({x: xy.x, y: xy.y, mode: "lines", name: this.o.name(device), line: {width: 1, color: colour}});
       }
       const layout = HubCharts.themed({
-        title: {text: c.key}, margin: {t: 30, l: 50, r: 10, b: 30}, datarevision: ++this.revision,
+        title: {text: c.key, x: 0, xanchor: "left"}, margin: {t: 30, l: 50, r: 40, b: 30},
+        datarevision: ++this.revision,
         xaxis: {type: "date", range: range.map(HubCharts.toPlotly)}, shapes: this.o.shapes(c.key),
         showlegend: traces.length > 1, legend: {orientation: "h", y: -0.2},
       });
-      Plotly.react(c.div, traces, layout, {responsive: true, displaylogo: false});
+      Plotly.react(c.div, traces, layout, HubCharts.config());
+      HubCharts.keyboardToolbar(c.div);
       if (!c.bound) {
         c.bound = true;
         c.div.on("plotly_relayout", (event) => this.relayout(event));
