@@ -45,6 +45,7 @@ class HubConfig:
             role=role or Role(s.HUB_ROLE),
             writer=WriterConfig(
                 flush_interval=s.HUB_WRITER_FLUSH_MS / 1000,
+                flush_when_idle=s.HUB_WRITER_FLUSH_WHEN_IDLE,
                 batch_rows=s.HUB_WRITER_BATCH_ROWS,
                 max_pending_rows=s.HUB_WRITER_MAX_PENDING_ROWS,
                 drain_timeout=s.HUB_WRITER_DRAIN_SECONDS,

@@ -234,6 +234,7 @@ HUB_WS_MAX_SIZE = env_int("HUB_WS_MAX_SIZE", 2 * HUB_MAX_MESSAGE_BYTES, minimum=
 
 # The writer (docs/storage.md).
 HUB_WRITER_FLUSH_MS = env_float("HUB_WRITER_FLUSH_MS", 20.0, minimum=1.0)
+HUB_WRITER_FLUSH_WHEN_IDLE = env_bool("HUB_WRITER_FLUSH_WHEN_IDLE", True)  # group commit: ingest/writer.py
 HUB_WRITER_BATCH_ROWS = env_int("HUB_WRITER_BATCH_ROWS", 20_000, minimum=1)
 HUB_WRITER_MAX_PENDING_ROWS = env_int("HUB_WRITER_MAX_PENDING_ROWS", 200_000, minimum=1)
 HUB_WRITER_DRAIN_SECONDS = env_float("HUB_WRITER_DRAIN_SECONDS", 10.0)

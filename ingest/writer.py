@@ -101,6 +101,9 @@ class _Flush:
 @dataclass(frozen=True, slots=True)
 class WriterConfig:
     flush_interval: float = 0.020
+    # An idle writer (no flush in flight) flushes what arrives at once: a lone request waits for one commit, not
+    # for flush_interval too; under load the next batch gathers while the previous flush runs (group commit).
+    flush_when_idle: bool = True
     batch_rows: int = 20_000
     max_pending_rows: int = 200_000
     drain_timeout: float = 10.0
@@ -122,6 +125,7 @@ class Writer:
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._flush_ended = asyncio.Event()  # set as each flush ends (the batch waiting behind it may go)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
@@ -168,12 +172,18 @@ class Writer:
             self._flushes[flush] = self.loop.create_task(self._flush(flush), name="hub-flush")
 
     async def _wait_for_batch(self) -> None:
-        # Flush when the oldest queued message is flush_interval old or batch_rows are waiting.
+        # Flush when no flush is in flight (flush_when_idle), the oldest queued message is flush_interval old, or
+        # batch_rows are waiting.
         while self._queue and not self._closing and self._queued_rows < self._config.batch_rows:
+            if self._config.flush_when_idle and not self._flushes:
+                return
             remaining = self._queue[0].queued_at + self._config.flush_interval - time.monotonic()
             if remaining <= 0:
                 return
-            await asyncio.sleep(min(remaining, 0.005))
+            self._flush_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._flush_ended.wait()  # a flush ended: the writer may be idle now
 
     def _take(self) -> list[_Pending]:
         taken: list[_Pending] = []
@@ -206,6 +216,7 @@ class Writer:
             if self._last is flush:
                 self._last = None
             del self._flushes[flush]
+            self._flush_ended.set()
             self._slots.release()
             if not self._queue and not self._flushes:
                 self._idle.set()

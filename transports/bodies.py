@@ -19,9 +19,8 @@ import orjson
 from django.conf import settings
 
 from core.logs import request_id, request_id_from
-from devices.services import device_authenticate
 from ingest.parsing import ErrorCode
-from transports.http import DEVICE_SCOPE_KEY
+from transports.http import telemetry_served
 from transports.shared import transports_in
 
 Scope = dict[str, Any]
@@ -52,11 +51,17 @@ class BodyLimit:
         transports = transports_in(scope) if match and scope["method"] == "POST" else None
         if match and transports is not None:
             limit = transports.ingest.limits.max_bytes
-            device = await device_authenticate(token=match[1])
+            device = await transports.tokens.device(match[1])
             if device is None:
                 await _refuse(scope, receive, send, 401, "unauthorized", "unknown device token", drain=limit)
                 return
-            scope = {**scope, DEVICE_SCOPE_KEY: device}
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                await _refuse(scope, receive, send, 413, ErrorCode.TOO_LARGE, f"the limit is {limit} bytes", drain=0)
+                return
+            # Served here, not by Django: a device's post needs none of a page's middleware (transports/http.py).
+            await telemetry_served(_Counted(scope, receive, send, limit), send, transports, device, limit)
+            return
         if limit is None:
             await self.app(scope, receive, send)
             return

@@ -1,12 +1,13 @@
 """What the device transports of one process share, handed to each connection with its scope (core/state.py)."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.state import runtime_in
 from ingest.service import Ingest
 from transports.revocation import OpenSockets
+from transports.tokens import DeviceTokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,11 +18,16 @@ class TransportConfig:
 
 @dataclass(frozen=True, slots=True)
 class DeviceTransports:
-    """The ingest entry point, the open device sockets (for revocation) and the transports' limits."""
+    """The ingest entry point, the open device sockets (for revocation), the transports' limits and the HTTP path's
+    token cache."""
 
     ingest: Ingest
     sockets: OpenSockets
     config: TransportConfig
+    tokens: DeviceTokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", DeviceTokens(self.config.token_recheck_seconds))  # frozen: set once
 
 
 def transports_in(scope: Mapping[str, Any]) -> DeviceTransports | None:

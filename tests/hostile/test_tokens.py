@@ -48,7 +48,7 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
     tokens = [d.token for d in devices] + [unknown]
     hub = await hub_process(HUB_DATABASE_URL=database_url_for_tests(), HUB_LOG_LEVEL="DEBUG").start().ready()
     seen = bystanders(hub, (devices[2].key, devices[2].token), (devices[3].key, devices[3].token))
-    paths = ["/api/v1/{}/telemetry", "/api/v1/{}/attributes", "/api/v1/{}/rpc", "/api/v1/{}/Telemetry",
+    paths = ["/api/v1/{}/telemetry", "/api/v1/{}/attributes", "/api/v1/{}/rpc?timeout=50", "/api/v1/{}/Telemetry",
              "/API/v1/{}/telemetry", "/api/v2/{}/telemetry", "/api/v1/{}", "/api/v1/{}/telemetry?x=1",
              "/api/v1//{}/telemetry", "/api/v1/./{}/telemetry", "/api/v1/devices/{}/telemetry",
              "/devices/{}/", "/api/v1/telemetry?token={}"]  # fmt: skip
@@ -72,7 +72,7 @@ async def test_no_token_reaches_the_logs_of_a_hostile_run(make_device, hub_proce
     assert leaked == [], [line for line in log.splitlines() if any(t in line for t in leaked)][:5]
 
 
-@pytest.mark.hub_settings(HUB_WRITER_FLUSH_MS=400)
+@pytest.mark.hub_settings(HUB_WRITER_FLUSH_MS=400, HUB_WRITER_FLUSH_WHEN_IDLE=False)
 async def test_a_device_deleted_while_it_sends_is_told_its_token_is_gone(runtime, make_device):
     """Issue 22: readings in flight when their device is deleted are refused as its token now is: HTTP 401 (not a
     500 inviting a retry) and the socket closed with 4403 (not 1011). Flushes wait 400 ms here: the deletion lands
