@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEvent
 from accounts.policy import Actor
+from devices.models import Device, ProvisioningProfile
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def audit_record_as(kind: str, name: str, action: str, target: Model | None = No
 def _target(target: Model | None) -> dict[str, str]:
     if target is None:
         return {}
-    ident = getattr(target, "key", None) or target.pk
+    # A device and a provisioning profile are known by their key (their identity in URLs and topics), anything
+    # else by its id: an alert rule's `key` is the reading key it watches, not its name.
+    ident = target.key if isinstance(target, Device | ProvisioningProfile) else target.pk
     return {"object_type": target._meta.model_name or "", "object_id": str(ident)[:200]}
 
 

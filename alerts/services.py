@@ -33,6 +33,21 @@ def alert_acknowledge(*, state_id: int, user: User) -> bool:
     return True
 
 
+def alert_rule_enable(*, rule: AlertRule, enabled: bool) -> bool:
+    """Enable or disable a rule and change nothing else (not validated again: a rule whose key or webhook host
+    went away since can still be switched off); False if it already was."""
+    if rule.enabled == enabled:
+        return False
+    rule.enabled = enabled
+    rule.save(update_fields=["enabled"])
+    return True
+
+
+def alert_rule_delete(*, rule: AlertRule) -> None:
+    """Delete a rule with its states, events and deliveries (the engine drops it at its next rule refresh)."""
+    rule.delete()
+
+
 class RuleRefused(Exception):
     """The rule form refused the values: `errors` maps each field to the page's own messages."""
 

@@ -40,6 +40,10 @@ async def test_rules_are_created_listed_changed_and_deleted(writer, reader, boil
     assert rule["kind"] == "threshold" and rule["duration_seconds"] == 0, "the model's defaults"
     listed = (await reader.get("/api/v1/alert-rules")).json()
     assert listed["count"] == 1 and listed["results"][0]["id"] == rule["id"]
+    from accounts.models import AuditEvent
+
+    audited = await AuditEvent.objects.filter(action="rule.create").alatest("id")
+    assert (audited.object_type, audited.object_id) == ("alertrule", str(rule["id"])), "the rule, not its key `t`"
     assert (await reader.get(f"/api/v1/alert-rules/{rule['id']}")).json() == rule
 
     changed = await writer.patch(f"/api/v1/alert-rules/{rule['id']}", json={"threshold": 35, "enabled": False})
