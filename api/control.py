@@ -6,8 +6,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -119,7 +120,7 @@ class AttributeScope(APIView):
         actor = actor_in(request)
         device = device_or_404(actor, key)
         try:
-            done = async_to_sync(attributes_changed)(
+            done = attributes_changed(
                 _bus(request), device_id=device.id, key=device.key, scope=_scope_writable(scope), by=actor.name,
                 **change,  # type: ignore[arg-type]
             )  # fmt: skip
@@ -174,8 +175,7 @@ class CommandList(APIView):
             expires_at=_instant(expires) if expires is not None else None,
         )  # fmt: skip
         try:
-            command = async_to_sync(command_queued)(_bus(request), device_id=device.id, key=device.key, ask=ask,
-                                                    by=actor.name)  # fmt: skip
+            command = command_queued(_bus(request), device_id=device.id, key=device.key, ask=ask, by=actor.name)
         except CommandRefused as refused:
             message = f"{refused.field}: {refused.message}"
             raise ApiError(refused.status, refused.code, message, field=refused.field) from None
@@ -222,6 +222,9 @@ async def commands(request: ASGIRequest, key: str) -> HttpResponse:
     command_id = getattr(response, "hub_waits_for", None)
     if command_id is None:
         return response
+    # The request's thread keeps its database connection until the request ends: give it back before the wait,
+    # or ten waiting commands would hold the whole pool (and devices could not answer them).
+    await sync_to_async(close_old_connections)()  # CONN_MAX_AGE 0: closed, back to the pool
     command = await command_outcome(runtime_in(request.scope).control, command_id)
     if command is None:
         return JsonResponse({"error": {"code": "unknown_device", "message": f"{key!r} was deleted"}}, status=404)

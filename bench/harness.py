@@ -5,10 +5,13 @@ as scripts, `bench/` is on sys.path); importing it puts the project root on sys.
 modules (`testkit.process`, `clients.device`, `core.epoch`) import after it.
 """
 
+import getpass
 import hashlib
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from testkit.process import HubExited, HubProcess  # noqa: E402 - needs the root on sys.path
+from testkit.process import HubExited, HubProcess, free_port  # noqa: E402 - needs the root on sys.path
 
 ADMIN_URL = os.environ.get("HUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Wide when piped (to a file, `make bench | tee`): tables stay one line per row.
@@ -120,6 +123,23 @@ def devices_copy(url: str, count: int, *, prefix: str) -> list[BenchDevice]:
     return devices
 
 
+def operator_token(url: str, username: str = "bench-operator") -> str:
+    """A superuser and a read-write API token of theirs (`Authorization: Bearer <it>`): one who may send commands."""
+    token = secrets.token_urlsafe(24)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        user_id = cur.execute(
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, is_staff,"
+            " is_active, date_joined) VALUES ('!', true, %s, '', '', '', true, true, now()) RETURNING id",
+            [username],
+        ).fetchone()[0]
+        cur.execute(
+            "INSERT INTO dashboards_apitoken (user_id, name, token_hash, scope, created_at)"
+            " VALUES (%s, 'bench', %s, 'write', now())",
+            [user_id, hashlib.sha256(token.encode()).hexdigest()],
+        )
+    return token
+
+
 # Hub processes ------------------------------------------------------------------------------------------
 
 
@@ -145,6 +165,73 @@ def hubs_running(env: dict[str, str], count: int = 1, *, root: Path = ROOT, **ex
         for hub in hubs:
             for line in hub.complaints()[-5:]:
                 console.print(f"hub :{hub.port} {line}", style="yellow", markup=False)
+
+
+# A private Mosquitto on a free loopback port (anonymous, as tests/mqtt_broker.py's), and bridge workers on it.
+MOSQUITTO_CONFIG = """
+user {user}
+listener {port} 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_queued_messages 100000
+max_inflight_messages 1000
+"""
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def mosquitto_running(workdir: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Mosquitto on a free loopback port (its log in `workdir`); yields (process, port)."""
+    port = free_port()
+    config = workdir / f"mosquitto-{port}.conf"
+    config.write_text(MOSQUITTO_CONFIG.format(port=port, user=getpass.getuser()))
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with (workdir / f"mosquitto-{port}.log").open("w") as log:
+        process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _listening(port), 10, "mosquitto")
+        yield process, port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def bridge_running(env: dict[str, str], port: int, *, name: str = "bench") -> Iterator[subprocess.Popen]:
+    """One `manage.py mqtt_bridge` worker on the broker at `port`, sharing the database and Redis of `env`; yields
+    once it has subscribed (its log: `bridge-<name>.log` in HUB_VAR_DIR)."""
+    log_path = Path(env["HUB_VAR_DIR"]) / f"bridge-{name}.log"
+    worker_env = {
+        **env,
+        "HUB_MQTT_URL": f"mqtt://127.0.0.1:{port}",
+        "HUB_MQTT_CLIENT_ID": f"bench-bridge-{name}-{os.getpid()}",
+        "HUB_MQTT_SHARE_GROUP": f"bench{os.getpid()}",
+        "HUB_LOG_LEVEL": "INFO",  # "subscribed to" is how it says it is ready
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "mqtt_bridge"], cwd=ROOT, env=worker_env, stdout=log, stderr=log
+        )
+    try:
+        wait_for(lambda: process.poll() is not None or "subscribed to" in log_path.read_text(), 60, "the bridge")
+        if process.poll() is not None:
+            raise SystemExit(f"the bridge exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        complaints = [line for line in log_path.read_text().splitlines() if " WARNING " in line or " ERROR " in line]
+        for line in complaints[-5:]:
+            console.print(f"bridge {line}", style="yellow", markup=False)
 
 
 def rss_kib(pid: int) -> int:

@@ -86,7 +86,8 @@ class ControlBus:
     async def _receiving(self) -> None:
         while True:
             try:
-                channel = await self._layer.new_channel("control.")
+                # The default prefix, as the broadcaster's: the core layer reads one prefix per process.
+                channel = await self._layer.new_channel()
                 while True:
                     await self._layer.group_add(GROUP, channel)
                     with contextlib.suppress(TimeoutError):

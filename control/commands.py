@@ -191,6 +191,11 @@ def command_final(command: Command) -> bool:
     return command.state not in OPEN or (command.state == State.DELIVERED and not command.two_way)
 
 
+def command_now(command_id: int) -> Command | None:
+    """The command as stored now (None: gone with its device)."""
+    return Command.objects.filter(id=command_id).first()
+
+
 def command_summary(command: Command) -> dict[str, object]:
     def ms(at: datetime | None) -> int | None:
         return epoch_ms(at) if at is not None else None

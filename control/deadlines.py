@@ -3,10 +3,9 @@
 import asyncio
 import logging
 
-from channels.db import database_sync_to_async
-
 from control.bus import ControlBus
 from control.commands import commands_ended
+from control.threads import db_call
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +16,7 @@ async def deadline_loop(bus: ControlBus) -> None:
     while True:
         await asyncio.sleep(SWEEP_SECONDS)
         try:
-            ended = await database_sync_to_async(commands_ended)()
+            ended = await db_call(commands_ended)()
         except Exception:
             logger.warning("commands: the deadline sweep failed; retrying", exc_info=True)
             continue

@@ -5,18 +5,18 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from channels.db import database_sync_to_async
-
 from control.attributes import Scope, attributes_of, attributes_set
 from control.bus import ControlBus
 from control.commands import (
     command_answered,
     command_final,
+    command_now,
     command_received,
     commands_due,
     commands_handed,
 )
 from control.models import Command
+from control.threads import db_call
 from core.epoch import now_ms
 from devices.services import DeviceIdentity
 
@@ -37,7 +37,7 @@ CALLS: dict[str, Callable[[DeviceIdentity, object], object]] = {
 
 async def client_attributes_report(device: DeviceIdentity, values: object) -> None:
     """The device's own attributes (raises AttributesRefused)."""
-    await database_sync_to_async(attributes_set)(
+    await db_call(attributes_set)(
         device_id=device.id,
         scope=Scope.CLIENT,
         values=values,
@@ -59,7 +59,7 @@ async def attributes_asked(
                 answer[scope.value] = values
         return answer
 
-    return await database_sync_to_async(read)()
+    return await db_call(read)()
 
 
 async def commands_taken(
@@ -73,7 +73,7 @@ async def commands_taken(
         commands_handed([c.id for c in due], delivered=delivered)
         return due
 
-    return await database_sync_to_async(take)()
+    return await db_call(take)()
 
 
 async def commands_told(bus: ControlBus, commands: list[Command]) -> None:
@@ -87,15 +87,13 @@ async def command_reply(bus: ControlBus, device: DeviceIdentity, command_id: int
     """The device's response to a two-way command (or, with `response` None, its receipt of any command). False
     when it has no such open command: an unknown id, or a second answer."""
     if response is None:
-        if not await database_sync_to_async(command_received)(device_id=device.id, command_id=command_id):
+        if not await db_call(command_received)(device_id=device.id, command_id=command_id):
             return False
-        command = await Command.objects.filter(id=command_id).afirst()
+        command = await db_call(command_now)(command_id)
         if command is not None and command_final(command):
             await bus.ended(command_id)
         return True
-    answered = await database_sync_to_async(command_answered)(
-        device_id=device.id, command_id=command_id, response=response
-    )
+    answered = await db_call(command_answered)(device_id=device.id, command_id=command_id, response=response)
     if answered is None:
         return False
     await bus.ended(command_id)

@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from core.logs import request_id, request_id_from
@@ -113,7 +113,10 @@ class MethodNotAllowedPage(_AroundMiddleware):
 
     async def _answered(self, request: HttpRequest) -> HttpResponse:
         response = await cast("Awaitable[HttpResponse]", self.get_response(request))
-        return self._replaced(request, response)
+        if response.status_code != 405:
+            return response
+        # Rendering reads the session and the user (the page's navigation): database work, off the event loop.
+        return await sync_to_async(self._replaced)(request, response)
 
     def _replaced(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if response.status_code != 405 or response.content or request.path.startswith("/api/"):

@@ -29,6 +29,7 @@ from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
 from control.bus import ControlBus
 from control.deadlines import deadline_loop
+from devices.signals import credentials_changed
 from history.admission import HistoryReads, ReadAdmission
 from history.selectors import device_keys
 from hub.config import HubConfig
@@ -93,6 +94,7 @@ class HubRuntime:
         stream = self.storage.reads(size=config.read_pool_size, timeout=reads.timeout_seconds)
         self.history = HistoryReads(reads, admission, stream)
         self._loops: list[asyncio.Task[None]] = []
+        self._event_loop = asyncio.get_running_loop()  # the registry's signal comes from other threads
 
     def _loop_factories(self) -> dict[str, Loop]:
         config = self.config
@@ -127,8 +129,30 @@ class HubRuntime:
         if self.streams is not None:
             await self.streams.broadcaster.start()
         self.control.start()
+        if self.devices is not None:
+            # A rotated or deleted device's token stops working on the HTTP path at once, here and in the other
+            # processes (transports/tokens.py): the registry says so, the bus carries it.
+            self.control.listen_all(self._credentials_word)
+            credentials_changed.connect(self._credentials_changed, weak=False, dispatch_uid=f"hub-tokens-{id(self)}")
         for name, loop in self._loop_factories().items():
             self._loops.append(asyncio.create_task(loop(), name=name))
+
+    def _credentials_changed(self, *, created: dict[str, str], deleted: list[str], **signal: object) -> None:
+        """The registry's signal, in the thread that committed the change."""
+        keys = [*created, *deleted]
+        if self.devices is not None and keys:
+            self.devices.tokens.forget_keys(keys)
+            # Rotations and deletions come one device at a time; a bulk import's new devices are in no cache.
+            if len(keys) <= 100:
+                self._event_loop.call_soon_threadsafe(self._credentials_told, keys)
+
+    def _credentials_told(self, keys: list[str]) -> None:
+        for key in keys:
+            self._event_loop.create_task(self.control.tell(key, credentials=True))
+
+    def _credentials_word(self, message: dict[str, Any]) -> None:
+        if message.get("credentials") and self.devices is not None:
+            self.devices.tokens.forget_keys([message["device"]])
 
     async def _storage_checked(self) -> None:
         """A database this process must not serve (HUB_TIMESCALE=on without TimescaleDB) fails start-up; one that
@@ -149,6 +173,7 @@ class HubRuntime:
             # the call returns: the writer's drain does not wait for it.
             await asyncio.wait(self._loops, timeout=1.0)
         self._loops.clear()
+        credentials_changed.disconnect(dispatch_uid=f"hub-tokens-{id(self)}")
         await self.control.stop()
         if self.streams is not None:
             await self.streams.broadcaster.close()

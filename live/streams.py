@@ -133,7 +133,8 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         if not self.actor.may(Action.VIEW):
             await self.close(code=Close.TOKEN_REVOKED)  # 4403: this person may not watch (final)
             return False
-        self.visible = await self.streams.scopes.watch(self, user.pk, self.actor.scope)
+        session_key = self.scope["session_key"]  # live/sessions.py: the session the user was read from
+        self.visible = await self.streams.scopes.watch(self, user.pk, session_key, self.actor.scope)
         return True
 
     def scope_seen(self, keys: Keys | None) -> None:
@@ -143,6 +144,10 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
     def role_lost(self) -> None:
         """The person lost their role, or was deactivated or deleted: closed with 4403 (final)."""
         asyncio.get_running_loop().create_task(self._close_with(Close.TOKEN_REVOKED))
+
+    def session_ended(self) -> None:
+        """Its session ended (logged out, perhaps in another tab, or expired): closed with 4401 (final)."""
+        asyncio.get_running_loop().create_task(self._close_with(Close.UNAUTHENTICATED))
 
     async def _close_with(self, code: int) -> None:
         await self._leave()

@@ -278,3 +278,23 @@ async def test_each_http_poll_takes_one_command_and_leaves_the_rest_queued(runti
                  for _ in range(3)]  # fmt: skip
         assert taken == ["a", "b", "c"]
         assert (await thing.get(f"/api/v1/{device.token}/rpc", params={"timeout": 100})).status_code == 408
+
+
+async def test_commands_waiting_for_absent_devices_hold_no_database_connection(runtime, operator, make_device):
+    """More two-way commands waiting at once than the pool has connections (HUB_DB_POOL_SIZE, 10), for devices
+    that are away: a connected device's command is still handed over and answered at once."""
+    device = await sync_to_async(make_device)("here-1")
+    for i in range(12):
+        await sync_to_async(make_device)(f"away-{i}")
+    asks = [operator.post(f"/api/v1/devices/away-{i}/rpc", json={"method": "m", "timeout": 8000}) for i in range(12)]
+    waiting = [asyncio.create_task(ask) for ask in asks]
+    await asyncio.sleep(1.0)
+    async with Socket(runtime, device.token) as socket:
+        began = asyncio.get_running_loop().time()
+        sent = asyncio.create_task(operator.post("/api/v1/devices/here-1/rpc", json={"method": "now", "timeout": 5000}))
+        rpc = (await socket.until("rpc"))["rpc"]
+        await socket.send({"$rpc": {"id": rpc["id"], "response": "ok"}})
+        answer = await sent
+        took = asyncio.get_running_loop().time() - began
+    assert answer.status_code == 200 and took < 2, (answer.status_code, took)
+    assert {(await w).status_code for w in waiting} == {504}

@@ -102,7 +102,7 @@ def test_operators_get_the_forms_and_delete_buttons_and_viewers_only_the_tables(
     viewer, _ = page_of(1, "watcher")
     for form in ('id="attribute-form"', 'id="command-form"', 'name="csrfmiddlewaretoken"'):
         assert form in operator
-        assert form not in viewer.split("<main>", 1)[1], form  # the header's log-out form has a token of its own
+        assert form not in viewer.split("<main", 1)[1], form  # the header's log-out form has a token of its own
     assert operator.count('class="attribute-delete"') == 2, "shared and server rows, not the device's own"
     assert 'aria-label="Delete shared attribute target"' in operator
     assert "attribute-delete" not in viewer

@@ -51,3 +51,17 @@ async def test_a_csv_export_is_named_by_its_device_and_utc_range(runtime):
     assert answer.status_code == 200, answer.text
     name = re.search(r'filename="([^"]+)"', answer.headers["Content-Disposition"]).group(1)
     assert name == "boiler-1_2025-12-07T10-00Z_2025-12-07T11-00Z.csv"
+
+
+async def test_the_405_page_of_a_logged_in_person_served_as_the_hub_serves_it(runtime):
+    """Through the ASGI app (async middleware), with a session: the page's navigation reads the user."""
+    from asgiref.sync import sync_to_async
+
+    from tests.conftest import session_cookie
+    from tests.inprocess import in_process_client
+
+    await sync_to_async(person)("watcher", role=2)
+    cookie = await sync_to_async(session_cookie)("watcher")
+    async with in_process_client(runtime, cookie=cookie) as client:
+        page = await client.get("/alerts/1/ack")
+    assert page.status_code == 405 and "takes POST" in page.text and "watcher" in page.text, page.text[:300]

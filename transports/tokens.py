@@ -1,9 +1,11 @@
 """Device tokens as the HTTP ingest path checks them: a process-local cache of token → device, so a device that
 posts every second costs one database lookup per HUB_TOKEN_RECHECK_SECONDS, not one per request. A rotated or
 deleted device's token stops working here within that time, as its open sockets are closed within it
-(transports/revocation.py); a device the writer finds deleted is forgotten at once."""
+(transports/revocation.py), and at once when the change is made by a process of the hub: the registry's signal
+reaches this process's cache directly, and the others' over the channel layer (hub/runtime.py)."""
 
 import time
+from collections.abc import Iterable
 
 from devices.services import DeviceIdentity, device_authenticate
 from devices.tokens import token_hash
@@ -15,6 +17,7 @@ class DeviceTokens:
     def __init__(self, recheck_seconds: float) -> None:
         self._recheck = recheck_seconds
         self._known: dict[str, tuple[DeviceIdentity, float]] = {}  # token hash → device, checked at
+        self._hashes: dict[str, str] = {}  # device key → the token hash cached for it
 
     async def device(self, token: str) -> DeviceIdentity | None:
         if not token or len(token) > 256:
@@ -27,9 +30,20 @@ class DeviceTokens:
         self._known.pop(hashed, None)
         if device is not None:
             if len(self._known) >= MAX_CACHED:
-                del self._known[next(iter(self._known))]
+                oldest = next(iter(self._known))  # the first cached: dicts keep insertion order
+                self._hashes.pop(self._known.pop(oldest)[0].key, None)
             self._known[hashed] = (device, time.monotonic())
+            self._hashes[device.key] = hashed
         return device
 
     def forget(self, device: DeviceIdentity) -> None:
         self._known.pop(device.token_hash, None)
+        self._hashes.pop(device.key, None)
+
+    def forget_keys(self, keys: Iterable[str]) -> None:
+        """These devices' tokens changed (rotated, deleted): ask the database again next time. Safe from any thread
+        (the registry's signal comes from the thread that committed the change)."""
+        for key in keys:
+            hashed = self._hashes.pop(key, None)
+            if hashed is not None:
+                self._known.pop(hashed, None)

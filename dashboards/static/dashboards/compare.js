@@ -1,8 +1,9 @@
 // Compare view: one chart per key, a trace per device, each device's window loaded (live.js windowFetch) and
-// then followed on its own stream (live.js follow), as on the device page; zoom and CSV alike.
+// then followed on its own stream (live.js follow), as on the device page; zoom and CSV alike. Screen readers hear the
+// page's state as a whole (every device live, or a connection lost), not each badge's countdown.
 (function () {
   "use strict";
-  const {follow, WindowCharts, windowFetch, showState} = window.HubLive; // live.js
+  const {follow, WindowCharts, windowFetch, showState, announce, retryNow} = window.HubLive; // live.js
   const page = JSON.parse(document.getElementById("compare-page").textContent);
   const keys = new Set(page.keys);
   const names = new Map(page.devices.map((d) => [d.key, d.name]));
@@ -48,9 +49,24 @@
     follow(device, {
       since: () => Math.max(newest.get(device) || 0, charts.now() - page.window),
       readings: (readings) => take(device, readings),
-      state: (state, text, login) => showState(badge, state, text, login ? page.login : null),
+      state: (state, text, login) => {
+        showState(badge, state, text, login ? page.login : null);
+        announceAll();
+      },
     }, page.catchup);
   }
 
-  if (page.keys.length) for (const device of page.devices) start(device.key);
+  // The page's state said once for all its devices: the first closed one's, else a lost connection, else live.
+  function announceAll() {
+    const states = Array.from(document.querySelectorAll("#compare-devices .connection"), (b) => b.dataset.state);
+    const closed = document.querySelector("#compare-devices .connection[data-state=closed]");
+    if (closed) announce("closed", closed.textContent);
+    else if (states.includes("reconnecting")) announce("reconnecting");
+    else if (states.every((state) => state === "live")) announce("live");
+  }
+
+  if (page.keys.length) {
+    retryNow(document.getElementById("compare-devices"));
+    for (const device of page.devices) start(device.key);
+  }
 })();

@@ -2,10 +2,12 @@
 // tables (they read without JavaScript); this script shows their times in local time, lets operators set and
 // delete shared and server attributes and send commands through the operator API (/api/v1/devices/<KEY>/
 // attributes and /rpc, with the session's CSRF token in X-CSRFToken), and keeps the commands table live by asking
-// the API again every `poll` ms while the page is visible. Values come from devices and people: they only ever
+// the API again every `poll` ms while the page is visible, until the session ends (live.js fetchInSession: a 401, a
+// 403 or a login redirect says so once and stops the polling). Values come from devices and people: they only ever
 // reach the page through textContent.
 (function () {
   "use strict";
+  const {fetchInSession, onSessionEnd} = window.HubLive; // live.js
   const config = JSON.parse(document.getElementById("control-page").textContent);
   const attributeForm = document.getElementById("attribute-form"); // operators only
   const attributeError = document.getElementById("attribute-error");
@@ -71,12 +73,11 @@
     const headers = {Accept: "application/json"};
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
-    const response = await fetch(url, {method, headers, credentials: "same-origin",
-                                       body: body === undefined ? undefined : JSON.stringify(body)});
+    const response = await fetchInSession(url, {method, headers,
+                                                body: body === undefined ? undefined : JSON.stringify(body)});
     const answer = await response.json().catch(() => null);
     if (response.ok || accept.includes(response.status)) return {status: response.status, body: answer};
-    let message = answer && answer.error ? answer.error.message : `the hub answered ${response.status}`;
-    if (response.status === 401) message = "not logged in: reload the page to log in again";
+    const message = answer && answer.error ? answer.error.message : `the hub answered ${response.status}`;
     const error = new Error(message);
     error.status = response.status;
     throw error;
@@ -210,7 +211,7 @@
 
   let polling = null;
   let again = false; // asked while a request was out: ask once more when it ends (it may predate a new command)
-  let stopped = false; // logged out or no longer allowed: polling would only fail again
+  let stopped = false; // the session ended: polling would only fail again
   function refreshCommands() {
     if (polling) {
       again = true;
@@ -223,7 +224,6 @@
       })
       .catch((error) => {
         commandNote.textContent = `not refreshed: ${error.message}`;
-        stopped = error.status === 401 || error.status === 403;
       })
       .finally(() => {
         polling = null;
@@ -243,7 +243,7 @@
   }
 
   document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState !== "visible") {
+    if (stopped || document.visibilityState !== "visible") {
       clearTimeout(timer);
       return;
     }
@@ -305,5 +305,9 @@
   for (const time of document.querySelectorAll("#attributes time[data-ms], #commands time[data-ms]")) {
     time.textContent = localTime(Number(time.dataset.ms));
   }
+  onSessionEnd(() => {
+    stopped = true;
+    clearTimeout(timer);
+  });
   schedule();
 })();

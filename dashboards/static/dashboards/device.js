@@ -6,7 +6,7 @@
 // dropped. Device-provided text only ever goes through textContent.
 (function () {
   "use strict";
-  const {follow, WindowCharts, windowFetch, showState} = window.HubLive; // live.js
+  const {follow, WindowCharts, windowFetch, showState, fetchInSession, announce, keepFocus, retryNow} = window.HubLive;
   const page = JSON.parse(document.getElementById("device-page").textContent);
   const picked = new Set(page.keys); // empty: every numeric key
   const status = document.getElementById("connection");
@@ -109,14 +109,14 @@
   }
 
   function refreshTexts() {
-    fetch(page.latest, {credentials: "same-origin", headers: {Accept: "application/json"}})
+    fetchInSession(page.latest, {headers: {Accept: "application/json"}})
       .then((response) => (response.ok ? response.json() : {latest: {}}))
       .then((body) => {
         for (const [key, v] of Object.entries(body.latest)) {
           if (typeof v.value === "string") showText(key, v.ts, v.value);
         }
       })
-      .catch(() => {}); // best effort: the next connection fetches again
+      .catch(() => {}); // best effort: the next connection fetches again (a session ended says so itself)
   }
 
   // ---- start: the window, then the stream from its newest reading
@@ -141,13 +141,47 @@
       since: () => Math.max(newest, charts.now() - page.window),
       readings: take,
       alert: (event) => addAlertEvent(event, true),
-      state: (state, text, login) => showState(status, state, text, login ? page.login : null),
+      state: (state, text, login) => {
+        showState(status, state, text, login ? page.login : null);
+        announce(state, text);
+      },
       live: refreshTexts,
     }, page.catchup);
   }
 
+  // ---- the picker: the choice lives in the URL's query, so applying it reloads the page; the control that
+  // changed has the keyboard's focus again after the reload (live.js keepFocus). A ticked key applies at once. The
+  // window selector applies at once when picked from its list (a click, or Enter in the opened list); arrowing
+  // or typing through it while closed changes its value at every key press, so that applies on Enter or when the
+  // focus leaves it, not once per key (issue 25, WCAG 3.2.2).
+
   const form = document.getElementById("picker");
-  form.addEventListener("change", () => form.requestSubmit()); // the choice lives in the URL's query
+  const windowSelect = form.elements.window;
+  const BROWSING = /^(Arrow(Up|Down|Left|Right)|Home|End|Page(Up|Down)|[^ ])$/u; // keys that step a closed <select>
+  let browsingKey = false; // the value is changing under a key press that only steps through the options
+  const shown = windowSelect.value; // the window the page shows
+  let stepped = false; // another window was stepped to and is not applied yet
+
+  function apply(control) {
+    keepFocus(control);
+    form.requestSubmit();
+  }
+
+  windowSelect.addEventListener("keydown", (event) => {
+    browsingKey = !event.altKey && !event.ctrlKey && !event.metaKey && BROWSING.test(event.key);
+    if (event.key === "Enter" && stepped) { event.preventDefault(); apply(windowSelect); }
+  });
+  windowSelect.addEventListener("keyup", () => { browsingKey = false; });
+  windowSelect.addEventListener("blur", (event) => { // focus moved on in the page (not the window left)
+    if (stepped && event.relatedTarget) apply(event.relatedTarget.id ? event.relatedTarget : windowSelect);
+  });
+  form.addEventListener("change", (event) => {
+    if (event.target !== windowSelect) { apply(event.target); return; }
+    if (browsingKey) stepped = windowSelect.value !== shown; else apply(windowSelect);
+    browsingKey = false;
+  });
+  form.addEventListener("submit", (event) => { if (event.submitter) keepFocus(event.submitter); }); // "Show"
+
   for (const row of document.querySelectorAll("#texts tr[data-key]")) {
     const ts = Number(row.dataset.ts);
     texts.set(row.dataset.key, {row: row, ts: ts});
@@ -155,5 +189,6 @@
   }
   for (const event of page.alerts) addAlertEvent(event, false);
   showFiring();
+  retryNow(status);
   start();
 })();

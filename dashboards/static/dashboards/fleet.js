@@ -1,12 +1,17 @@
 // Fleet page: one page of devices (the server rendered it into the HTML; this script keeps it live). Statuses,
 // rates and latest values follow /ws/v1/fleet/stream (digests, alert events); the page's query is refetched
 // from fleet.json every REFRESH_MS and after alert events (counts, rates, order, new devices). Typing in the
-// filters (key or name, label, attribute) refetches at once, without a reload; sorting and paging are links.
-// Device-provided strings only ever reach the page through textContent.
+// filters (key or name, label, attribute) refetches at once, without a reload; sorting and paging are links (a sort
+// link has the focus again once its page loaded). A session that ended (a refused refetch, the stream closed with
+// 4401) stops the stream and the refetches and says so (live.js). Device-provided strings only ever reach the page
+// through textContent.
 (function () {
   "use strict";
+  const {fetchInSession, onSessionEnd, sessionEnded, keepFocus, retryNow, reconnecting} = window.HubLive; // live.js
   const REFRESH_MS = 15000;
   const TYPING_MS = 250;
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 4000; // live again within about 4 s of the hub returning (live.js follow alike)
   const config = JSON.parse(document.getElementById("fleet-config").textContent);
   const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
   const tbody = document.querySelector("#fleet tbody");
@@ -138,10 +143,10 @@
   function refresh() {
     if (refreshing) return refreshing;
     const asked = query.toString();
-    refreshing = fetch(`${config.json}?${asked}`, {credentials: "same-origin"})
+    refreshing = fetchInSession(`${config.json}?${asked}`)
       .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
       .then((snapshot) => { if (asked === query.toString()) loadSnapshot(snapshot); else refresh(); })
-      .catch(() => {})
+      .catch(() => {}) // the next refresh asks again (a session ended says so itself)
       .finally(() => { refreshing = null; });
     return refreshing;
   }
@@ -161,27 +166,46 @@
     }
   }
 
-  let delay = 500;
+  // The stream, reconnected after a backoff with jitter. `state` is a live region: it changes with the state only
+  // (connecting, live, reconnecting), never with a countdown.
+  let delay = BACKOFF_MIN_MS;
   let alertRefresh = null;
+  let socket = null;
+  let timer = 0; // pending reconnect
+  let stopped = false; // the session ended
   function connect() {
+    if (stopped) return;
+    clearTimeout(timer);
+    timer = 0;
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${proto}://${location.host}/ws/v1/fleet/stream`);
-    state.textContent = "connecting…";
+    socket = ws;
+    if (!state.textContent) state.textContent = "connecting…";
     ws.onmessage = (event) => {
       const msg = JSON.parse(event.data);
-      if (msg.type === "subscribed") { state.textContent = "live"; delay = 500; refresh(); }
-      else if (msg.type === "fleet") applyDigest(msg.devices);
+      if (msg.type === "subscribed") {
+        state.textContent = "live";
+        delay = BACKOFF_MIN_MS;
+        reconnecting(connectNow, false);
+        refresh();
+      } else if (msg.type === "fleet") applyDigest(msg.devices);
       else if (msg.type === "alert" && !alertRefresh) {
         alertRefresh = setTimeout(() => { alertRefresh = null; refresh(); }, 300);
       }
     };
     ws.onclose = (event) => {
-      if (event.code === CLOSE.UNAUTHENTICATED) { state.textContent = "logged out"; return; }
-      const wait = delay * (0.5 + Math.random());
-      state.textContent = `disconnected; retrying in ${Math.ceil(wait / 1000)} s`;
-      setTimeout(connect, wait);
-      delay = Math.min(delay * 2, 15000);
+      if (ws !== socket || stopped) return;
+      socket = null;
+      if (event.code === CLOSE.UNAUTHENTICATED) { sessionEnded(); return; }
+      state.textContent = "reconnecting…";
+      reconnecting(connectNow, true);
+      timer = setTimeout(connect, delay * (0.5 + Math.random() * 0.5));
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
     };
+  }
+
+  function connectNow() { // waiting out the backoff: reconnect without waiting the rest
+    if (timer) connect();
   }
 
   // Filters apply as they are typed: the query goes into the URL (shareable) and the first page is fetched.
@@ -201,8 +225,24 @@
   form.addEventListener("input", filtersChanged);
   form.addEventListener("submit", (event) => { event.preventDefault(); filtersChanged(); });
 
+  for (const link of document.querySelectorAll("#fleet thead a[id]")) {
+    link.addEventListener("click", (event) => { // a sort followed here (Enter or a click), not in a new tab
+      if (!event.ctrlKey && !event.metaKey && !event.shiftKey && event.button === 0) keepFocus(link);
+    });
+  }
+
   loadSnapshot(JSON.parse(document.getElementById("fleet-snapshot").textContent));
   setInterval(() => { for (const row of rows.values()) drawTimes(row); }, 1000); // "… ago"
-  setInterval(refresh, REFRESH_MS);
+  const polling = setInterval(refresh, REFRESH_MS);
+  onSessionEnd(() => {
+    stopped = true;
+    clearInterval(polling);
+    clearTimeout(timer);
+    reconnecting(connectNow, false);
+    if (socket) { const ws = socket; socket = null; ws.close(); }
+    state.textContent = "session ended";
+  });
+  window.addEventListener("online", connectNow); // the network is back: do not wait out the backoff
+  retryNow(state);
   connect();
 })();

@@ -2,7 +2,8 @@
 // the zoomed range at a finer interval; the CSV link always carries the parameters of the drawn answer.
 // Time zones: the API speaks UTC milliseconds only. The page shows and accepts local time: the range inputs
 // are read and written with local Date fields, and Plotly draws Date objects (and reports zoom ranges) in
-// the browser's local time, which fromPlotly() converts back.
+// the browser's local time, which fromPlotly() converts back. A refused fetch (the session ended) says so once, with
+// a link to log in again (live.js fetchInSession).
 (function () {
   "use strict";
   const config = JSON.parse(document.getElementById("history-config").textContent);
@@ -20,6 +21,7 @@
   let zoomTimer = null;
 
   const {fromLocal, toPlotly, toLocalInput, zoomOf, themed, formatInterval, COLORS} = window.HubCharts; // charts.js
+  const {fetchInSession} = window.HubLive; // live.js
 
 
   // The API parameters of the current choices (interval left out when "auto": the API picks and echoes it).
@@ -89,7 +91,7 @@
     setStatus("loading…");
     let body;
     try {
-      const response = await fetch(`${config.api}?${params}`, {signal: controller.signal, credentials: "same-origin"});
+      const response = await fetchInSession(`${config.api}?${params}`, {signal: controller.signal});
       body = await response.json();
       if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
     } catch (error) {

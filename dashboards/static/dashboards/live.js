@@ -1,8 +1,11 @@
 // Live charts of whole windows at any rate (docs/dashboards.md, "Whole window at any rate"), shared by the
-// device and compare pages:
+// device and compare pages, and what every page shares (docs/dashboards.md, "Sessions and outages"):
+// - the session: a 401, a 403 or a login redirect on any fetch (fetchInSession), or a stream closed with 4401,
+//   stops the page's live parts (onSessionEnd) and says so once, with a link to log in again;
+// - focus kept across a reload (keepFocus), state changes announced (announce), "Retry now" (retryNow);
 // - follow(): one device stream (docs/stream-protocol.md): wait for `subscribed`, send `since`, apply the
 //   `history`, then the live `readings` (merged: many per key, several flushes per message); reconnect with
-//   exponential backoff and jitter; a full catch-up asks again for the rest.
+//   exponential backoff (capped at 2-4 s) and jitter; a full catch-up asks again for the rest.
 // - Series: one line over the window: min/max buckets (about one per pixel) for the older part, then at most
 //   TAIL raw readings; readings leaving the tail fold into buckets of the same epoch-aligned interval the
 //   server used, so the line stays one min/max pair per pixel however fast the device sends.
@@ -10,9 +13,13 @@
 (function () {
   "use strict";
   const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 30000;
+  // Capped low: after a hub restart every page is live again within about 4 s of it returning (issue 25: at 30 s, a
+  // 25 s outage kept device pages waiting 17-23 s); the jitter still spreads the pages' returns over 2 s.
+  const BACKOFF_MAX_MS = 4000;
   const TAIL = 2000; // raw readings kept per series (history/selectors.py WINDOW_TAIL_POINTS)
-  const CLOSE = JSON.parse(document.getElementById("close-codes").textContent); // core/protocol.py
+  const CODES = document.getElementById("close-codes"); // pages with streams
+  const CLOSE = CODES ? JSON.parse(CODES.textContent) : {}; // core/protocol.py
+  const LOGIN = document.currentScript.dataset.login; // the login page's path
   const FINAL = {[CLOSE.BAD_REQUEST]: "bad request", [CLOSE.UNAUTHENTICATED]: "not logged in",
                  [CLOSE.TOKEN_REVOKED]: "not allowed",
                  [CLOSE.UNKNOWN_DEVICE]: "unknown device"};
@@ -20,17 +27,127 @@
                    [CLOSE.SERVICE_RESTART]: "server restarting", [CLOSE.TOO_SLOW]: "too slow",
                    [CLOSE.STREAM_INTERRUPTED]: "stream interrupted"};
 
+  // ---- the session: once it ended, nothing live goes on and the page says so, once
+
+  const endings = []; // what stops when the session ends: streams, polls
+  let sessionOver = false;
+
+  // `stop` runs when the session ends (at once if it has).
+  function onSessionEnd(stop) {
+    if (sessionOver) stop(); else endings.push(stop);
+  }
+
+  function loginUrl() {
+    return `${LOGIN}?next=${encodeURIComponent(location.pathname + location.search)}`;
+  }
+
+  function sessionEnded() {
+    if (sessionOver) return;
+    sessionOver = true;
+    for (const stop of endings.splice(0)) stop();
+    const banner = document.createElement("p");
+    banner.id = "session-ended";
+    banner.className = "sev-critical";
+    banner.setAttribute("role", "alert");
+    const link = document.createElement("a");
+    link.href = loginUrl();
+    link.textContent = "log in again";
+    banner.append("Session ended — ", link);
+    document.querySelector("main").prepend(banner);
+  }
+
+  class SessionEnded extends Error {
+    constructor() { super("session ended"); this.name = "SessionEnded"; }
+  }
+
+  // fetch() for the pages' scripts: an answer that says the session ended (401, 403, or sent to the login page)
+  // ends it and throws, so no fetch fails silently for that reason (issue 25: a zoom after a logout drew nothing).
+  async function fetchInSession(url, options) {
+    const response = await fetch(url, Object.assign({credentials: "same-origin"}, options));
+    const toLogin = response.redirected && new URL(response.url).pathname === LOGIN;
+    if (response.status === 401 || response.status === 403 || toLogin) {
+      sessionEnded();
+      throw new SessionEnded();
+    }
+    return response;
+  }
+
+  // ---- what screen readers hear: state changes only (the badges count down every second: not live regions)
+
+  const announcer = document.createElement("p");
+  announcer.className = "visually-hidden";
+  announcer.setAttribute("role", "status");
+  document.querySelector("main").append(announcer);
+  const SAID = {live: "live", reconnecting: "connection lost: reconnecting"};
+
+  // A stream's state (showState's), said when it differs from the last one said; "connecting" is not.
+  function announce(state, text) {
+    const words = state === "closed" ? text : SAID[state];
+    if (words && words !== announcer.textContent) announcer.textContent = words;
+  }
+
+  // ---- controls that reload the page keep the keyboard's place (WCAG 3.2.2): the control that changed is
+  // remembered for the next load of this path, which focuses it again
+
+  const FOCUS = "hub-focus"; // sessionStorage: {path, id}
+
+  function keepFocus(control) {
+    try {
+      sessionStorage.setItem(FOCUS, JSON.stringify({path: location.pathname, id: control.id}));
+    } catch (error) { /* storage refused (private mode, full): the focus starts at the top, as without this */ }
+  }
+
+  function restoreFocus() {
+    let kept = null;
+    try {
+      kept = JSON.parse(sessionStorage.getItem(FOCUS) || "null");
+      sessionStorage.removeItem(FOCUS);
+    } catch (error) { return; }
+    const control = kept && kept.path === location.pathname && document.getElementById(kept.id);
+    if (control) control.focus();
+  }
+
+  // ---- "Retry now": shown from a lost connection until every stream of the page is live again
+
+  const down = new Set(); // a reconnect-now function for each stream between a lost connection and live
+  let retryButton = null;
+  let retryPlace = null;
+
+  function retryNow(place) {
+    retryButton = document.createElement("button");
+    retryButton.type = "button";
+    retryButton.className = "retry-now";
+    retryButton.textContent = "Retry now";
+    retryButton.hidden = true;
+    retryButton.addEventListener("click", () => { for (const again of Array.from(down)) again(); });
+    place.after(retryButton);
+    retryPlace = place;
+    place.tabIndex = -1; // where the keyboard goes when the button leaves under it
+  }
+
+  // A stream lost its connection (`waiting`) or is live again, or done for good.
+  function reconnecting(again, waiting) {
+    if (waiting) down.add(again); else down.delete(again);
+    if (!retryButton || retryButton.hidden === !down.size) return;
+    if (!down.size && document.activeElement === retryButton) retryPlace.focus();
+    retryButton.hidden = !down.size;
+  }
+
   // ---- one device's stream
 
   // on: {since() -> ms, readings(list), alert(event), state(state, text, final), live()}; catchup: the server's cap.
+  // Returns {retry(): reconnect now if waiting, stop()}.
   function follow(device, on, catchup) {
     let socket = null;
     let attempt = 0; // failed connections in a row: the backoff exponent
-    let retry = 0; // pending reconnect timer
+    let timer = 0; // pending reconnect
     let resume = null; // the `since` that continues a capped catch-up
+    let stopped = false; // the session ended: no more connections
 
     function connect(label) {
-      retry = 0;
+      if (stopped) return;
+      clearTimeout(timer);
+      timer = 0;
       on.state("connecting", label || (attempt ? "reconnecting…" : "connecting…"));
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
       const ws = new WebSocket(`${scheme}//${location.host}/ws/v1/devices/${encodeURIComponent(device)}/stream`);
@@ -61,30 +178,46 @@
         return;
       }
       attempt = 0;
+      reconnecting(reconnectNow, false);
       on.state("live", "live");
       if (on.live) on.live();
     }
 
     function closed(code) {
       socket = null;
-      if (code in FINAL) { on.state("closed", `closed: ${FINAL[code]}`, code === CLOSE.UNAUTHENTICATED); return; }
+      if (stopped) return;
+      if (code === CLOSE.UNAUTHENTICATED) { sessionEnded(); return; } // which stops this stream too
+      if (code in FINAL) { reconnecting(reconnectNow, false); on.state("closed", `closed: ${FINAL[code]}`); return; }
       // Exponential backoff with jitter: a restarted hub is not met by every page at the same instant.
       const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
       const at = Date.now() + cap / 2 + Math.random() * (cap / 2);
       const reason = REASONS[code] || `closed (${code})`;
+      reconnecting(reconnectNow, true);
       const tick = () => {
         const left = at - Date.now();
         if (left <= 0) { connect(); return; }
         on.state("reconnecting", `reconnecting in ${Math.ceil(left / 1000)} s (${reason})`);
-        retry = setTimeout(tick, Math.min(left, 250));
+        timer = setTimeout(tick, Math.min(left, 250));
       };
       tick();
     }
 
-    window.addEventListener("online", () => {
-      if (retry) { clearTimeout(retry); connect(); } // the network is back: do not wait out the backoff
-    });
+    function reconnectNow() { // waiting out the backoff: reconnect without waiting the rest
+      if (timer) connect();
+    }
+
+    function stop() {
+      stopped = true;
+      clearTimeout(timer);
+      reconnecting(reconnectNow, false);
+      if (socket) { const ws = socket; socket = null; ws.close(); }
+      on.state("closed", `closed: ${FINAL[CLOSE.UNAUTHENTICATED]}`, true);
+    }
+
+    window.addEventListener("online", reconnectNow); // the network is back: do not wait out the backoff
+    onSessionEnd(stop);
     connect();
+    return {retry: reconnectNow, stop: stop};
   }
 
   // ---- one line over a window
@@ -159,7 +292,7 @@
   async function windowFetch(url, keys, start, end, px, signal) {
     const params = new URLSearchParams({keys: keys.join(","), start: start, end: end, px: Math.round(px)});
     for (let tries = 1; ; tries++) {
-      const response = await fetch(`${url}?${params}`, {credentials: "same-origin", signal: signal});
+      const response = await fetchInSession(`${url}?${params}`, {signal: signal});
       const body = await response.json();
       if (response.status === 429 && tries < WINDOW_TRIES) {
         await pause(1000 * (Number(response.headers.get("Retry-After")) || 1), signal);
@@ -208,7 +341,8 @@
       this.nextDraw = 0; // performance.now() before which no chart is redrawn
       this.revision = 0;
       this.inFlight = null;
-      setInterval(() => this.schedule(), 1000); // the window moves even when nothing arrives
+      const moving = setInterval(() => this.schedule(), 1000); // the window moves even when nothing arrives
+      onSessionEnd(() => clearInterval(moving));
       const hint = document.createElement("p");
       hint.className = "hint";
       hint.textContent = "Drag across a chart to zoom in; double-click it to return to live.";
@@ -331,10 +465,12 @@
           }
         }))).then(() => {
         if (this.zoom && this.inFlight === controller) { this.zoom.series = zoomed; this.schedule(); }
-      }).catch(() => {}); // aborted by the next zoom, or failed: the live data stays drawn at that range
+      }).catch(() => {}); // aborted by the next zoom, or failed (a session ended says so): the live data stays drawn
       this.schedule();
     }
   }
 
-  window.HubLive = {follow, Series, WindowCharts, windowFetch, showState, TAIL};
+  restoreFocus();
+  window.HubLive = {follow, Series, WindowCharts, windowFetch, showState, TAIL, fetchInSession, onSessionEnd,
+                    sessionEnded, SessionEnded, announce, keepFocus, retryNow, reconnecting};
 })();
