@@ -4,6 +4,7 @@ its commit, swept over connections until something breaks, and every acked readi
 
     .venv/bin/python bench/http_ingest.py                                  # 1 and 100 readings per request, 10 s each
     .venv/bin/python bench/http_ingest.py --connections 16,64,256 --per 1 --seconds 20
+    .venv/bin/python bench/http_ingest.py --baseline c65c40e~1         # the same sweep on a commit's hub too
 
 Every reading has its own ts, so nothing dedupes: stored must equal acked (`lost` 0). The ceiling printed beside
 each row is psycopg COPYing the same number of rows into a scratch table in the same run. A row breaks when its
@@ -12,6 +13,7 @@ from Debian's package (`apt-get install wrk`). Loopback only; a scratch database
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-from harness import bench_database, console, cpu_seconds, devices_copy, hubs_running, table
+from harness import ROOT, baseline_tree, bench_database, console, cpu_seconds, devices_copy, hubs_running, table
 
 from core.epoch import now_ms
 
@@ -96,49 +98,27 @@ def main() -> None:
     parser.add_argument("--connections", default="16,64,256", help="the sweep, comma-separated")
     parser.add_argument("--per", default="1,100", help="readings per request, comma-separated")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--baseline", help="a commit: its hub is swept the same way, on a database of its own")
     parser.add_argument("--flush-ms", help="HUB_WRITER_FLUSH_MS of the hub (default: its own default)")
     parser.add_argument("--p99-goal", type=float, default=50.0, help="ms: a row past it breaks the sweep")
     parser.add_argument("--redis", default=os.environ.get("HUB_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    rows = []
+    rows: list[list[object]] = []
     extra = {"HUB_WRITER_FLUSH_MS": args.flush_ms} if args.flush_ms else {}
-    with bench_database("http", redis_url=args.redis, **extra) as env:
-        url = env["HUB_DATABASE_URL"]
-        devices = devices_copy(url, args.devices, prefix="h")
-        with hubs_running(env) as hubs:
-            hub = hubs[0]
-            for per in (int(p) for p in args.per.split(",")):
-                broke = None
-                for connections in (int(c) for c in args.connections.split(",")):
-                    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-                        tokens = "{" + ",".join(f'"{d.token}"' for d in devices) + "}"
-                        lua.write(LUA.format(TOKENS=tokens, PER=per, BASE=now_ms() - 86_400_000 * 30))
-                    before, cpu_before = stored(url), cpu_seconds([hub.process.pid])
-                    began = time.perf_counter()
-                    result = wrk_run(hub.http, Path(lua.name), connections, args.seconds)
-                    elapsed = time.perf_counter() - began
-                    cpu = cpu_seconds([hub.process.pid]) - cpu_before
-                    Path(lua.name).unlink()
-                    time.sleep(1)  # the last commits answered already; let the counts settle
-                    acked_requests = result["requests"] - result["non2xx"]
-                    got = stored(url) - before
-                    ceiling = copy_ceiling(url, got)
-                    readings_s = got / args.seconds
-                    ok = result["p99"] / 1000 <= args.p99_goal and not result["non2xx"] and not result["errors"]
-                    rows.append([per, connections, f"{acked_requests / args.seconds:,.0f}", f"{readings_s:,.0f}",
-                                 f"{result['p50'] / 1000:.1f}", f"{result['p99'] / 1000:.1f}",
-                                 result["non2xx"] + result["errors"], f"{acked_requests * per:,}", f"{got:,}",
-                                 f"{readings_s / ceiling:.2f}", f"{cpu / elapsed:.2f}",
-                                 "" if ok else "breaks"])  # fmt: skip
-                    if not ok and broke is None:
-                        broke = connections
-                if broke is not None:
-                    console.print(f"{per} reading(s) per request: breaks at {broke} connections")
+    with contextlib.ExitStack() as stack:
+        env = stack.enter_context(bench_database("http", redis_url=args.redis, **extra))
+        trees = [("this tree", ROOT, env)]
+        if args.baseline:
+            root, base_env = stack.enter_context(baseline_tree(args.baseline, env, args.redis))
+            trees.append((args.baseline, root, {**base_env, **extra}))
+        for name, root, tree_env in trees:
+            rows += sweep(args, name, root, tree_env)
     table(
         f"HTTP ingest, wrk, {args.devices} devices, one hub process, {args.seconds:.0f} s per row",
         [
+            "code",
             "per req",
             "conns",
             "req/s",
@@ -154,6 +134,43 @@ def main() -> None:
         ],  # fmt: skip
         rows,
     )
+
+
+def sweep(args: argparse.Namespace, name: str, root: Path, env: dict[str, str]) -> list[list[object]]:
+    """Every (readings per request, connections) row against one hub of the code at `root`."""
+    rows = []
+    url = env["HUB_DATABASE_URL"]
+    devices = devices_copy(url, args.devices, prefix="h")
+    with hubs_running(env, root=root) as hubs:
+        hub = hubs[0]
+        for per in (int(p) for p in args.per.split(",")):
+            broke = None
+            for connections in (int(c) for c in args.connections.split(",")):
+                with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+                    tokens = "{" + ",".join(f'"{d.token}"' for d in devices) + "}"
+                    lua.write(LUA.format(TOKENS=tokens, PER=per, BASE=now_ms() - 86_400_000 * 30))
+                before, cpu_before = stored(url), cpu_seconds([hub.process.pid])
+                began = time.perf_counter()
+                result = wrk_run(hub.http, Path(lua.name), connections, args.seconds)
+                elapsed = time.perf_counter() - began
+                cpu = cpu_seconds([hub.process.pid]) - cpu_before
+                Path(lua.name).unlink()
+                time.sleep(1)  # the last commits answered already; let the counts settle
+                acked_requests = result["requests"] - result["non2xx"]
+                got = stored(url) - before
+                ceiling = copy_ceiling(url, got)
+                readings_s = got / args.seconds
+                ok = result["p99"] / 1000 <= args.p99_goal and not result["non2xx"] and not result["errors"]
+                rows.append([name, per, connections, f"{acked_requests / args.seconds:,.0f}", f"{readings_s:,.0f}",
+                             f"{result['p50'] / 1000:.1f}", f"{result['p99'] / 1000:.1f}",
+                             result["non2xx"] + result["errors"], f"{acked_requests * per:,}", f"{got:,}",
+                             f"{readings_s / ceiling:.2f}", f"{cpu / elapsed:.2f}",
+                             "" if ok else "breaks"])  # fmt: skip
+                if not ok and broke is None:
+                    broke = connections
+            if broke is not None:
+                console.print(f"{name}: {per} reading(s) per request: breaks at {broke} connections")
+    return rows
 
 
 if __name__ == "__main__":
