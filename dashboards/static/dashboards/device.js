@@ -60,14 +60,18 @@
     banner.hidden = rules.length === 0;
     const worst = ["critical", "warning", "info"].find((sev) => rules.some((r) => r.severity === sev));
     banner.className = worst ? `sev-${worst}` : "";
-    banner.textContent = rules.length ? `Firing: ${rules.map((r) => `${r.name} (${r.severity})`).join(", ")}` : "";
+    const text = rules.length ? `Firing: ${rules.map((r) => `${r.name} (${r.severity})`).join(", ")}` : "";
+    if (banner.textContent !== text) banner.textContent = text; // a live region: announce changes only
   }
+
+  // The time format of every page: local, with the zone named (control.js, times.js).
+  const localTime = (ms) => new Date(ms).toLocaleString(undefined, {timeZoneName: "short"});
 
   function addAlertEvent(event, live) {
     const body = document.querySelector("#alert-events tbody");
     const row = document.createElement("tr");
     row.className = `sev-${event.rule.severity}`;
-    const cells = [new Date(event.at).toLocaleString(), event.type, event.rule.name, event.rule.severity,
+    const cells = [localTime(event.at), event.type, event.rule.name, event.rule.severity,
                    event.value === null ? "" : String(event.value)];
     for (const text of cells) {
       const td = document.createElement("td");
@@ -90,7 +94,7 @@
     t.ts = ts;
     t.row.dataset.ts = String(ts);
     t.row.cells[1].textContent = value;
-    t.row.cells[2].textContent = new Date(ts).toLocaleString();
+    t.row.cells[2].textContent = localTime(ts);
     document.getElementById("text-values").hidden = false;
   }
 
@@ -185,7 +189,7 @@
   for (const row of document.querySelectorAll("#texts tr[data-key]")) {
     const ts = Number(row.dataset.ts);
     texts.set(row.dataset.key, {row: row, ts: ts});
-    row.cells[2].textContent = new Date(ts).toLocaleString();
+    row.cells[2].textContent = localTime(ts);
   }
   for (const event of page.alerts) addAlertEvent(event, false);
   showFiring();

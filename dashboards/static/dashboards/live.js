@@ -343,10 +343,12 @@
       this.inFlight = null;
       const moving = setInterval(() => this.schedule(), 1000); // the window moves even when nothing arrives
       onSessionEnd(() => clearInterval(moving));
-      const hint = document.createElement("p");
-      hint.className = "hint";
-      hint.textContent = "Drag across a chart to zoom in; double-click it to return to live.";
-      o.container.before(hint);
+      if (!document.querySelector(".window-note, .hint")?.textContent.includes("zoom")) { // once per page
+        const hint = document.createElement("p");
+        hint.className = "hint";
+        hint.textContent = "Drag across a chart to zoom in; double-click it to return to live.";
+        o.container.before(hint);
+      }
     }
 
     now() { return Date.now() + this.skew; }
