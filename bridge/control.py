@@ -69,7 +69,7 @@ class BridgeControl:
         """A message from `device` over MQTT: one that reappears gets what it was handed and did not confirm."""
         seen = self._seen.get(device.key)
         self._seen[device.key] = (device, time.monotonic())
-        if seen is None or time.monotonic() - seen[1] > SEEN_SECONDS:
+        if (seen is None or time.monotonic() - seen[1] > SEEN_SECONDS) and device.key in self._bus.pending:
             self._spawn(self._deliver(device, again=True))
 
     def _word(self, message: dict[str, Any]) -> None:

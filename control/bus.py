@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,13 @@ class ControlBus:
         self._everyone: set[Listener] = set()  # listeners of every device (an MQTT bridge worker)
         self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        # Devices that may have open commands: those the database had at start, and every one word came for since.
+        # A device that connects asks the database for its commands only if it is here, so the many that never
+        # get any cost no query (and no memory) when they connect.
+        self.pending: set[str] = set()
 
-    def start(self) -> None:
+    def start(self, pending: Iterable[str] = ()) -> None:
+        self.pending.update(pending)
         self._task = asyncio.get_running_loop().create_task(self._receiving(), name="hub-control-bus")
 
     async def stop(self) -> None:
@@ -102,6 +107,8 @@ class ControlBus:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if message.get("type") == "control.device":
+            if message.get("commands"):
+                self.pending.add(message.get("device", ""))
             for listener in [*self._listeners.get(message.get("device", ""), ()), *self._everyone]:
                 try:
                     listener(message)

@@ -90,6 +90,15 @@ def commands_open(device_id: int):
     return Command.objects.filter(device_id=device_id).filter(Q(state__in=(State.QUEUED, State.SENT)) | unanswered)
 
 
+def devices_with_open_commands() -> list[str]:
+    """The keys of devices with commands not yet ended (a process's starting point: control/bus.py `pending`)."""
+    return list(
+        Command.objects.filter(Q(state__in=(State.QUEUED, State.SENT)) | Q(state=State.DELIVERED, two_way=True))
+        .values_list("device__key", flat=True)
+        .distinct()
+    )
+
+
 def commands_due(device_id: int, *, again: bool = False, limit: int | None = None) -> list[Command]:
     """What to hand the device now, oldest first: queued commands; with `again` (a device that just connected)
     also those handed before and not confirmed or answered (at least once: the device drops a repeat by id)."""

@@ -28,7 +28,9 @@ from alerts.engine import AlertEngine
 from alerts.silence import silence_loop
 from alerts.webhooks import webhook_loop
 from control.bus import ControlBus
+from control.commands import devices_with_open_commands
 from control.deadlines import deadline_loop
+from control.threads import db_call
 from devices.signals import credentials_changed
 from history.admission import HistoryReads, ReadAdmission
 from history.selectors import device_keys
@@ -128,7 +130,12 @@ class HubRuntime:
             self.writer.start()
         if self.streams is not None:
             await self.streams.broadcaster.start()
-        self.control.start()
+        try:  # the devices that may have commands waiting; a database that does not answer yet: word fills it
+            pending = await asyncio.wait_for(db_call(devices_with_open_commands)(), 5)
+        except Exception as exc:
+            logger.warning("could not read the devices with open commands at start-up (%s); carrying on", exc)
+            pending = []
+        self.control.start(pending)
         if self.devices is not None:
             # A rotated or deleted device's token stops working on the HTTP path at once, here and in the other
             # processes (transports/tokens.py): the registry says so, the bus carries it.

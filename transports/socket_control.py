@@ -47,7 +47,8 @@ class SocketControl:
 
     def open(self) -> None:
         self.bus.listen(self.device.key, self._word)
-        self._deliver(again=True)  # what was handed before and not confirmed, once more, and what is queued
+        if self.device.key in self.bus.pending:
+            self._deliver(again=True)  # what was handed before and not confirmed, once more, and what is queued
 
     async def close(self) -> None:
         self.bus.unlisten(self.device.key, self._word)
