@@ -179,7 +179,8 @@ max_inflight_messages 1000
 """
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
+    """Something accepts connections on the loopback port."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -197,7 +198,7 @@ def mosquitto_running(workdir: Path) -> Iterator[tuple[subprocess.Popen, int]]:
     with (workdir / f"mosquitto-{port}.log").open("w") as log:
         process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _listening(port), 10, "mosquitto")
+        wait_for(lambda: listening(port), 10, "mosquitto")
         yield process, port
     finally:
         process.terminate()

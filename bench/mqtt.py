@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from harness import (
     database_drop,
     devices_copy,
     hub_env,
+    listening,
     migrate,
     p50_p99,
     table,
@@ -133,16 +133,8 @@ def broker_start(workdir: Path) -> tuple[subprocess.Popen, int]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     log = (workdir / "mosquitto.log").open("w")
     process = subprocess.Popen([binary, "-c", str(workdir / "mosquitto.conf")], stdout=log, stderr=log)
-    wait_for(lambda: _listening(port), 10, "mosquitto")
+    wait_for(lambda: listening(port), 10, "mosquitto")
     return process, port
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def ceiling_phase(port: int, keys: list[str], args: argparse.Namespace, t0: int) -> Phase:

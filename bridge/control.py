@@ -18,11 +18,9 @@ from typing import Any
 
 import orjson
 
-from control.attributes import AttributesRefused
 from control.bus import ControlBus
-from control.commands import CommandRefused, command_for_device
+from control.commands import command_for_device
 from control.device_side import (
-    CallRefused,
     attributes_asked,
     client_attributes_report,
     command_reply,
@@ -30,6 +28,7 @@ from control.device_side import (
     device_call,
     shared_update,
 )
+from control.refusals import ControlRefused
 from devices.services import DeviceIdentity
 from ingest.parsing import ErrorCode, IngestError
 
@@ -117,10 +116,8 @@ class BridgeControl:
             else:
                 result = await device_call(device, body)
                 self._publish(f"devices/{device.key}/call/response/{ident}", orjson.dumps(result))
-        except AttributesRefused as refused:
-            raise IngestError("invalid_attributes", refused.message, key=refused.field) from None
-        except (CommandRefused, CallRefused) as refused:
-            raise IngestError(refused.code, refused.message) from None
+        except ControlRefused as refused:
+            raise IngestError(refused.code, refused.message, key=refused.key) from None
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -13,17 +13,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from control.models import Attribute
+from control.refusals import ControlRefused
 
 Scope = Attribute.Scope
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
-class AttributesRefused(ValueError):
+class AttributesRefused(ControlRefused):
     """Nothing was changed: `field` names the key (or the body) at fault."""
 
     def __init__(self, field: str, message: str) -> None:
-        self.field, self.message = field, message
-        super().__init__(f"{field}: {message}")
+        super().__init__("invalid_attributes", message, key=field)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from control.models import Command
+from control.refusals import ControlRefused
 from core.epoch import epoch_ms
 from devices.models import Device
 
@@ -26,12 +27,12 @@ OPEN = (State.QUEUED, State.SENT, State.DELIVERED)  # not final (DELIVERED is fi
 _METHOD = re.compile(r"[A-Za-z0-9_.:/\-]{1,128}")
 
 
-class CommandRefused(ValueError):
+class CommandRefused(ControlRefused):
     """Not queued: `field` names what is wrong; `status` is the HTTP status that says so."""
 
     def __init__(self, field: str, message: str, *, status: int = 400, code: str = "invalid") -> None:
-        self.field, self.message, self.status, self.code = field, message, status, code
-        super().__init__(f"{field}: {message}")
+        super().__init__(code, message)
+        self.field, self.status = field, status
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,14 @@ from control.commands import (
     commands_handed,
 )
 from control.models import Command
+from control.refusals import ControlRefused
 from control.threads import db_call
 from core.epoch import now_ms
 from devices.services import DeviceIdentity
 
 
-class CallRefused(ValueError):
+class CallRefused(ControlRefused):
     """A client-side call the hub does not answer: `code` and a message, for the device."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code, self.message = code, message
-        super().__init__(message)
 
 
 # The methods a device may call on the hub (ThingsBoard's client-side RPC): name → its answer.

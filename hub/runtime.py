@@ -48,6 +48,7 @@ from storage.engines import engine
 from storage.retention import retention_loop
 from transports.revocation import OpenSockets, revocation_loop
 from transports.shared import DeviceTransports
+from transports.tokens import DeviceTokens
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class HubRuntime:
             self.ingest = Ingest(self.writer, config=config.ingest, keys_of=database_sync_to_async(device_keys))
         self.devices: DeviceTransports | None = None
         if role.serves_devices and self.ingest is not None:
-            self.devices = DeviceTransports(self.ingest, OpenSockets(), config.transports)
+            tokens = DeviceTokens(config.transports.token_recheck_seconds)
+            self.devices = DeviceTransports(self.ingest, OpenSockets(), config.transports, tokens)
         self.streams: Streams | None = None
         if role.streams:
             stall_check = config.streams.stall_check_seconds
@@ -130,12 +132,7 @@ class HubRuntime:
             self.writer.start()
         if self.streams is not None:
             await self.streams.broadcaster.start()
-        try:  # the devices that may have commands waiting; a database that does not answer yet: word fills it
-            pending = await asyncio.wait_for(db_call(devices_with_open_commands)(), 5)
-        except Exception as exc:
-            logger.warning("could not read the devices with open commands at start-up (%s); carrying on", exc)
-            pending = []
-        self.control.start(pending)
+        self.control.start(await self._devices_with_commands())
         if self.devices is not None:
             # A rotated or deleted device's token stops working on the HTTP path at once, here and in the other
             # processes (transports/tokens.py): the registry says so, the bus carries it.
@@ -160,6 +157,17 @@ class HubRuntime:
     def _credentials_word(self, message: dict[str, Any]) -> None:
         if message.get("credentials") and self.devices is not None:
             self.devices.tokens.forget_keys([message["device"]])
+
+    async def _devices_with_commands(self) -> list[str]:
+        """Where devices connect (their sockets, long-polls, the bridge): those that may have commands waiting. A
+        database that does not answer yet: word fills the set as commands come."""
+        if self.ingest is None:
+            return []  # a stream process holds no device
+        try:
+            return await asyncio.wait_for(db_call(devices_with_open_commands)(), 5)
+        except Exception as exc:
+            logger.warning("could not read the devices with open commands at start-up (%s); carrying on", exc)
+            return []
 
     async def _storage_checked(self) -> None:
         """A database this process must not serve (HUB_TIMESCALE=on without TimescaleDB) fails start-up; one that

@@ -1,7 +1,7 @@
 """What the device transports of one process share, handed to each connection with its scope (core/state.py)."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from core.state import runtime_in
@@ -24,10 +24,7 @@ class DeviceTransports:
     ingest: Ingest
     sockets: OpenSockets
     config: TransportConfig
-    tokens: DeviceTokens = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tokens", DeviceTokens(self.config.token_recheck_seconds))  # frozen: set once
+    tokens: DeviceTokens
 
 
 def transports_in(scope: Mapping[str, Any]) -> DeviceTransports | None:

@@ -12,11 +12,9 @@ from typing import Any
 
 import orjson
 
-from control.attributes import AttributesRefused
 from control.bus import ControlBus
-from control.commands import CommandRefused, command_for_device
+from control.commands import command_for_device
 from control.device_side import (
-    CallRefused,
     attributes_asked,
     client_attributes_report,
     command_reply,
@@ -24,6 +22,7 @@ from control.device_side import (
     device_call,
     shared_update,
 )
+from control.refusals import ControlRefused
 from devices.services import DeviceIdentity
 from ingest.parsing import ErrorCode, IngestError
 
@@ -97,12 +96,8 @@ class SocketControl:
         ((name, body),) = message.items()
         try:
             await getattr(self, "_" + name[1:])(body)
-        except AttributesRefused as refused:
-            raise IngestError("invalid_attributes", refused.message, key=refused.field) from None
-        except CommandRefused as refused:
-            raise IngestError(refused.code, refused.message) from None
-        except CallRefused as refused:
-            raise IngestError(refused.code, refused.message) from None
+        except ControlRefused as refused:
+            raise IngestError(refused.code, refused.message, key=refused.key) from None
 
     async def _attributes(self, body: object) -> None:
         await client_attributes_report(self.device, body)
