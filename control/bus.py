@@ -39,8 +39,8 @@ class ControlBus:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a cancelled receive of the pub/sub layer unsubscribes from Redis first, which waits on Redis.
+            await asyncio.wait([self._task], timeout=2.0)
 
     def listen(self, key: str, listener: Listener) -> None:
         self._listeners[key].add(listener)
