@@ -14,8 +14,11 @@ Every reading has its own ts, so nothing dedupes: at the end the readings stored
 sent (`lost` must be 0). Each connection keeps --window unacked frames in flight; the ack latency is from
 sending a frame to the cumulative `{"ack": N}` that covers it. A subscriber in this process joins every
 device's group on the channel layer (what a dashboard's consumer does) and counts the readings fanned out.
-The ceiling is psycopg COPYing the stored rows into an identical scratch table, in transactions of the
-writer's largest batch. Loopback only; a scratch database is created and dropped.
+Two ceilings are measured in every round: the storage's (psycopg COPYing the stored rows into an identical
+scratch table, in transactions of the writer's largest batch: `÷ COPY`) and the stack's (the same devices
+sending the same frames to bench/stack_ceiling.py, a bare ASGI app under the hub's uvicorn settings that parses
+each frame and acks it with no storage: `÷ stack` is the hub's frames/s over the bare app's). Loopback only; a
+scratch database is created and dropped.
 """
 
 import argparse
@@ -24,6 +27,7 @@ import contextlib
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import psycopg
 import uvloop
 from harness import (
+    ROOT,
     BenchDevice,
     baseline_tree,
     bench_database,
@@ -162,6 +167,7 @@ class Scenario:
     writer: list[float] = field(default_factory=list)  # flushes, rows flushed, seconds in flushes (all hubs)
     round: int = 0
     ceiling: float | None = None  # rows/s of the COPY ceiling measured in the same round
+    stack: "Scenario | None" = None  # the bare stack's run of the same batch in the same round
     code: str = ""  # "" for this tree, else the --baseline revision the hubs ran
 
     @property
@@ -249,6 +255,50 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
     return result
 
 
+@contextlib.contextmanager
+def stack_running(env: dict[str, str]):
+    """bench/stack_ceiling.py on a free loopback port, with the hubs' environment (the same limits)."""
+    hub = HubProcess(env)  # only for its port, URLs and readiness probe: the command is the bare app's
+    with hub.log.open("a") as out:
+        hub.process = subprocess.Popen(  # noqa: S603 - this interpreter and this tree's bench script
+            [sys.executable, str(ROOT / "bench" / "stack_ceiling.py"), "--port", str(hub.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield hub.wait_ready()
+    finally:
+        hub.stop()
+
+
+async def stack_run(stack: HubProcess, args: argparse.Namespace, batch: int, devices: int, ts0: int) -> Scenario:
+    """The same devices and frames against the bare stack: what the server and protocol alone sustain."""
+    traffic = Traffic()
+    result = Scenario(batch, devices, 1, "none", args.window, traffic, code="bare stack")
+    go, stop = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(device(stack.ws, "stack", batch, args.window, ts0, go, stop, traffic))
+             for _ in range(devices)]  # fmt: skip
+    while traffic.connected < devices:
+        await asyncio.sleep(0.05)
+        if failed := [t for t in tasks if t.done()]:
+            raise failed[0].exception() or BenchFailure("a device ended before sending")
+    cpu_before = {"hub": cpu_seconds([stack.process.pid]), "client": cpu_seconds([os.getpid()])}
+    machine_before = machine_busy_seconds()
+    traffic.first_send = time.perf_counter()
+    go.set()
+    await asyncio.sleep(args.seconds)
+    stop.set()
+    await asyncio.gather(*tasks)
+    result.cpu = {name: cpu_seconds([pid]) - cpu_before[name]
+                  for name, pid in (("hub", stack.process.pid), ("client", os.getpid()))}  # fmt: skip
+    result.cpu["db"] = 0.0
+    result.cpu["machine"] = machine_busy_seconds() - machine_before
+    result.stored = result.sent  # nothing is stored: every acked reading counts
+    return result
+
+
 def writer_totals(hubs: list[HubProcess]) -> list[float]:
     """Flushes, readings flushed and seconds spent in committed flushes, summed over the hubs' /metrics."""
     names = ("hub_writer_flush_seconds_count", "hub_writer_batch_rows_sum", "hub_writer_flush_seconds_sum")
@@ -316,7 +366,7 @@ class Setup:
 
 async def run(args: argparse.Namespace) -> int:
     results: list[Scenario] = []
-    with bench_database("ingest", redis_url=args.redis_url) as env, contextlib.ExitStack() as stack:
+    with bench_database("ingest", redis_url=args.redis_url, **dict(args.set)) as env, contextlib.ExitStack() as stack:
         url = env["HUB_DATABASE_URL"]
         devices = devices_copy(url, args.devices, prefix="i")
         setups = [
@@ -343,6 +393,8 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 setup.hubs = stack.enter_context(hubs_running(env, setup.processes, **extra))
             await connect_check(setup.hubs, setup.devices)
+        bare = None if args.no_ceiling else stack.enter_context(stack_running(env))
+        bare_runs: dict[tuple[int, int], Scenario] = {}
         ts0 = now_ms() - 30 * 86_400_000  # a month ago, one ms per reading onwards
         for round_ in range(args.rounds):
             ceiling = None
@@ -352,6 +404,16 @@ async def run(args: argparse.Namespace) -> int:
                 result.round = round_
                 results.append(result)
                 console.print(summary(result))
+                if bare is not None and (round_, batch) not in bare_runs:
+                    bare_runs[round_, batch] = await stack_run(bare, args, batch, len(setup.devices), ts0)
+                    r = bare_runs[round_, batch]
+                    p50, p99 = p50_p99(r.traffic.latencies)
+                    console.print(
+                        f"  stack ceiling B={batch}: {r.frames_rate:,.0f} frames/s, ack p50/p99"
+                        f" {p50 * 1000:.0f}/{p99 * 1000:.0f} ms, cores bare app/client"
+                        f" {r.cpu['hub'] / r.seconds:.2f}/{r.cpu['client'] / r.seconds:.2f}"
+                    )
+                result.stack = bare_runs.get((round_, batch))
                 if ceiling is None and batch == max(args.batches) and not args.no_ceiling:
                     rows, seconds = copy_ceiling(setup.url, WRITER_BATCH_ROWS)
                     ceiling = rows / seconds
@@ -389,6 +451,7 @@ def report(results: list[Scenario], rounds: int) -> None:
                 fanout,
                 r.cpu_share(),
                 f"{r.readings_rate / r.ceiling:.2f}" if r.ceiling else "-",
+                f"{r.frames_rate / r.stack.frames_rate:.2f}" if r.stack else "-",
                 r.target(),
             ]
         )
@@ -401,6 +464,7 @@ def report(results: list[Scenario], rounds: int) -> None:
         "fanned out (lag)",
         "cores hub/db/client/all",
         "÷ COPY",
+        "÷ stack",
         "target",
     ]
     table("Ingest over WebSocket", columns, rows)
@@ -424,6 +488,7 @@ def medians(results: list[Scenario]) -> None:
         runs = [r for r in results if r.label == label]
         latencies = [p50_p99(r.traffic.latencies) for r in runs]
         ratios = [r.readings_rate / r.ceiling for r in runs if r.ceiling]
+        stacks = [r.frames_rate / r.stack.frames_rate for r in runs if r.stack]
         lags = [r.fanout_lag for r in runs if r.fanned_out is not None]
         sent, stored = sum(r.sent for r in runs), sum(r.stored for r in runs)
         rows.append(
@@ -436,10 +501,11 @@ def medians(results: list[Scenario]) -> None:
                 f"{sent:,} / {stored:,} / {sent - stored:,}",
                 f"+{statistics.median(lags) * 1000:.0f} ms" if lags else "off",
                 f"{statistics.median(ratios):.2f}" if ratios else "-",
+                f"{statistics.median(stacks):.2f}" if stacks else "-",
             ]
         )
     columns = ["scenario", "frames/s", "readings/s stored", "ack p50 / p99 ms", "sent / stored / lost (all rounds)"]
-    table(f"Medians over {len(runs)} rounds", [*columns, "fan-out lag", "÷ COPY"], rows)
+    table(f"Medians over {len(runs)} rounds", [*columns, "fan-out lag", "÷ COPY", "÷ stack"], rows)
 
 
 def main() -> None:
@@ -454,6 +520,14 @@ def main() -> None:
     parser.add_argument("--no-fanout", action="store_true", help="no channel-layer subscriber")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the COPY ceiling")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=lambda s: tuple(s.split("=", 1)),
+        metavar="HUB_X=V",
+        help="a hub setting for this run (repeatable), e.g. HUB_WRITER_FLUSH_MS=5",
+    )
     parser.add_argument("--baseline", metavar="REV", help="also run the hub code of this git revision, alternating")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]

@@ -7,7 +7,7 @@ from hub.roles import Role
 from live.origins import SameOriginValidator
 from live.sessions import StreamSessionMiddleware
 from live.streams import DeviceStreamConsumer, FleetStreamConsumer
-from transports.websocket import TelemetryConsumer
+from transports.websocket import DeviceSocket
 
 
 class NoRouteConsumer(AsyncWebsocketConsumer):
@@ -29,5 +29,5 @@ def websocket_routes(role: Role) -> list[URLPattern | URLResolver]:
             path("ws/v1/fleet/stream", fleet_stream),  # type: ignore[arg-type]
         ]
     if role.serves_devices:
-        routes.append(path("ws/v1/<str:token>/telemetry", TelemetryConsumer.as_asgi()))
+        routes.append(path("ws/v1/<str:token>/telemetry", DeviceSocket.app))  # type: ignore[arg-type]
     return [*routes, re_path(r"", NoRouteConsumer.as_asgi())]

@@ -14,7 +14,6 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from live.streams import BoundedStreamConsumer
-from transports.websocket import TelemetryConsumer
 
 
 def names_called(function) -> set[str]:
@@ -29,7 +28,7 @@ def names_called(function) -> set[str]:
 
 
 def test_channels_consumers_still_dispatch_the_way_the_overrides_assume():
-    """TelemetryConsumer and the dashboard streams replace Channels' `dispatch` (and the streams its
+    """The dashboard streams replace Channels' `dispatch` (and their
     `websocket_disconnect`) to skip the thread hop that closes stale ORM connections before every message. They are
     right only while Channels' versions do nothing else: a new step there would be skipped silently."""
     assert names_called(AsyncConsumer.dispatch) == {"getattr", "get_handler_name", "aclose_old_connections", "handler",
@@ -37,17 +36,15 @@ def test_channels_consumers_still_dispatch_the_way_the_overrides_assume():
     assert names_called(AsyncWebsocketConsumer.websocket_disconnect) == {
         "group_discard", "disconnect", "aclose_old_connections", "StopConsumer", "InvalidChannelLayerError"
     }  # fmt: skip
-    for consumer in (TelemetryConsumer, BoundedStreamConsumer):
-        assert consumer.dispatch is not AsyncConsumer.dispatch
+    assert BoundedStreamConsumer.dispatch is not AsyncConsumer.dispatch
     # The streams' Outbox sends straight to the server's send, which Channels keeps as `base_send` (async consumers).
     assert "self.base_send = send" in inspect.getsource(AsyncConsumer.__call__)
 
 
 def test_sockets_get_no_channel_of_their_own():
-    """Device sockets and dashboard streams name a channel layer that does not exist, so Channels gives them no
-    channel, no subscription and no receive task (what lets one process hold tens of thousands of sockets)."""
-    for consumer in (TelemetryConsumer, BoundedStreamConsumer):
-        assert get_channel_layer(consumer.channel_layer_alias) is None
+    """Dashboard streams name a channel layer that does not exist, so Channels gives them no channel, no
+    subscription and no receive task (device sockets are no Channels consumers at all: transports/websocket.py)."""
+    assert get_channel_layer(BoundedStreamConsumer.channel_layer_alias) is None
     assert "get_channel_layer(self.channel_layer_alias)" in inspect.getsource(AsyncConsumer.__call__)
     assert "if self.channel_layer is not None" in inspect.getsource(AsyncConsumer.__call__)
 
