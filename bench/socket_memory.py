@@ -28,15 +28,17 @@ from clients.device import DeviceClient
 from testkit.process import HubProcess
 
 # The hub with a SIGUSR2 handler that dumps a tracemalloc snapshot next to its log (nothing in the hub's code).
-_TRACED = (
-    "import os, runpy, signal, sys, tracemalloc; "
-    "tracemalloc.start(int(os.environ['BENCH_TRACE_FRAMES'])); "
-    "n = [0]; "
-    "def dump(*_):\n"
-    "    n[0] += 1; tracemalloc.take_snapshot().dump(os.path.join(os.environ['HUB_VAR_DIR'], f'snap-{n[0]}'))\n"
-    "signal.signal(signal.SIGUSR2, dump); "
-    "sys.argv[0] = 'manage.py'; runpy.run_path('manage.py', run_name='__main__')"
-)
+_TRACED = """
+import os, runpy, signal, sys, tracemalloc
+tracemalloc.start(int(os.environ["BENCH_TRACE_FRAMES"]))
+taken = [0]
+def dump(*_):
+    taken[0] += 1
+    tracemalloc.take_snapshot().dump(os.path.join(os.environ["HUB_VAR_DIR"], f"snap-{taken[0]}"))
+signal.signal(signal.SIGUSR2, dump)
+sys.argv[0] = "manage.py"
+runpy.run_path("manage.py", run_name="__main__")
+"""
 STDLIB = sysconfig.get_paths()["stdlib"]
 
 
@@ -57,7 +59,7 @@ class TracedHub(HubProcess):
         assert self.process is not None  # noqa: S101
         self.process.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 120
-        while not path.exists() or time.monotonic() - path.stat().st_mtime < 1.0:  # written whole
+        while not path.exists() or time.time() - path.stat().st_mtime < 1.0:  # written whole
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no snapshot from the hub ({self.log})")
             time.sleep(0.2)

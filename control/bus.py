@@ -5,7 +5,6 @@ the record; these are only wake-ups: a lost one delays a command until the devic
 never loses it (and the maintenance sweep ends what passes its deadline)."""
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -21,8 +20,9 @@ _REJOIN_SECONDS = 600.0  # the layer forgets group members after a day (channels
 class ControlBus:
     """This process's end of the word: listeners per device key, waiters per command id."""
 
-    def __init__(self, layer) -> None:
+    def __init__(self, layer, *, rejoin_seconds: float = _REJOIN_SECONDS) -> None:
         self._layer = layer
+        self._rejoin_seconds = rejoin_seconds
         self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
         self._everyone: set[Listener] = set()  # listeners of every device (an MQTT bridge worker)
         self._waiters: defaultdict[int, set[asyncio.Future[None]]] = defaultdict(set)
@@ -90,20 +90,32 @@ class ControlBus:
 
     async def _receiving(self) -> None:
         while True:
+            rejoining = None
             try:
                 # The default prefix, as the broadcaster's: the core layer reads one prefix per process.
                 channel = await self._layer.new_channel()
+                await self._layer.group_add(GROUP, channel)
+                rejoining = asyncio.create_task(self._rejoining(channel), name="hub-control-rejoin")
                 while True:
-                    await self._layer.group_add(GROUP, channel)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_REJOIN_SECONDS):
-                            while True:
-                                self._dispatch(await self._layer.receive(channel))
+                    self._dispatch(await self._layer.receive(channel))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.warning("control: channel layer unavailable; retrying", exc_info=True)
                 await asyncio.sleep(1.0)
+            finally:
+                if rejoining is not None:
+                    rejoining.cancel()
+
+    async def _rejoining(self, channel: str) -> None:
+        """Join the group again now and then, beside the receive: a cancelled receive would make the pub/sub layer
+        drop the channel (it unsubscribes), and word sent meanwhile would be lost."""
+        while True:
+            await asyncio.sleep(self._rejoin_seconds)
+            try:
+                await self._layer.group_add(GROUP, channel)
+            except Exception:  # the receive meets the same outage and starts over
+                logger.debug("control: rejoining the group failed", exc_info=True)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if message.get("type") == "control.device":
