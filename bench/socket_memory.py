@@ -120,7 +120,7 @@ async def measured_rss(env: dict[str, str], tokens: list[str]) -> float:
 
 def owner(trace: tracemalloc.Traceback) -> str:
     """The innermost frame outside the standard library: the code that asked for the memory."""
-    for frame in trace:  # most recent call first
+    for frame in reversed(trace):  # most recent call first
         if not frame.filename.startswith(STDLIB) or "site-packages" in frame.filename:
             name = frame.filename.split("site-packages/")[-1].removeprefix(str(ROOT) + "/")
             return f"{name}:{frame.lineno}"

@@ -16,6 +16,7 @@ nothing more is sent (issue 22: four exports whose clients never read held the r
 
 import asyncio
 import logging
+from typing import Any
 
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -106,7 +107,18 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
 
 class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, closing a connection whose handshake is not over within the header timeout."""
+    """uvicorn's WebSocket protocol, closing a connection whose handshake is not over within the header timeout, and
+    holding less while a socket is quiet (issue 26; bench/socket_memory.py): its event queue and write flag allocate
+    nothing while empty (asyncio.Queue keeps four deques and an Event: 4 KiB of every socket), and the handshake's
+    request, response and deadline go once it is accepted (their headers: another 3 KiB)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        writable = _Flag()
+        if self.writable.is_set():
+            writable.set()
+        self.writable = writable  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -116,7 +128,71 @@ class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._handshake_deadline.cancel()
         super().connection_lost(exc)
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            self._handshake_deadline.cancel()
+            self.request = self.response = None  # type: ignore[assignment]  # read only before the accept
+
     def _timed_out(self) -> None:
         if not self.handshake_complete and not self.transport.is_closing():
             metrics.HTTP_READ_TIMEOUTS.labels("handshake").inc()
             self.transport.close()
+
+
+class _Inbox:
+    """What uvicorn's WebSocket protocol uses of its asyncio.Queue (put_nowait, get, empty, qsize)."""
+
+    __slots__ = ("_arrived", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._arrived = _Flag()
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._arrived.set()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._items.pop(0)  # rarely more than a few: the protocol stops reading past its high-water mark
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+class _Flag:
+    """What uvicorn's WebSocket protocol uses of an asyncio.Event (set, clear, is_set, wait), without its deque."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter

@@ -105,3 +105,30 @@ async def test_too_many_frames_in_flight_make_the_reader_wait():
     await eventually(third.done, what="a slot for frame 4")
     assert third.done()
     await acks.close()
+
+
+async def test_a_quiet_socket_holds_no_task_and_acks_again_when_frames_resume():
+    """The sequencer's task and queue go after `linger` without frames (memory of idle sockets), and come back."""
+    sent: list[dict] = []
+
+    async def send(payload: dict) -> None:
+        sent.append(payload)
+
+    async def on_failure(exc: BaseException) -> None:
+        raise AssertionError(exc)
+
+    acks = AckSequencer(send, on_failure, max_inflight=4, linger=0.05)
+    loop = asyncio.get_running_loop()
+    for frame in (1, 2):
+        committed = loop.create_future()
+        committed.set_result(None)
+        await acks.committed_later(frame, committed)
+    await eventually(lambda: sent == [{"ack": 2}], what="the ack of frames 1 and 2")
+    await eventually(lambda: acks._task is None, what="the idle sequencer letting its task go")
+    assert acks._entries is None
+    later = loop.create_future()
+    await acks.committed_later(3, later)
+    assert acks._task is not None
+    later.set_result(None)
+    await eventually(lambda: sent == [{"ack": 2}, {"ack": 3}], what="the ack of frame 3 after the pause")
+    await acks.close()

@@ -78,3 +78,48 @@ def test_uvicorn_protocols_still_have_what_the_deadlines_override(cls, names):
                       WebSocketsSansIOProtocol: ("self.handshake_complete", "self.transport"),
                       Multiprocess: ("self.processes",)}[cls]:  # fmt: skip
         assert attribute in source, f"{cls.__name__} no longer has {attribute}"
+
+
+def attribute_uses(cls, attribute: str) -> dict[str, set[str]]:
+    """Per method of `cls`, what it does with `self.<attribute>`: the names read from it, "=" for an assignment."""
+    uses: dict[str, set[str]] = {}
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    for method in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+        for node in ast.walk(method):
+            target = node.value if isinstance(node, ast.Attribute) else None
+            if isinstance(target, ast.Attribute) and target.attr == attribute and ast.unparse(target.value) == "self":
+                uses.setdefault(method.name, set()).add(node.attr)
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            if any(ast.unparse(t) == f"self.{attribute}" for t in targets):
+                uses.setdefault(method.name, set()).add("=")
+    return uses
+
+
+def test_the_websocket_protocol_uses_only_what_the_lean_replacements_offer():
+    """hub/protocols.py replaces the protocol's asyncio.Queue and Event with lighter ones, and drops the handshake's
+    request and response once the accept is sent: right only while uvicorn uses no more of them than this."""
+    offers = {"queue": {"put_nowait", "get", "empty", "qsize"}, "writable": {"set", "clear", "wait", "is_set"}}
+    for attribute, offered in offers.items():
+        uses = attribute_uses(WebSocketsSansIOProtocol, attribute)
+        assert {m for m, names in uses.items() if "=" in names} == {"__init__"}, f"self.{attribute} is replaced"
+        used = set().union(*uses.values()) - {"="}
+        assert used <= offered, f"self.{attribute}: {used - offered} is used"
+    for name in ("request", "response"):
+        users = {m for m in _methods_mentioning(WebSocketsSansIOProtocol, f"self.{name}")}
+        assert users <= {"handle_connect", "send"}, f"self.{name} is used in {users}"
+
+
+def _methods_mentioning(cls, text: str) -> set[str]:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    return {
+        n.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and any(ast.unparse(x) == text for x in ast.walk(n) if isinstance(x, ast.Attribute))
+    }

@@ -59,7 +59,9 @@ class DeviceSocket:
         if event["type"] != "websocket.connect":
             return False
         transports = transports_in(scope)
-        device = await device_authenticate(token=scope["url_route"]["kwargs"]["token"])
+        # In a task of its own: the thread hop copies the thread's context variables (Django's connections) back
+        # into the caller's context, which a socket keeps for its whole life (about 2 KiB per idle device socket).
+        device = await asyncio.ensure_future(device_authenticate(token=scope["url_route"]["kwargs"]["token"]))
         if device is None or transports is None:
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return False
