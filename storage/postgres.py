@@ -107,6 +107,13 @@ LATEST_AND_SEEN = """
     SELECT id FROM seen
 """
 INSERT = f"INSERT INTO ingest_reading (device_id, key, ts, value) {_PG_SELECT}"
+# A small batch goes into hub_staging in the round trip of its statements (arrays), not in a COPY of its own: under
+# load each round trip also waits for the hub's busy event loop, and a COPY is two (issue 26).
+_STAGE_INLINE = (
+    "INSERT INTO hub_staging (device_id, key, ts, value)"
+    " SELECT * FROM unnest(%(rd)s::bigint[], %(rk)s::text[], %(rt)s::bigint[], %(rv)s::float8[]);"
+)
+INLINE_ROWS = 2_000  # up to this many rows a batch is staged inline; more go through COPY
 _ROLLUPS_STAGED = _PG_ROLLUPS.format(
     ts="timestamptz 'epoch' + ts * interval '1 millisecond'", source="hub_staging", upsert=_ROLLUP_UPSERT
 )
@@ -171,8 +178,11 @@ class PostgresBackend:
     so a write waits for the event loop (busy parsing in a loaded hub) once, not once per statement.
     """
 
-    def __init__(self, conninfo: str, *, extension: Extension, pool_size: int = 2) -> None:
+    def __init__(
+        self, conninfo: str, *, extension: Extension, pool_size: int = 2, inline_rows: int = INLINE_ROWS
+    ) -> None:
         self.max_in_flight = pool_size
+        self._inline_rows = inline_rows
         self.resends = 0  # batches that took the ON CONFLICT path
         self._extension = extension
         self._sql: WriteSql | None = None  # decided on the first connection: the database may be down at start
@@ -195,11 +205,12 @@ class PostgresBackend:
                 if self._sql is None:
                     self._sql = self._extension.write if await self._extension.active(conn) else PLAIN
                 cur = psycopg.AsyncClientCursor(conn)  # several statements with parameters in one round trip
-                if batch.rows:
+                inline = len(batch.rows) <= self._inline_rows
+                if batch.rows and not inline:
                     async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
                         await copy.write(_copy_text(batch.rows))
                 await turn.to_apply()
-                found = await self._apply(cur, batch, self._sql)
+                found = await self._apply(cur, batch, self._sql, inline=inline)
                 turn.applied()
                 if missing := set(batch.device_ids) - found:
                     raise DevicesGone(missing)  # rolls the transaction back
@@ -207,9 +218,11 @@ class PostgresBackend:
         finally:
             turn.applied()
 
-    async def _apply(self, cur: psycopg.AsyncClientCursor[Any], batch: Batch, sql: WriteSql) -> set[int]:
+    async def _apply(
+        self, cur: psycopg.AsyncClientCursor[Any], batch: Batch, sql: WriteSql, *, inline: bool
+    ) -> set[int]:
         latest = batch.latest
-        params = {
+        params: dict[str, object] = {
             "d": [r.device_id for r in latest],
             "k": [r.key for r in latest],
             "t": [r.ts for r in latest],
@@ -218,13 +231,18 @@ class PostgresBackend:
             "seen": batch.seen_at,
             "ids": list(batch.device_ids),
         }
+        rows = sql.rows
+        if batch.rows and inline:
+            columns = list(zip(*batch.rows, strict=True))
+            params.update(rd=list(columns[0]), rk=list(columns[1]), rt=list(columns[2]), rv=list(columns[3]))
+            rows = _STAGE_INLINE + rows  # before the savepoint: a resend's rollback keeps the staged rows
         if not batch.rows:
             await cur.execute(sql.latest_only, params)
         elif sql.resent is None:
-            await cur.execute(sql.rows, params)
+            await cur.execute(rows, params)
         else:
             try:
-                await cur.execute(sql.rows, params)
+                await cur.execute(rows, params)
             except psycopg.errors.UniqueViolation:
                 self.resends += 1
                 await cur.execute(sql.resent, params)

@@ -62,8 +62,8 @@ class HookedTurn:
 class HookedBackend(PostgresBackend):
     """The real backend; `hooks(n)` gives the n-th write's hooks (counting retries)."""
 
-    def __init__(self, hooks: Callable[[int], Hooks] = lambda n: Hooks()) -> None:
-        super().__init__(postgres_conninfo(connection.settings_dict), extension=POSTGRES.extension)
+    def __init__(self, hooks: Callable[[int], Hooks] = lambda n: Hooks(), **options: int) -> None:
+        super().__init__(postgres_conninfo(connection.settings_dict), extension=POSTGRES.extension, **options)
         self.hooks = hooks
         self.writes = 0
         self.rows_written = 0  # rows of every write begun, retries included
@@ -193,9 +193,11 @@ async def test_a_failed_flush_takes_the_one_behind_it_back_and_both_are_retried_
     rollups_equal_raw_rows(device.id)
 
 
-async def test_a_commit_that_succeeded_but_was_not_confirmed_is_not_rolled_up_twice(make_device, engine):
+@pytest.mark.parametrize("staging", ["inline", "copy"])
+async def test_a_commit_that_succeeded_but_was_not_confirmed_is_not_rolled_up_twice(make_device, engine, staging):
     """The database committed but the writer saw an error: the retry stores nothing twice, the rollups count
-    every reading once, and the flush behind it is retried in order too."""
+    every reading once, and the flush behind it is retried in order too; with the rows staged in the statements'
+    round trip (small batches) and by COPY (large ones)."""
     device = await sync_to_async(make_device)()
     ident = DeviceIdentity(device.id, device.key)
 
@@ -206,7 +208,7 @@ async def test_a_commit_that_succeeded_but_was_not_confirmed_is_not_rolled_up_tw
             if first:
                 raise psycopg.OperationalError("server closed the connection unexpectedly")
 
-    backend = UncertainCommit()
+    backend = UncertainCommit(inline_rows=10_000 if staging == "inline" else 0)
     writer = await writer_with(backend)
     futures = [await writer.submit(ident, readings(T0 + i * 1000, 60, value=float(i))) for i in range(6)]
     await asyncio.wait_for(asyncio.gather(*futures), 20)
