@@ -186,14 +186,21 @@ class PostgresBackend:
         self.resends = 0  # batches that took the ON CONFLICT path
         self._extension = extension
         self._sql: WriteSql | None = None  # decided on the first connection: the database may be down at start
+        # Autocommit: the hub sends BEGIN with a flush's first statements, not in a round trip of its own as psycopg's
+        # transactions do (each round trip of a flush also waits for the busy event loop).
         self._pool = AsyncConnectionPool(
-            conninfo, min_size=pool_size, max_size=pool_size, open=False, timeout=5.0, configure=self._configure
+            conninfo,
+            min_size=pool_size,
+            max_size=pool_size,
+            open=False,
+            timeout=5.0,
+            configure=self._configure,
+            kwargs={"autocommit": True},
         )
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(_PG_STAGING)
-        await conn.commit()
 
     async def open(self) -> None:
         # wait=False: a database that is down at start-up is retried by the pool, not fatal.
@@ -201,20 +208,26 @@ class PostgresBackend:
 
     async def write(self, batch: Batch, turn: Turn = ALONE) -> None:
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection() as conn:
                 if self._sql is None:
                     self._sql = self._extension.write if await self._extension.active(conn) else PLAIN
                 cur = psycopg.AsyncClientCursor(conn)  # several statements with parameters in one round trip
                 inline = len(batch.rows) <= self._inline_rows
-                if batch.rows and not inline:
-                    async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
-                        await copy.write(_copy_text(batch.rows))
-                await turn.to_apply()
-                found = await self._apply(cur, batch, self._sql, inline=inline)
-                turn.applied()
-                if missing := set(batch.device_ids) - found:
-                    raise DevicesGone(missing)  # rolls the transaction back
-                await turn.to_commit()
+                try:
+                    if not inline:
+                        await cur.execute("BEGIN")
+                        async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
+                            await copy.write(_copy_text(batch.rows))
+                    await turn.to_apply()
+                    found = await self._apply(cur, batch, self._sql, inline=inline)
+                    turn.applied()
+                    if missing := set(batch.device_ids) - found:
+                        raise DevicesGone(missing)
+                    await turn.to_commit()
+                    await cur.execute("COMMIT")
+                except Exception:
+                    await _rolled_back(conn)
+                    raise
         finally:
             turn.applied()
 
@@ -236,8 +249,10 @@ class PostgresBackend:
             columns = list(zip(*batch.rows, strict=True))
             params.update(rd=list(columns[0]), rk=list(columns[1]), rt=list(columns[2]), rv=list(columns[3]))
             rows = _STAGE_INLINE + rows  # before the savepoint: a resend's rollback keeps the staged rows
+        if inline:  # the transaction begins in this round trip (a COPY began it in a round trip of its own)
+            rows = "BEGIN;" + rows
         if not batch.rows:
-            await cur.execute(sql.latest_only, params)
+            await cur.execute("BEGIN;" + sql.latest_only, params)
         elif sql.resent is None:
             await cur.execute(rows, params)
         else:
@@ -261,6 +276,13 @@ class PostgresBackend:
         # SQLSTATE class 22 (data exception: a NUL in text, a sum out of double range, ...) or a string the
         # driver cannot encode: the same batch fails the same way every time, so retrying it whole is futile.
         return isinstance(exc, psycopg.DataError | UnicodeError)
+
+
+async def _rolled_back(conn: psycopg.AsyncConnection[Any]) -> None:
+    """End a failed flush's transaction; a connection that cannot is one the pool replaces."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.execute("ROLLBACK")
 
 
 # One page of an export as one text value: PostgreSQL formats the lines (as COPY's csv format would) and joins them,
