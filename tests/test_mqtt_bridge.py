@@ -304,10 +304,15 @@ async def test_poison_messages_are_acked_as_rejected_and_never_stall_another_dev
     await bridge.start().subscribed()
     second = await stored_within(good.id, 2, 1.0)
     await eventually(lambda: bridge.counters()["acked"] == 1001, what="every queued message PUBACKed")
-    await eventually(lambda: "inflight 0, lag 0.000s" in bridge.run_log().splitlines()[-1], what="a quiet status")
-    log = bridge.run_log()
-    assert re.search(rf"refused \d+ message\(s\) of '{poison.key}': unstorable_value \(text values cannot", log)
-    assert re.search(rf"refused \d+ message\(s\) of '{poison.key}': value_out_of_range", log)
+    # The status line, then the interval's refusals, each naming the device (written one after the other: wait for
+    # all of them, not for the status line to be the last).
+    status = re.compile(r"acked 1001, inflight 0, lag 0\.000s")
+    unstorable = re.compile(rf"refused \d+ message\(s\) of '{poison.key}': unstorable_value \(text values cannot")
+    out_of_range = re.compile(rf"refused \d+ message\(s\) of '{poison.key}': value_out_of_range")
+    await eventually(
+        lambda: all(p.search(bridge.run_log()) for p in (status, unstorable, out_of_range)),
+        what="a quiet status line and the refusals named",
+    )
     print(f"good device stored {first:.3f} s after 1,000 poison messages, {second:.3f} s after a restart")
     assert (await stored_ts([poison.id]))[1] == 0
     bad.close()
