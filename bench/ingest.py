@@ -27,9 +27,9 @@ import contextlib
 import itertools
 import os
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -43,6 +43,7 @@ from harness import (
     cpu_seconds,
     database_backend_pids,
     devices_copy,
+    hub_start,
     hubs_running,
     machine_busy_seconds,
     p50_p99,
@@ -215,10 +216,7 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
         asyncio.create_task(device(hubs[i % len(hubs)].ws, d.token, batch, args.window, ts0, go, stop, traffic))
         for i, d in enumerate(devices)
     ]
-    while traffic.connected < len(devices):  # every socket is open before the clock starts
-        await asyncio.sleep(0.05)
-        if failed := [t for t in tasks if t.done()]:
-            raise failed[0].exception() or BenchFailure("a device ended before sending")
+    await devices_connected(tasks, traffic, len(devices))
     pids = {
         "hub": [hub.process.pid for hub in hubs],
         "db": database_backend_pids(setup.url),
@@ -255,22 +253,28 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
     return result
 
 
+class StackCeiling(HubProcess):
+    """bench/stack_ceiling.py, started, probed and stopped as a hub is, with the hubs' environment (the same limits)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "stack_ceiling.py"), "--port", str(self.port)]
+
+
 @contextlib.contextmanager
-def stack_running(env: dict[str, str]):
-    """bench/stack_ceiling.py on a free loopback port, with the hubs' environment (the same limits)."""
-    hub = HubProcess(env)  # only for its port, URLs and readiness probe: the command is the bare app's
-    with hub.log.open("a") as out:
-        hub.process = subprocess.Popen(  # noqa: S603 - this interpreter and this tree's bench script
-            [sys.executable, str(ROOT / "bench" / "stack_ceiling.py"), "--port", str(hub.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+def stack_running(env: dict[str, str]) -> Iterator[HubProcess]:
+    stack = hub_start(StackCeiling(env))
     try:
-        yield hub.wait_ready()
+        yield stack
     finally:
-        hub.stop()
+        stack.stop()
+
+
+async def devices_connected(tasks: list[asyncio.Task[None]], traffic: Traffic, count: int) -> None:
+    """Every socket is open before the clock starts; a device that ended meanwhile fails the bench."""
+    while traffic.connected < count:
+        await asyncio.sleep(0.05)
+        if failed := [t for t in tasks if t.done()]:
+            raise failed[0].exception() or BenchFailure("a device ended before sending")
 
 
 async def stack_run(stack: HubProcess, args: argparse.Namespace, batch: int, devices: int, ts0: int) -> Scenario:
@@ -280,21 +284,18 @@ async def stack_run(stack: HubProcess, args: argparse.Namespace, batch: int, dev
     go, stop = asyncio.Event(), asyncio.Event()
     tasks = [asyncio.create_task(device(stack.ws, "stack", batch, args.window, ts0, go, stop, traffic))
              for _ in range(devices)]  # fmt: skip
-    while traffic.connected < devices:
-        await asyncio.sleep(0.05)
-        if failed := [t for t in tasks if t.done()]:
-            raise failed[0].exception() or BenchFailure("a device ended before sending")
-    cpu_before = {"hub": cpu_seconds([stack.process.pid]), "client": cpu_seconds([os.getpid()])}
-    machine_before = machine_busy_seconds()
+    await devices_connected(tasks, traffic, devices)
+    pids = {"hub": [stack.process.pid], "client": [os.getpid()]}  # type: ignore[union-attr]
+    cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
+    cpu_before["machine"] = machine_busy_seconds()
     traffic.first_send = time.perf_counter()
     go.set()
     await asyncio.sleep(args.seconds)
     stop.set()
     await asyncio.gather(*tasks)
-    result.cpu = {name: cpu_seconds([pid]) - cpu_before[name]
-                  for name, pid in (("hub", stack.process.pid), ("client", os.getpid()))}  # fmt: skip
+    result.cpu = {name: cpu_seconds(group) - cpu_before[name] for name, group in pids.items()}
     result.cpu["db"] = 0.0
-    result.cpu["machine"] = machine_busy_seconds() - machine_before
+    result.cpu["machine"] = machine_busy_seconds() - cpu_before["machine"]
     result.stored = result.sent  # nothing is stored: every acked reading counts
     return result
 

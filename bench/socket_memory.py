@@ -14,11 +14,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import subprocess
 import sys
 import sysconfig
 import time
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
 import websockets
@@ -42,17 +42,16 @@ runpy.run_path("manage.py", run_name="__main__")
 STDLIB = sysconfig.get_paths()["stdlib"]
 
 
+@dataclass
 class TracedHub(HubProcess):
     """A hub process started with tracemalloc on (or plain, to measure RSS as served)."""
 
     traced: bool = True
 
-    def start(self) -> "TracedHub":
-        arguments = ["serve", "--port", str(self.port)]
-        command = [sys.executable, *(["-c", _TRACED] if self.traced else ["manage.py"]), *arguments]
-        with self.log.open("a") as out:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-        return self
+    def command(self) -> list[str]:
+        if not self.traced:
+            return super().command()
+        return [sys.executable, "-c", _TRACED, "serve", "--port", str(self.port)]
 
     def snapshot(self, number: int) -> tracemalloc.Snapshot:
         path = Path(self.env["HUB_VAR_DIR"]) / f"snap-{number}"
@@ -102,9 +101,7 @@ async def sockets_open(hub: HubProcess, tokens: list[str], stop: asyncio.Event) 
 
 async def measured_rss(env: dict[str, str], tokens: list[str]) -> float:
     """KiB of RSS per socket of a hub served as usual (no tracemalloc)."""
-    hub = TracedHub(env)
-    hub.traced = False
-    hub_start(hub)
+    hub = hub_start(TracedHub(env, traced=False))
     try:
         stop = asyncio.Event()
         warm = await sockets_open(hub, tokens[:1], stop)

@@ -172,10 +172,11 @@ def _copy_text(rows: Sequence[tuple[int, str, int, float]]) -> str:
 
 
 class PostgresBackend:
-    """COPY into a per-connection temp table, then one round trip of statements, then COMMIT.
+    """Rows into a per-connection temp table, then one round trip of statements, then COMMIT.
 
-    The COPY needs no turn, so it overlaps the previous write; the statements run in one round trip,
-    so a write waits for the event loop (busy parsing in a loaded hub) once, not once per statement.
+    A large batch is COPied in first (no turn needed, so it overlaps the previous write); a small one is staged by
+    the statements' own round trip, which also begins the transaction. The statements run in one round trip, so a
+    write waits for the event loop (busy parsing in a loaded hub) once, not once per statement.
     """
 
     def __init__(
@@ -244,20 +245,18 @@ class PostgresBackend:
             "seen": batch.seen_at,
             "ids": list(batch.device_ids),
         }
-        rows = sql.rows
+        statements = sql.rows if batch.rows else sql.latest_only
         if batch.rows and inline:
             columns = list(zip(*batch.rows, strict=True))
             params.update(rd=list(columns[0]), rk=list(columns[1]), rt=list(columns[2]), rv=list(columns[3]))
-            rows = _STAGE_INLINE + rows  # before the savepoint: a resend's rollback keeps the staged rows
+            statements = _STAGE_INLINE + statements  # before the savepoint: a resend's rollback keeps the staged rows
         if inline:  # the transaction begins in this round trip (a COPY began it in a round trip of its own)
-            rows = "BEGIN;" + rows
-        if not batch.rows:
-            await cur.execute("BEGIN;" + sql.latest_only, params)
-        elif sql.resent is None:
-            await cur.execute(rows, params)
+            statements = "BEGIN;" + statements
+        if not batch.rows or sql.resent is None:
+            await cur.execute(statements, params)
         else:
             try:
-                await cur.execute(rows, params)
+                await cur.execute(statements, params)
             except psycopg.errors.UniqueViolation:
                 self.resends += 1
                 await cur.execute(sql.resent, params)

@@ -56,15 +56,18 @@ class HubProcess:
     def log(self) -> Path:
         return Path(self.env["HUB_VAR_DIR"]) / f"hub-{self.port}.log"
 
+    def command(self) -> list[str]:
+        """What the process runs, from `root`: `manage.py serve` on its port (a bench may serve something else)."""
+        arguments = ["serve", "--port", str(self.port), "--workers", str(self.workers)]
+        if self.root != ROOT:  # another revision's tree: none of this tree's modules may fill its gaps
+            return [sys.executable, "-c", _ONLY_ITS_OWN_TREE, *arguments]
+        return [sys.executable, "manage.py", *arguments]
+
     def start(self) -> "HubProcess":
         """Launch the process (appending to the log: a restart keeps the earlier run's lines)."""
-        arguments = ["serve", "--port", str(self.port), "--workers", str(self.workers)]
-        command = [sys.executable, "manage.py", *arguments]
-        if self.root != ROOT:  # another revision's tree: none of this tree's modules may fill its gaps
-            command = [sys.executable, "-c", _ONLY_ITS_OWN_TREE, *arguments]
         with self.log.open("a") as out:
-            self.process = subprocess.Popen(  # noqa: S603 - this interpreter and this tree's manage.py
-                command, cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            self.process = subprocess.Popen(  # noqa: S603 - this interpreter and a script of a tree of the hub
+                self.command(), cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
         return self
 
