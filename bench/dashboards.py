@@ -56,6 +56,7 @@ from harness import (
     rss_kib,
     table,
 )
+from websockets.asyncio.client import ClientConnection
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
@@ -75,7 +76,7 @@ class Viewer:
     runs is the least it can be: a busy client would count its own delays as the hub's latency)."""
 
     device: str
-    arrivals: list[tuple[float, bytes]] = field(default_factory=list)
+    arrivals: list[tuple[float, bytes | str]] = field(default_factory=list)
     closed: int | None = None
 
     def readings(self) -> tuple[int, list[int], list[float]]:
@@ -227,6 +228,31 @@ async def subscribed(hub: tuple[str, str], cookie: str, viewer: Viewer, delivere
     return socket
 
 
+async def plain_subscribed(hub: tuple[str, str], cookie: str, viewer: Viewer) -> ClientConnection:
+    """The same opening on a plain websockets asyncio connection, as anyone's script would open it (its
+    defaults: permessage-deflate offered, pings every 20 s, UTF-8 decoded into `str`)."""
+    hub_ws, origin = hub
+    headers = viewer_headers(hub_ws, cookie, origin)
+    ws = await websockets.connect(stream_url(hub_ws, viewer.device), additional_headers=headers, max_size=None)
+    opening = StreamOpening(device=True)
+    opening.take(orjson.loads(await ws.recv()))
+    await ws.send(StreamOpening.since(now_ms()))
+    opening.take(orjson.loads(await ws.recv()))
+    if opening.history is None:
+        raise ProtocolViolation("no history after since")
+    return ws
+
+
+async def plain_follow(ws: ClientConnection, viewer: Viewer, delivered: Synchronized) -> None:
+    """A task per viewer that stamps each message as `recv` hands it over."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for raw in ws:
+            viewer.arrivals.append((time.time(), raw))
+            delivered.value += 1
+    if ws.close_code not in (None, 1000):
+        viewer.closed = ws.close_code
+
+
 @dataclass
 class Tally:
     """What one viewer process measured, summed over its viewers (latencies in ms, after the warm-up)."""
@@ -248,6 +274,7 @@ class ViewerShare:
     keys: list[str]  # the device each of its viewers follows
     url: str  # the database each viewer is checked against
     seconds: float
+    client: str = "lean"  # "lean": SocketViewer; "plain": websockets' asyncio client, a task per viewer
 
 
 def viewer_process(conn: Connection, share: ViewerShare, nice: int, delivered: Synchronized) -> None:
@@ -261,20 +288,28 @@ async def viewers_run(conn: Connection, share: ViewerShare, delivered: Synchroni
     loop = asyncio.get_running_loop()
     watching = [Viewer(key) for key in share.keys]
     try:
-        sockets = []
+        sockets, followers = [], []
         for i in range(0, len(watching), 50):  # 50 handshakes at a time: the hub's login check is a DB query each
             batch = watching[i : i + 50]
-            sockets += await asyncio.gather(*(subscribed(share.stream, share.cookie, v, delivered) for v in batch))
+            if share.client == "plain":
+                opened = await asyncio.gather(*(plain_subscribed(share.stream, share.cookie, v) for v in batch))
+                for ws, v in zip(opened, batch, strict=True):
+                    followers.append(asyncio.create_task(plain_follow(ws, v, delivered)))
+                sockets += opened
+            else:
+                sockets += await asyncio.gather(*(subscribed(share.stream, share.cookie, v, delivered) for v in batch))
     except Exception as exc:  # noqa: BLE001 - reported to the bench, which stops
         conn.send(("failed", repr(exc)))
         return
     # The client's own pauses must not count as the hub's latency: the connections' objects are left out of
     # the collector's full passes (as the hub does for its start-up heap), and young passes are rarer.
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    if share.client == "lean" or os.environ.get("XGC"):  # a plain client is left as anyone's script would be
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
     conn.send(("ready", len(sockets)))
     since = await loop.run_in_executor(None, conn.recv)
     await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+    await asyncio.gather(*followers)
     stored = await loop.run_in_executor(None, stored_since, share.url, since)
     tally, latencies = Tally(), array("f")
     for v in watching:
@@ -363,7 +398,7 @@ class ViewerProcesses:
         for i, delivered in enumerate(self.delivered):
             ours, theirs = spawn.Pipe()
             stream = (top.stream.ws, top.stream.http)
-            share = ViewerShare(stream, cookie, keys[i :: args.viewer_processes], url, args.seconds)
+            share = ViewerShare(stream, cookie, keys[i :: args.viewer_processes], url, args.seconds, args.client)
             process = spawn.Process(
                 target=viewer_process, args=(theirs, share, args.viewer_nice, delivered), daemon=True
             )
@@ -622,10 +657,18 @@ def main() -> None:
     parser.add_argument("--viewer-processes", type=int, default=2, help="processes the socket viewers run in")
     parser.add_argument("--viewer-nice", type=int, default=5, help="their CPU priority (as HUB_STREAM_NICE)")
     parser.add_argument(
+        "--client",
+        choices=["lean", "plain"],
+        default="lean",
+        help="lean: the bench's sans-I/O sockets; plain: websockets' asyncio client, one process at nice 0",
+    )
+    parser.add_argument(
         "--hub-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the hub processes"
     )
     parser.add_argument("--redis", default=os.environ.get("HUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
+    if args.client == "plain":  # as the issue measured: anyone's client, one process, the machine's priority
+        args.viewer_processes, args.viewer_nice = 1, 0
     settings = dict(item.split("=", 1) for item in args.hub_env)
     with bench_database("dashboards", redis_url=args.redis, **settings) as env:
         rows, curve, idle, browsers = asyncio.run(run_code(args, env, ROOT, "this tree", args.topology))

@@ -12,6 +12,9 @@ from typing import Literal, TypedDict
 
 FLEET_GROUP = "fleet"  # every hub process's fleet digests: the fleet page
 ALERTS_GROUP = "alerts"  # every alert event: the fleet page
+# The ASGI extension by which the hub's server lets a stream write an already-encoded frame to its socket
+# (scope["extensions"][FRAME_EXTENSION]["write"](frame) -> bool; hub/protocols.py, live/broadcast.py).
+FRAME_EXTENSION = "hub.websocket.frame"
 
 
 def device_group(device_key: str) -> str:

@@ -8,7 +8,9 @@ stream has an `Outbox`: while its socket is busy, what arrives merges into fewer
 dropped); a stream whose socket takes nothing for HUB_STREAM_STALL_SECONDS (or with more than
 HUB_STREAM_MAX_PENDING_KIB waiting) has stopped reading and is closed with 4008, and its browser catches up
 from the database. No task exists for an idle stream, and no queue or chain of tasks grows with how far
-behind the slowest viewer is.
+behind the slowest viewer is. A stream whose socket is idle gets a device's tick as one WebSocket frame built
+once for all of them and written straight to its socket (`Readings.frame`, `Outbox.add_readings`): at thousands
+of viewers the per-send work through the ASGI layers was most of the stream process's time.
 """
 
 import asyncio
@@ -22,6 +24,7 @@ from typing import Protocol
 
 import orjson
 from channels.layers import BaseChannelLayer
+from websockets.frames import Frame, Opcode
 
 from core import metrics
 from core.epoch import now_ms
@@ -36,14 +39,38 @@ FRAGMENT_READINGS = 1_000
 MESSAGE_CHARS = 256 * 1024
 
 
+def readings_message(*fragments: str) -> str:
+    """The `readings` message of one or more fragments (JSON arrays of readings without their brackets)."""
+    return '{"type":"readings","readings":[' + ",".join(fragments) + "]}"
+
+
+class Readings:
+    """Readings of one device as every stream following it gets them, encoded once: `fragment` is their JSON array
+    without its brackets (busy outboxes merge fragments), `frame()` the whole message as an unmasked WebSocket text
+    frame, built on first use and written as it is to every idle socket."""
+
+    __slots__ = ("fragment", "readings", "_frame")
+
+    def __init__(self, readings: list[WireReading], fragment: str | None = None) -> None:
+        self.readings = readings
+        self.fragment = orjson.dumps(readings).decode()[1:-1] if fragment is None else fragment
+        self._frame: bytes | None = None
+
+    def frame(self) -> bytes:
+        if self._frame is None:
+            data = readings_message(self.fragment).encode()
+            self._frame = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        return self._frame
+
+
 class Stream(Protocol):
     """What the broadcaster needs of a dashboard stream (dashboards/consumers.py)."""
 
     outbox: "Outbox | None"
     visible: frozenset[str] | None  # a scoped person's device keys (live/scopes.py); None: every device
 
-    def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
-        """Readings of its device, `fragment` their JSON array without its brackets (shared, encoded once)."""
+    def take_readings(self, batch: Readings) -> None:
+        """Readings of its device (shared by every stream of the device: encoded once)."""
 
     def take_message(self, text: str) -> None:
         """A whole message (an alert event, a fleet digest), encoded once for every follower."""
@@ -69,6 +96,10 @@ class Outbox:
     taken a message for `stall` seconds (`stalled()`, which the broadcaster asks about every stream once a
     second: cheaper than a timer per send), or with more than `max_chars` waiting, has stopped reading and is
     closed. (Fragments are shared between streams: what waits costs little per viewer.)
+
+    `write_frame` (the server's, when it offers one: hub/protocols.py) writes an encoded frame straight to the
+    socket unless its buffer is full; readings that find the outbox idle go that way, with no task and no
+    encoding of their own. Anything else, or a refused frame, queues and goes through `send`, in order.
     """
 
     __slots__ = (
@@ -81,6 +112,7 @@ class Outbox:
         "_chars",
         "_sender",
         "_sending_since",
+        "_write_frame",
         "closed",
     )
 
@@ -92,8 +124,10 @@ class Outbox:
         max_chars: int,
         stall: float,
         sent: "Sent | None" = None,
+        write_frame: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._sent = sent if sent is not None else Sent()
+        self._write_frame = write_frame
         self._send = send
         self._overflow = overflow
         self._max_chars = max_chars
@@ -113,6 +147,18 @@ class Outbox:
             self._sender = asyncio.get_running_loop().create_task(self._drain())
         elif self._chars > self._max_chars:  # the memory bound: this much waits behind a send
             self._stopped_reading()
+
+    @property
+    def writes_frames(self) -> bool:
+        """Whether the server lets this outbox write shared frames straight to its socket."""
+        return self._write_frame is not None
+
+    def add_readings(self, batch: Readings) -> None:
+        idle = self._sender is None and not self.closed  # so nothing is queued ahead of it
+        if idle and self._write_frame is not None and self._write_frame(batch.frame()):
+            self._sent.count += 1
+            return
+        self.add(batch.fragment, fragment=True)
 
     def stalled(self, now: float) -> bool:
         """Whether the socket has taken nothing for `stall` seconds (loop time `now`); if so it is given up."""
@@ -148,7 +194,7 @@ class Outbox:
             size += len(parts[-1])
         if len(parts) > 1:
             metrics.STREAM_MERGED.inc()
-        return '{"type":"readings","readings":[' + ",".join(parts) + "]}"
+        return readings_message(*parts)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -426,10 +472,9 @@ class Broadcaster:
                     continue
                 metrics.STREAM_LAG_SECONDS.observe(max(0, now - oldest) / 1000)
                 for i in range(0, len(readings), FRAGMENT_READINGS):
-                    chunk = readings[i : i + FRAGMENT_READINGS]
-                    fragment = orjson.dumps(chunk).decode()[1:-1]
+                    batch = Readings(readings[i : i + FRAGMENT_READINGS])
                     for stream in list(followers):
-                        stream.take_readings(fragment, chunk)
+                        stream.take_readings(batch)
 
 
 def _narrowed(payload: dict, visible: frozenset[str]) -> str:

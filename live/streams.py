@@ -27,11 +27,11 @@ from django.db import connection
 from accounts.policy import NOBODY, Action, Actor, actor_of
 from core.epoch import MAX_MS
 from core.logs import ThrottledLog
-from core.protocol import ALERTS_GROUP, FLEET_GROUP, Close, WireReading, device_group
+from core.protocol import ALERTS_GROUP, FLEET_GROUP, FRAME_EXTENSION, Close, WireReading, device_group
 from core.state import runtime_in
 from devices.models import Device
 from history.selectors import readings_since
-from live.broadcast import FRAGMENT_READINGS, Broadcaster, Outbox
+from live.broadcast import FRAGMENT_READINGS, Broadcaster, Outbox, Readings
 from live.config import StreamConfig
 from live.scopes import Keys, ScopeWatch
 
@@ -84,6 +84,11 @@ def _closing(query: Callable[..., T], *args: object) -> T:
         return query(*args)
     finally:
         connection.close()
+
+
+def frame_writer(scope: dict) -> Callable[[bytes], bool] | None:
+    """The server's way to write an encoded frame straight to this socket (hub/protocols.py), if it has one."""
+    return scope.get("extensions", {}).get(FRAME_EXTENSION, {}).get("write")
 
 
 def streams_in(scope: dict) -> Streams:
@@ -163,6 +168,7 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
             max_chars=config.max_pending_chars,
             stall=config.stall_seconds,
             sent=broadcaster.sent,
+            write_frame=frame_writer(self.scope),
         )
         try:
             await broadcaster.follow(self, *groups)
@@ -181,9 +187,9 @@ class BoundedStreamConsumer(AsyncWebsocketConsumer):
         if self.outbox is not None:
             self.outbox.add(text)
 
-    def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
+    def take_readings(self, batch: Readings) -> None:
         if self.outbox is not None:
-            self.outbox.add(fragment, fragment=True)
+            self.outbox.add_readings(batch)
 
     def too_slow(self) -> None:
         """This browser stopped reading: stop following at once (the close itself waits for its socket to take
@@ -265,24 +271,24 @@ class DeviceStreamConsumer(BoundedStreamConsumer):
         self.post({"type": "history", "since": since, "readings": history})
         held, self.held, self.caught_up = self.held, [], True
         for i in range(0, len(held), FRAGMENT_READINGS):
-            chunk = held[i : i + FRAGMENT_READINGS]
-            self.take_readings(orjson.dumps(chunk).decode()[1:-1], chunk)
+            self.take_readings(Readings(held[i : i + FRAGMENT_READINGS]))
 
-    def take_readings(self, fragment: str, readings: list[WireReading]) -> None:
+    def take_readings(self, batch: Readings) -> None:
         if not self.caught_up:
-            if len(self.held) + len(readings) > self.streams.config.catch_up_limit:
+            if len(self.held) + len(batch.readings) > self.streams.config.catch_up_limit:
                 self.too_slow()
             else:
-                self.held.extend(readings)
+                self.held.extend(batch.readings)
             return
         if self.seen and time.monotonic() < self.seen_until:
-            fresh = unseen(readings, self.seen)  # shared with other streams: re-encoded only when it differs
-            if len(fresh) != len(readings):
-                fragment = orjson.dumps(fresh).decode()[1:-1] if fresh else ""
+            fresh = unseen(batch.readings, self.seen)  # shared with other streams: re-encoded only when it differs
+            if len(fresh) != len(batch.readings):
+                if not fresh:
+                    return
+                batch = Readings(fresh)
         else:
             self.seen = set()
-        if fragment:
-            super().take_readings(fragment, readings)
+        super().take_readings(batch)
 
 
 class FleetStreamConsumer(BoundedStreamConsumer):

@@ -7,7 +7,7 @@ import orjson
 from channels.layers import InMemoryChannelLayer
 
 from core.protocol import ReadingsBatch, device_group
-from live.broadcast import MESSAGE_CHARS, Broadcaster, Outbox, TickSchedule
+from live.broadcast import MESSAGE_CHARS, Broadcaster, Outbox, Readings, TickSchedule, readings_message
 from tests.waiting import eventually
 
 
@@ -21,8 +21,8 @@ class Sink:
         self.messages: list[str] = []
         self.closed_with: int | None = None
 
-    def take_readings(self, fragment: str, readings: list) -> None:
-        self.fragments.append(fragment)
+    def take_readings(self, batch: Readings) -> None:
+        self.fragments.append(batch.fragment)
 
     def take_message(self, text: str) -> None:
         self.messages.append(text)
@@ -78,6 +78,41 @@ async def test_a_busy_stream_gets_its_readings_merged_in_bounded_messages():
     assert 1 < len(readings) < 8, "merged into fewer messages than fragments, each under the bound"
     assert all(len(text) <= MESSAGE_CHARS for text in sent[1:])
     assert [r[0] for message in readings for r in message["readings"]] == list(range(4000)) * 8, "in order"
+
+
+async def test_an_idle_outbox_writes_the_shared_frame_and_a_busy_or_full_one_queues_in_order():
+    """Readings that find the outbox idle go out as the frame built once for every stream; behind a message still
+    being sent, or when the socket's buffer is full (the server refuses the frame), they queue and go in order."""
+    written: list[bytes] = []
+    sent: list[str] = []
+    release = asyncio.Event()
+    room = [True]
+
+    def write_frame(frame: bytes) -> bool:
+        if room[0]:
+            written.append(frame)
+        return room[0]
+
+    async def send(text: str) -> None:
+        await release.wait()
+        sent.append(text)
+
+    outbox = Outbox(send, lambda: None, max_chars=1 << 20, stall=60, write_frame=write_frame)
+    first, second, third = (Readings([[n, "k", float(n)]]) for n in range(3))
+    outbox.add_readings(first)
+    assert written == [first.frame()] and sent == []
+    payload = readings_message(first.fragment).encode()
+    assert first.frame() == b"\x81" + bytes([len(payload)]) + payload, "an unmasked text frame of the message"
+    assert first.frame() is first.frame(), "framed once, however many streams write it"
+    outbox.add('{"type":"history"}')  # a message of its own: through the protocol, and slow to go
+    outbox.add_readings(second)  # behind it: queued, not written ahead of it
+    release.set()
+    await eventually(lambda: len(sent) == 2, what="the queued messages")
+    assert sent == ['{"type":"history"}', readings_message(second.fragment)]
+    room[0] = False  # the socket's buffer is full: the frame is refused and the message goes the slow way
+    outbox.add_readings(third)
+    await eventually(lambda: len(sent) == 3, what="the refused frame's message")
+    assert sent[2] == readings_message(third.fragment) and len(written) == 1
 
 
 async def test_a_stream_whose_socket_takes_nothing_is_given_up():

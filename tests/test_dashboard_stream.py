@@ -128,6 +128,7 @@ async def test_a_viewer_that_stops_reading_is_closed_and_others_are_unaffected(
         await good.catch_up(now_ms())
         task = asyncio.create_task(read_all(good))
         broadcaster = live_hub.runtime.streams.broadcaster
+        assert all(stream.outbox.writes_frames for stream in broadcaster._streams()), "the server's frame writes"
         # Text readings until the silent viewer is closed: however much the kernel buffers for a socket that
         # reads nothing (megabytes on loopback), the hub's sends to it stall once that is full.
         sent, started = 0, time.monotonic()

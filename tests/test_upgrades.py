@@ -63,19 +63,21 @@ def test_sockets_get_no_channel_of_their_own():
                 "connection_lost",
             ),
         ),  # fmt: skip
-        (WebSocketsSansIOProtocol, ("connection_made", "connection_lost")),
+        (WebSocketsSansIOProtocol, ("connection_made", "connection_lost", "handle_connect")),
         (Multiprocess, ("join_all",)),
     ],
 )
 def test_uvicorn_protocols_still_have_what_the_deadlines_override(cls, names):
     """hub/protocols.py adds read deadlines to uvicorn's HTTP and WebSocket protocols by overriding these methods
-    and reading `cycle`, `transport`, `client`, `handshake_complete`; hub/server.py bounds `Multiprocess.join_all`
+    and reading `cycle`, `transport`, `client`, `handshake_complete` (and offers streams `write_frame`, which reads
+    `close_sent` and `conn.state`, through the scope's extensions); hub/server.py bounds `Multiprocess.join_all`
     over its `processes`."""
     for name in names:
         assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
     source = inspect.getsource(cls)
     for attribute in {HttpToolsProtocol: ("self.cycle", "self.transport", "self.client"),
-                      WebSocketsSansIOProtocol: ("self.handshake_complete", "self.transport"),
+                      WebSocketsSansIOProtocol: ("self.handshake_complete", "self.transport", "self.close_sent",
+                                                 "self.conn", '"extensions": {'),
                       Multiprocess: ("self.processes",)}[cls]:  # fmt: skip
         assert attribute in source, f"{cls.__name__} no longer has {attribute}"
 
