@@ -179,6 +179,22 @@ max_inflight_messages 1000
 """
 
 
+class StackCeiling(HubProcess):
+    """bench/stack_ceiling.py, started, probed and stopped as a hub is, with the hubs' environment (the same limits)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "stack_ceiling.py"), "--port", str(self.port)]
+
+
+@contextmanager
+def stack_running(env: dict[str, str]) -> Iterator[HubProcess]:
+    stack = hub_start(StackCeiling(env))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
 def listening(port: int) -> bool:
     """Something accepts connections on the loopback port."""
     try:

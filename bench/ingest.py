@@ -29,13 +29,11 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
 import uvloop
 from harness import (
-    ROOT,
     BenchDevice,
     baseline_tree,
     bench_database,
@@ -43,11 +41,11 @@ from harness import (
     cpu_seconds,
     database_backend_pids,
     devices_copy,
-    hub_start,
     hubs_running,
     machine_busy_seconds,
     p50_p99,
     progress,
+    stack_running,
     table,
 )
 from layers import LAYERS, layer_for
@@ -251,22 +249,6 @@ async def scenario_run(setup: "Setup", args: argparse.Namespace, batch: int, ts0
         result.fanout_lag = max(fanout.last - traffic.last_ack, 0.0)
         await fanout.stop()
     return result
-
-
-class StackCeiling(HubProcess):
-    """bench/stack_ceiling.py, started, probed and stopped as a hub is, with the hubs' environment (the same limits)."""
-
-    def command(self) -> list[str]:
-        return [sys.executable, str(ROOT / "bench" / "stack_ceiling.py"), "--port", str(self.port)]
-
-
-@contextlib.contextmanager
-def stack_running(env: dict[str, str]) -> Iterator[HubProcess]:
-    stack = hub_start(StackCeiling(env))
-    try:
-        yield stack
-    finally:
-        stack.stop()
 
 
 async def devices_connected(tasks: list[asyncio.Task[None]], traffic: Traffic, count: int) -> None:

@@ -5,6 +5,9 @@ the same messages to a plain subscriber (mosquitto_sub) in the same run: the cei
     .venv/bin/python bench/mqtt.py --messages 100 --readings 100        # batched payloads
     .venv/bin/python bench/mqtt.py --rate 5000                          # latency at a fixed offered load
 
+Between the two, bench/paho_ceiling.py takes the same messages: paho-mqtt subscribed as the bridge is, each
+message parsed and acked at once, no storage (the library's ceiling in one Python process).
+
 Starts its own Mosquitto (deploy/mosquitto/mosquitto.conf on a free loopback port, anonymous) and a scratch
 PostgreSQL database that is dropped at the end. Needs PostgreSQL, Redis and the mosquitto binaries.
 Latency is publish → fan-out after commit (the dashboards' view of "stored"), read from the channel layer.
@@ -59,7 +62,8 @@ class Phase:
         per_s = f"{self.rate:,.0f} msg/s" + (f" ({self.rate * readings:,.0f} readings/s)" if readings > 1 else "")
         return (
             f"  {self.name:<38} {self.messages:,} messages in {self.last_received - self.first_sent:.2f} s"
-            f" = {per_s}; publish→{'received' if 'sub' in self.name else 'stored'} p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            f" = {per_s}; publish→{'stored' if 'bridge' in self.name else 'received'}"
+            f" p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
 
     def row(self, readings: int) -> list[str]:
@@ -160,6 +164,24 @@ def ceiling_phase(port: int, keys: list[str], args: argparse.Namespace, t0: int)
         latencies.append(float(received) * 1000 - first["values"]["sent"])
         last = max(last, float(received))
     return Phase("mosquitto → mosquitto_sub (ceiling)", len(lines), start, last, latencies)
+
+
+def library_phase(port: int, keys: list[str], args: argparse.Namespace, t0: int) -> Phase:
+    """The same publishers into bench/paho_ceiling.py: paho and the hub's parser alone, acking at once (QoS 1,
+    MQTT 5, the bridge's receive maximum), in one Python process: the bridge's ceiling without storage."""
+    import orjson
+
+    total = len(keys) * args.messages
+    command = [sys.executable, str(ROOT / "bench" / "paho_ceiling.py"), "--port", str(port), "--messages", str(total)]
+    sub = subprocess.Popen(command, stdout=subprocess.PIPE, env={**os.environ, "HUB_LOG_LEVEL": "WARNING"})
+    assert sub.stdout is not None  # noqa: S101 - piped above
+    sub.stdout.readline()  # "subscribing"
+    time.sleep(0.5)
+    start, _acked = publish_all(port, keys, args, t0)
+    out, _ = sub.communicate(timeout=300)
+    summary = orjson.loads(out.splitlines()[-1])
+    return Phase("mosquitto → paho + parse (library)", summary["messages"], start, summary["last"],
+                 summary["latencies"])  # fmt: skip
 
 
 # The bridge ---------------------------------------------------------------------------------------------
@@ -289,6 +311,8 @@ def main() -> None:
         )
         ceiling = ceiling_phase(port, keys, args, t0)
         console.print(ceiling.line(args.readings))
+        library = library_phase(port, keys, args, t0 + 1_800_000)
+        console.print(library.line(args.readings))
 
         bridges = bridges_start(port, args, env, workdir)
         warm_up(port, keys, t0 - 3_600_000)
@@ -297,7 +321,9 @@ def main() -> None:
         rows, distinct = stored_counts(keys, "sent")
         expected = args.devices * args.messages * args.readings
         console.print(
-            f"  ratio bridge/ceiling {stored.rate / ceiling.rate:.2f}; stored {rows:,} of {expected:,} readings,"
+            f"  ratio bridge/ceiling {stored.rate / ceiling.rate:.2f}"
+            f" (library/ceiling {library.rate / ceiling.rate:.2f}, bridge/library {stored.rate / library.rate:.2f});"
+            f" stored {rows:,} of {expected:,} readings,"
             f" {rows - distinct} twice; broker dropped messages: {'dropped' in (workdir / 'mosquitto.log').read_text()}"
         )
         bridges_stop(bridges)
@@ -306,9 +332,11 @@ def main() -> None:
             worker = status[-1].split("] ", 1)[-1] if status else "(no status line)"
             console.print(f"  worker {n}: {worker}", markup=False)
         columns = ["phase", "messages", "msg/s", "readings/s", "publish→received/stored p50 / p99 ms"]
-        table("MQTT ingest", columns, [ceiling.row(args.readings), stored.row(args.readings)])
+        rows_out = [ceiling.row(args.readings), library.row(args.readings), stored.row(args.readings)]
+        table("MQTT ingest", columns, rows_out)
         console.print(
-            f"ratio bridge/ceiling {stored.rate / ceiling.rate:.2f}; stored {rows:,} of {expected:,} readings"
+            f"ratio bridge/ceiling {stored.rate / ceiling.rate:.2f}, library/ceiling {library.rate / ceiling.rate:.2f},"
+            f" bridge/library {stored.rate / library.rate:.2f}; stored {rows:,} of {expected:,} readings"
         )
     finally:
         bridges_stop(bridges)

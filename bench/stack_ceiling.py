@@ -1,12 +1,14 @@
-"""The stack's ceiling: a bare ASGI WebSocket app under the hub's own uvicorn settings that reads each frame,
-parses it with the hub's parser and acks it at once, with no storage, no fan-out and no Django.
+"""The stack's ceiling: a bare ASGI app under the hub's own uvicorn settings that reads each WebSocket frame (or
+each HTTP post's body), parses it with the hub's parser and acks it at once, with no storage, no fan-out and no
+Django.
 
     .venv/bin/python bench/stack_ceiling.py --port 8123      # then drive it as a hub: ws://127.0.0.1:8123/…
 
-`bench/ingest.py` runs it beside the hub in every round and prints each scenario's frames/s as a ratio to it:
-what the hub costs above the server, the WebSocket protocol and the JSON decode that any ingest pays. It speaks
-the device side of the hub's protocol (`{"ack": N}` after frame N, an error frame for a bad one), so the same
-client drives both. It answers `/healthz` like the hub, so the same readiness probe works.
+`bench/ingest.py` (WebSocket) and `bench/http_ingest.py` (HTTP) run it beside the hub and print each scenario as
+a ratio to it: what the hub costs above the server, the protocol and the JSON decode that any ingest pays. It
+speaks the device side of the hub's protocols (`{"ack": N}` after frame N, an error frame for a bad one; a POST
+answered `{"ok":true}`, 400 with the error), so the same client drives both. It answers `/healthz` like the hub,
+so the same readiness probe works.
 """
 
 import argparse
@@ -34,9 +36,7 @@ LIMITS = HubConfig.from_settings().ingest.limits  # the limits the hub applies
 
 async def app(scope, receive, send) -> None:
     if scope["type"] == "http":
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await http_post(scope, receive, send)
         return
     if scope["type"] != "websocket":
         return
@@ -55,6 +55,30 @@ async def app(scope, receive, send) -> None:
         except IngestError as error:
             answer = {"error": {"frame": frame, **error.as_dict()}}
         await send({"type": "websocket.send", "text": orjson.dumps(answer).decode()})
+
+
+async def http_post(scope, receive, send) -> None:
+    """A POST's body parsed as the hub's telemetry route parses it, answered as the hub answers; anything else
+    (the readiness probe) `ok`."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    status, content, kind = 200, b"ok", b"text/plain"
+    if scope["method"] == "POST":
+        try:
+            parse_telemetry(bytes(body), now_ms=now_ms(), limits=LIMITS)
+            content = b'{"ok":true}'
+        except IngestError as error:
+            status, content = 400, orjson.dumps({"error": error.as_dict()})
+        kind = b"application/json"
+    headers = [(b"content-type", kind), (b"content-length", str(len(content)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
 
 
 def main() -> None:
