@@ -303,7 +303,7 @@ async def viewers_run(conn: Connection, share: ViewerShare, delivered: Synchroni
         return
     # The client's own pauses must not count as the hub's latency: the connections' objects are left out of
     # the collector's full passes (as the hub does for its start-up heap), and young passes are rarer.
-    if share.client == "lean" or os.environ.get("XGC"):  # a plain client is left as anyone's script would be
+    if share.client == "lean":  # a plain client is left as anyone's script would be
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
     conn.send(("ready", len(sockets)))
