@@ -13,8 +13,9 @@ uncompressed and TimescaleDB compressed, from one run on the same simulated flee
    reading through the hub's own storage backend (`storage.postgres.PostgresBackend.write`: COPY, INSERT,
    rollups, latest values) in time order, in batches of the writer's 20,000 rows, two in flight: the writer's rate.
 3. TimescaleDB: the continuous aggregates refreshed over the whole span (what their policy does), sizes
-   measured; then every chunk older than HUB_COMPRESS_AFTER (1 day) compressed, as the compression policy
-   does, and measured again.
+   measured; then every chunk older than HUB_COMPRESS_AFTER (1 day) compressed (in creation order), as the
+   compression policy does (merged into weeks, storage/timescale.py), and measured again, with where the
+   bytes of compressed chunks go: each column's stored values, row and TOAST overhead, indexes, maps.
 4. History queries, the median of `--runs` (a different device each run, two warm-ups), with the hub's
    own SQL (`history.selectors`): one key over 1 day at 1-minute buckets (AVG with the min/max band), over
    30 days at 1-hour buckets, and a raw page of 10,000 points from the start of the span.
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 
 import psycopg
 from harness import console, database_create, database_drop, hub_env, migrate, progress, table
+from psycopg import sql
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hub.settings")
 os.environ.setdefault("HUB_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")  # the dialect: PostgreSQL
@@ -215,6 +217,63 @@ def compress(url: str) -> tuple[int, float, float]:
     return chunks, elapsed, sum(size for _, size in stats) / max(rows, 1)
 
 
+# Each compressed chunk (a row per batch of up to 1,000 readings of one device and key) and its TOAST table.
+COMPRESSED_CHUNKS = """
+    SELECT format('%I.%I', z.schema_name, z.table_name), t.reltoastrelid::regclass::text
+    FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.chunk z ON z.id = c.compressed_chunk_id
+    JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+    JOIN pg_class t ON t.oid = format('%I.%I', z.schema_name, z.table_name)::regclass
+    WHERE h.table_name = 'ingest_reading'
+"""
+RELATION_SIZES = """
+    SELECT pg_relation_size(%(r)s::regclass), pg_relation_size(%(t)s::regclass),
+           pg_indexes_size(%(r)s::regclass) + pg_indexes_size(%(t)s::regclass),
+           pg_total_relation_size(%(r)s::regclass) - pg_relation_size(%(r)s::regclass)
+           - pg_relation_size(%(t)s::regclass) - pg_indexes_size(%(r)s::regclass) - pg_indexes_size(%(t)s::regclass)
+"""
+
+
+def compressed_breakdown(url: str) -> list[tuple[str, float]]:
+    """Where the bytes of the compressed chunks go, per reading: each column's values as stored
+    (pg_column_size), then what the relations add around them: the compressed rows (tuple headers, TOAST
+    pointers, free space), the TOAST rows (headers, free space), indexes, free-space and visibility maps."""
+    parts: dict[str, int] = {}
+    readings = 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        for relation, toast in conn.execute(COMPRESSED_CHUNKS).fetchall():
+            columns = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                    " AND NOT attisdropped ORDER BY attnum",
+                    [relation],
+                )
+            ]
+            sizes = sql.SQL(", ").join(
+                sql.SQL("coalesce(sum(pg_column_size({})), 0)").format(sql.Identifier(c)) for c in columns
+            )
+            count, *stored = conn.execute(
+                sql.SQL("SELECT sum(_ts_meta_count), {} FROM {}").format(sizes, sql.SQL(relation))
+            ).fetchone()
+            readings += count
+            for column, size in zip(columns, stored, strict=True):
+                name = "metadata (_ts_meta_*)" if column.startswith("_ts_meta") else column
+                parts[name] = parts.get(name, 0) + size
+            external = conn.execute(
+                sql.SQL("SELECT coalesce(sum(octet_length(chunk_data)), 0) FROM {}").format(sql.SQL(toast))
+            ).fetchone()[0]
+            heap, toast_heap, indexes, maps = conn.execute(RELATION_SIZES, {"r": relation, "t": toast}).fetchone()
+            inline = sum(stored) - external
+            for name, size in (
+                ("compressed rows: headers, TOAST pointers, free space", heap - inline),
+                ("TOAST rows: headers, free space", toast_heap - external),
+                ("indexes (chunk, TOAST)", indexes),
+                ("free-space and visibility maps", maps),
+            ):
+                parts[name] = parts.get(name, 0) + size
+    return [(name, size / max(readings, 1)) for name, size in parts.items()]
+
+
 def time_queries(url: str, device_ids: list[int], end: int, days: int, runs: int) -> dict[str, float]:
     span = days * DAY_MS
     shapes = {
@@ -263,6 +322,13 @@ def engine_run(name: str, admin: str, args: argparse.Namespace, end: int) -> lis
         if hypertable:
             chunks, seconds, per_reading = compress(url)
             console.print(f"{name}: {chunks} chunks compressed in {seconds:.1f} s")
+            parts = compressed_breakdown(url)
+            total = sum(size for _, size in parts)
+            table(
+                "where the bytes of compressed chunks go",
+                ("part", "bytes/reading", "share"),
+                [(part, f"{size:.3f}", f"{size / total:.0%}") for part, size in [*parts, ("total", total)]],
+            )
             rows, size = readings_bytes(url, hypertable)
             queries = time_queries(url, device_ids, end, args.days, args.runs)
             figures.append(Figures(f"{name} compressed", rate, rows, size, per_reading, queries))

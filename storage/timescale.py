@@ -126,11 +126,29 @@ _COMPRESSION = (
 )
 
 
+# A chunk being compressed joins the compressed chunk before it while their span fits a week
+# (compress_chunk_time_interval): every compressed chunk costs 90-115 KB whatever it holds (its heap's and
+# TOAST table's free-space and visibility maps, index and TOAST-index pages), 0.5 of 9.3 bytes per reading at
+# 50 devices (docs/benchmarks.md, "Where the bytes go"). Not while raw readings have a retention: chunks are
+# dropped whole, and a merged week would keep readings up to 6 days past HUB_RAW_RETENTION_DAYS.
+COMPRESSED_CHUNK_SPAN = "7 days"
+_COMPRESSED_SPAN_MATCHES = """
+    SELECT coalesce(compress_interval_length, '0')::interval = %s::interval
+    FROM timescaledb_information.hypertable_compression_settings WHERE hypertable = 'ingest_reading'::regclass
+"""
+
+
+def compressed_chunk_span() -> str:
+    """How far compressed chunks are merged: a week, or not at all ("0") while raw readings have a retention."""
+    return "0" if settings.HUB_RAW_RETENTION_DAYS > 0 else COMPRESSED_CHUNK_SPAN
+
+
 def timescale_configure(cursor: CursorWrapper, *, compress_after: str | None = None) -> None:
     """The hypertable's jobs as the settings say (after every `migrate`, and by `timescale_convert`): the
     rollups' refresh policies, compression, and its policy: chunks older than HUB_COMPRESS_AFTER (a
-    PostgreSQL interval; "0" or "off": never) are compressed by TimescaleDB's job scheduler. A job already
-    configured so is left alone (with whatever schedule an operator gave it)."""
+    PostgreSQL interval; "0" or "off": never) are compressed by TimescaleDB's job scheduler, and merged as
+    `compressed_chunk_span()` says. A job already configured so is left alone (with whatever schedule an
+    operator gave it)."""
     for name, (end_offset, schedule) in REFRESH_POLICIES.items():
         job = _fetch_one(cursor, _REFRESH_JOB, [end_offset, name])
         if job is not None and job[0] is None and job[1]:
@@ -147,6 +165,9 @@ def timescale_configure(cursor: CursorWrapper, *, compress_after: str | None = N
     )
     if not (enabled and enabled[0]):
         cursor.execute(_COMPRESSION)
+    span = compressed_chunk_span()
+    if not _fetch_value(cursor, _COMPRESSED_SPAN_MATCHES, [span]):
+        cursor.execute(f"ALTER TABLE ingest_reading SET (timescaledb.compress_chunk_time_interval = '{span}')")
     after = settings.HUB_COMPRESS_AFTER if compress_after is None else compress_after
     wanted = None if after.strip().lower() in ("0", "off", "") else after
     job = _fetch_one(cursor, _COMPRESSION_JOB)

@@ -25,7 +25,7 @@ from history.selectors import (
 from ingest.parsing import Reading as R
 from ingest.writer import Writer
 from storage.engine import Reads
-from storage.timescale import EXTENSION_CREATED, READING_HYPERTABLE
+from storage.timescale import EXTENSION_CREATED, READING_HYPERTABLE, timescale_configure
 from tests.conftest import ROOT, database_url_for_tests
 from tests.engines import refresh_aggregates
 from tests.services import TIMESCALE_URL, need
@@ -216,3 +216,42 @@ async def test_compressed_chunks_give_the_same_answers_and_take_late_readings_an
     final = await answers(runtime.history.stream, device.id, t0)
     assert {"ts": late.ts, "value": late.value} in final["raw"]["a"]
     assert max(p["max"] for p in final["1m"]["a"]) == 99.5
+
+
+def days_stored_and_compressed(first_day: int, days: int) -> list[int]:
+    """One reading a minute over `days` days from `first_day` (ms), its chunks compressed oldest first as the
+    policy does; the span in days of every chunk of the readings table."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO ingest_reading (device_id, key, ts, value) SELECT 1, 'a', t, 1.5"
+            " FROM generate_series(%s::timestamptz, %s::timestamptz, interval '1 minute') t",
+            [from_epoch_ms(first_day), from_epoch_ms(first_day + days * DAY - 60_000)],
+        )
+        cursor.execute(
+            "SELECT count(compress_chunk(format('%I.%I', chunk_schema, chunk_name)::regclass)) FROM"
+            " (SELECT * FROM timescaledb_information.chunks WHERE hypertable_name = 'ingest_reading'"
+            " AND NOT is_compressed ORDER BY range_start) c"
+        )
+        cursor.execute(
+            "SELECT extract(day FROM range_end - range_start)::int FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'ingest_reading' ORDER BY range_start"
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("engine", ["timescale"], indirect=True)
+def test_compressed_days_merge_into_weeks_unless_raw_readings_have_a_retention(engine, transactional_db, settings):
+    """Days compressed one after the other become one compressed chunk of up to a week (each compressed chunk
+    has a fixed cost on disk); with a raw retention they stay days, as retention drops whole chunks."""
+    week = (now_ms() // DAY - 30) // 7 * 7 * DAY  # chunks of HUB_TIMESCALE_CHUNK_INTERVAL (1 day) from here
+    assert days_stored_and_compressed(week, 3) == [3]
+    assert days_stored_and_compressed(week + 3 * DAY, 5) == [7, 1], "a week at most"
+    try:
+        settings.HUB_RAW_RETENTION_DAYS = 30
+        with connection.cursor() as cursor:
+            timescale_configure(cursor)  # as the next migrate does
+        assert days_stored_and_compressed(week + 8 * DAY, 2) == [7, 1, 1, 1]
+    finally:
+        settings.HUB_RAW_RETENTION_DAYS = 0
+        with connection.cursor() as cursor:
+            timescale_configure(cursor)
