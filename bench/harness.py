@@ -152,9 +152,11 @@ def hub_start(hub: HubProcess, timeout: float = 60.0) -> HubProcess:
 
 
 @contextmanager
-def hubs_running(env: dict[str, str], count: int = 1, *, root: Path = ROOT, **extra: str) -> Iterator[list[HubProcess]]:
-    """`count` hub processes (the code under `root`) sharing the database and Redis of `env`."""
-    hubs = [HubProcess({**env, **extra}, root=root) for _ in range(count)]
+def hubs_running(
+    env: dict[str, str], count: int = 1, *, root: Path = ROOT, workers: int = 1, **extra: str
+) -> Iterator[list[HubProcess]]:
+    """`count` hubs (the code under `root`; each `serve --workers`) sharing the database and Redis of `env`."""
+    hubs = [HubProcess({**env, **extra}, root=root, workers=workers) for _ in range(count)]
     try:
         for hub in hubs:
             hub_start(hub)
@@ -293,6 +295,15 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
         result.add_row(*(str(cell) for cell in row))
     console.print()
     console.print(result)
+
+
+def with_children(pid: int) -> list[int]:
+    """`pid` and its child processes (a `serve --workers N` supervisor's workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return [pid]
+    return [pid, *map(int, children)]
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

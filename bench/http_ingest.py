@@ -46,6 +46,7 @@ from harness import (
     stack_running,
     table,
     wait_for,
+    with_children,
 )
 
 from core.epoch import now_ms
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--baseline", help="a commit: its hub is swept the same way, on a database of its own")
     parser.add_argument("--flush-ms", help="HUB_WRITER_FLUSH_MS of the hub (default: its own default)")
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers` of the hub (its CPU: all of them)")
     parser.add_argument("--p99-goal", type=float, default=50.0, help="ms: a row past it breaks the sweep")
     parser.add_argument("--peers", default="stack,influxdb", help="taking the same load after each hub row ('': none)")
     parser.add_argument("--redis", default=os.environ.get("HUB_REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -233,7 +235,7 @@ def main() -> None:
         for i, (name, root, tree_env) in enumerate(trees):
             rows += sweep(args, name, root, tree_env, peers if i == 0 else [])
     table(
-        f"HTTP ingest, wrk, {args.devices} devices, one hub process, {args.seconds:.0f} s per row",
+        f"HTTP ingest, wrk, {args.devices} devices, a hub of {args.workers} worker(s), {args.seconds:.0f} s per row",
         [
             "code",
             "per req",
@@ -271,9 +273,10 @@ class Load:
 def load_run(http: str, lua: str, connections: int, pid: int, seconds: float, per: int) -> Load:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
-    cpu_before, began = cpu_seconds([pid]), time.perf_counter()
+    pids = with_children(pid)
+    cpu_before, began = cpu_seconds(pids), time.perf_counter()
     result = wrk_run(http, Path(script.name), connections, seconds)
-    cores = (cpu_seconds([pid]) - cpu_before) / (time.perf_counter() - began)
+    cores = (cpu_seconds(pids) - cpu_before) / (time.perf_counter() - began)
     Path(script.name).unlink()
     acked = result["requests"] - result["non2xx"]
     failed = result["non2xx"] + result["errors"]
@@ -289,7 +292,7 @@ def sweep(
     url = env["HUB_DATABASE_URL"]
     devices = devices_copy(url, args.devices, prefix="h")
     tokens = "{" + ",".join(f'"{d.token}"' for d in devices) + "}"
-    with hubs_running(env, root=root) as hubs:
+    with hubs_running(env, root=root, workers=args.workers) as hubs:
         hub = hubs[0]
         for per in (int(p) for p in args.per.split(",")):
             broke = None
