@@ -282,7 +282,10 @@ def time_queries(url: str, device_ids: list[int], end: int, days: int, runs: int
         "raw 10,000 points": {"start": end - span, "agg": "NONE", "interval": None, "limit": 10_000},
     }
     medians = {}
-    with psycopg.connect(url) as conn:
+    # Parameters bound client-side, as the hub's Django connection does: server-side, psycopg prepares a
+    # statement after 5 runs and PostgreSQL then plans it once for any device (a generic plan), which the hub
+    # never does.
+    with psycopg.connect(url, cursor_factory=psycopg.ClientCursor) as conn:
         for name, shape in shapes.items():
             times = []
             for run in range(runs + 2):

@@ -17,6 +17,7 @@ from devices.services import DeviceIdentity
 from history.export import csv_stream
 from history.selectors import (
     HistoryQuery,
+    aggregate_statement,
     readings_aggregate,
     readings_latest,
     readings_raw,
@@ -255,3 +256,32 @@ def test_compressed_days_merge_into_weeks_unless_raw_readings_have_a_retention(e
         settings.HUB_RAW_RETENTION_DAYS = 0
         with connection.cursor() as cursor:
             timescale_configure(cursor)
+
+
+@pytest.mark.parametrize("engine", ["timescale"], indirect=True)
+def test_a_days_minutes_of_one_device_are_read_through_the_device_and_key_index(engine, transactional_db):
+    """Each aggregate has an index on (device_id, key, bucket) after migrate, and a day of one device's minutes is
+    read through it, not by scanning the whole fleet's buckets of that day."""
+    end = now_ms() // DAY * DAY - DAY
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE indexname = ANY(%s)",
+            [[f"{name}_device_key_bucket" for name in ("ingest_rollup_1m", "ingest_rollup_1h")]],
+        )
+        indexes = cursor.fetchall()
+        assert len(indexes) == 2
+        assert all(definition.endswith("(device_id, key, bucket)") for _, definition in indexes)
+        cursor.execute(
+            "INSERT INTO ingest_reading (device_id, key, ts, value) SELECT d, k, %s - m * interval '1 minute', m"
+            " FROM generate_series(1, 20) d, unnest(array['temperature', 'humidity', 'voltage']) k,"
+            " generate_series(1, 1440) m",
+            [from_epoch_ms(end)],
+        )
+    refresh_aggregates()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE ingest_rollup_1m")  # TimescaleDB forwards it to the materialization's chunks
+        query = HistoryQuery(device_id=7, keys=("temperature",), start=end - DAY, end=end, interval=60_000)
+        sql, params = aggregate_statement(query)
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "ingest_rollup_1m_device_key_bucket" in plan, plan
