@@ -30,6 +30,7 @@ from core.epoch import now_ms  # noqa: E402
 from hub.config import HubConfig  # noqa: E402
 from hub.server import uvicorn_options  # noqa: E402
 from ingest.parsing import IngestError, parse_telemetry  # noqa: E402
+from transports.http import request_body  # noqa: E402
 
 LIMITS = HubConfig.from_settings().ingest.limits  # the limits the hub applies
 
@@ -60,18 +61,13 @@ async def app(scope, receive, send) -> None:
 async def http_post(scope, receive, send) -> None:
     """A POST's body parsed as the hub's telemetry route parses it, answered as the hub answers; anything else
     (the readiness probe) `ok`."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        body += message.get("body", b"")
-        if not message.get("more_body", False):
-            break
+    body = await request_body(receive)
+    if body is None:
+        return
     status, content, kind = 200, b"ok", b"text/plain"
     if scope["method"] == "POST":
         try:
-            parse_telemetry(bytes(body), now_ms=now_ms(), limits=LIMITS)
+            parse_telemetry(body, now_ms=now_ms(), limits=LIMITS)
             content = b'{"ok":true}'
         except IngestError as error:
             status, content = 400, orjson.dumps({"error": error.as_dict()})

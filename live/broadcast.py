@@ -51,9 +51,9 @@ class Readings:
 
     __slots__ = ("fragment", "readings", "_frame")
 
-    def __init__(self, readings: list[WireReading], fragment: str | None = None) -> None:
+    def __init__(self, readings: list[WireReading]) -> None:
         self.readings = readings
-        self.fragment = orjson.dumps(readings).decode()[1:-1] if fragment is None else fragment
+        self.fragment = orjson.dumps(readings).decode()[1:-1]
         self._frame: bytes | None = None
 
     def frame(self) -> bytes:

@@ -58,20 +58,27 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def request_body(receive: Receive) -> bytes | None:
+    """A request's whole body from its ASGI messages; None when the client left before its end."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
 async def telemetry_served(
     receive: Receive, send: Send, transports: DeviceTransports, device: DeviceIdentity, limit: int
 ) -> None:
     """The whole exchange at the ASGI layer: the body (already bounded by transports/bodies.py as it arrives),
     the ingest, the answer. A client gone before its answer loses only the answer: what it sent is committed."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return  # the client left (or the body passed its limit: 413 was sent)
-        body += message.get("body", b"")
-        if not message.get("more_body", False):
-            break
-    status, payload = await telemetry_answer(transports, device, bytes(body))
+    body = await request_body(receive)
+    if body is None:
+        return  # the client left (or the body passed its limit: 413 was sent)
+    status, payload = await telemetry_answer(transports, device, body)
     content = orjson.dumps(payload)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
     headers.append((b"x-request-id", request_id.get().encode()))
