@@ -348,7 +348,7 @@ def _batch_of(taken: list[_Pending]) -> Batch:
     for pending in taken:
         device_id = pending.device.id
         readings = pending.readings
-        rows += [(device_id, r.key, r.ts, r.value) for r in readings if r.value is not None]
+        rows += [(device_id, key, ts, value) for ts, key, value, _ in readings if value is not None]
         newest = latest.setdefault(device_id, {})
         for r in readings:
             current = newest.get(r.key)

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 def readings_to_wire(readings: list[Reading]) -> list[WireReading]:
-    return [[r.ts, r.key, wire_value(r.value, r.text)] for r in readings]
+    # wire_value inlined: this runs for every reading stored (a reading holds a number or a text).
+    return [[ts, key, text if value is None else value] for ts, key, value, text in readings]
 
 
 class Publisher:
@@ -204,12 +205,19 @@ class FleetDigester:
         for device, readings in committed.items():
             digest = self._pending.setdefault(device.key, DeviceDigest(seen=seen, n=0, latest={}))
             digest["seen"] = seen
-            latest = digest["latest"]
+            newest: dict[str, Reading] = {}  # this flush's newest per key, before any wire list is built
+            numbers = 0
             for r in readings:
-                digest["n"] += r.value is not None
-                current = latest.get(r.key)
-                if current is None or r.ts > cast(int, current[0]):  # [ts, key, value]: the ts first
-                    latest[r.key] = [r.ts, r.key, wire_value(r.value, r.text)]
+                numbers += r.value is not None
+                current = newest.get(r.key)
+                if current is None or r.ts > current.ts:
+                    newest[r.key] = r
+            digest["n"] += numbers
+            latest = digest["latest"]
+            for key, r in newest.items():
+                held = latest.get(key)
+                if held is None or r.ts > cast(int, held[0]):  # [ts, key, value]: the ts first
+                    latest[key] = [r.ts, key, wire_value(r.value, r.text)]
         if self._timer is None:
             loop = asyncio.get_running_loop()
             delay = max(0.0, self._last + self._interval - loop.time())

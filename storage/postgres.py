@@ -166,9 +166,10 @@ class Extension(Protocol):
     def start_checked(self, cursor: Any) -> None: ...
 
 
-def _copy_text(rows: Sequence[tuple[int, str, int, float]]) -> str:
-    # Keys match [A-Za-z0-9_.-] and values are finite floats: nothing needs COPY escaping.
-    return "".join([f"{d}\t{k}\t{t}\t{v!r}\n" for d, k, t, v in rows])
+# Binary COPY, each row formatted by psycopg's C formatter: 2.4 times faster than text (a float's repr costs more
+# than its 8 bytes), hub and server together (issue 26).
+_COPY_STAGING = "COPY hub_staging (device_id, key, ts, value) FROM STDIN (FORMAT BINARY)"
+_STAGING_TYPES = ("int8", "text", "int8", "float8")
 
 
 class PostgresBackend:
@@ -217,8 +218,10 @@ class PostgresBackend:
                 try:
                     if not inline:
                         await cur.execute("BEGIN")
-                        async with cur.copy("COPY hub_staging (device_id, key, ts, value) FROM STDIN") as copy:
-                            await copy.write(_copy_text(batch.rows))
+                        async with cur.copy(_COPY_STAGING) as copy:
+                            copy.set_types(_STAGING_TYPES)
+                            for row in batch.rows:
+                                await copy.write_row(row)
                     await turn.to_apply()
                     found = await self._apply(cur, batch, self._sql, inline=inline)
                     turn.applied()

@@ -278,8 +278,10 @@ def test_main_query_shapes_use_the_indexes(postgres, engine):
     for interval in (10_000, HOUR):
         query = HistoryQuery(device_id=device_id, keys=("k1",), start=now - HOUR, end=now, agg="AVG", interval=interval)
         shape = plan(*aggregate_statement(query))
-        # TimescaleDB's continuous aggregate is a hypertable indexed on (device_id, bucket), not on its key.
-        index = "pkey" if engine == "postgres" or aggregate_source(interval) == "ingest_reading" else "Index Scan on"
+        # TimescaleDB's continuous aggregate is a hypertable indexed on (device_id, key, bucket), not on a primary key;
+        # its real-time part reads the raw chunks by theirs, and which part a plan keeps depends on the minute the
+        # test runs (the aggregate's watermark): either way, an index.
+        index = "pkey" if engine == "postgres" or aggregate_source(interval) == "ingest_reading" else "Index Scan"
         assert index in shape and "Seq Scan" not in shape, shape
 
 

@@ -175,3 +175,23 @@ _number = st.floats(min_value=-MAX_MAGNITUDE, max_value=MAX_MAGNITUDE, width=64)
 def test_valid_messages_round_trip(values, ts):
     assert parse(orjson.dumps({"ts": ts, "values": values})) == [Reading(ts, k, v) for k, v in values.items()]
     assert parse(orjson.dumps(values)) == [Reading(NOW, k, v) for k, v in values.items()]
+
+
+def test_the_largest_magnitudes_are_accepted_at_the_fast_path_boundary():
+    assert parse(f'{{"a": {MAX_MAGNITUDE!r}, "b": -{MAX_MAGNITUDE!r}, "c": 1.5}}') == [
+        Reading(NOW, "a", MAX_MAGNITUDE),
+        Reading(NOW, "b", -MAX_MAGNITUDE),
+        Reading(NOW, "c", 1.5),
+    ]
+
+
+def test_keys_seen_before_skip_the_pattern_and_refused_keys_never_become_known(monkeypatch):
+    from ingest import parsing
+
+    monkeypatch.setattr(parsing, "_VALID_KEYS", set())
+    monkeypatch.setattr(parsing, "_VALID_KEYS_MAX", 3)
+    for _ in range(2):  # refused every time, not remembered
+        assert refused('{"bad key": 1}').code == ErrorCode.INVALID_KEY
+    assert parse('{"k1": 1, "k2": 2, "k3": 3, "k4": 4, "k1x": 5}')
+    assert sorted(parsing._VALID_KEYS) == ["k1", "k2", "k3"]  # bounded: later keys are checked by the pattern each time
+    assert refused('{"k1": 1, "k 2": 2}').key == "k 2"
