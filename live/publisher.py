@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 def readings_to_wire(readings: list[Reading]) -> list[WireReading]:
     # wire_value inlined: this runs for every reading stored (a reading holds a number or a text).
-    return [[ts, key, text if value is None else value] for ts, key, value, text in readings]
+    return [[ts, key, cast(str, text) if value is None else value] for ts, key, value, text in readings]
 
 
 class Publisher:
