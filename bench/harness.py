@@ -331,6 +331,11 @@ def database_backend_pids(url: str) -> list[int]:
         return [row[0] for row in conn.execute(query)]
 
 
+def timescale_preloaded(admin_url: str = ADMIN_URL) -> bool:
+    with psycopg.connect(admin_url) as conn:
+        return "timescaledb" in str(conn.execute("SHOW shared_preload_libraries").fetchone()[0])
+
+
 @contextmanager
 def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
     """REV's files in a temporary directory (`git archive`) and a scratch database for it.
@@ -338,14 +343,15 @@ def baseline_tree(revision: str, env: dict[str, str], redis_url: str) -> Iterato
     The database is migrated by this tree with HUB_TIMESCALE=off: code from before the TimescaleDB mode
     fails to migrate on a PostgreSQL server that lists timescaledb without preloading it (as this machine's
     does once `make timescaledb` ran). The schema of plain PostgreSQL is the same; a revision whose
-    migrations differ from this tree's would need its own."""
+    migrations differ from this tree's would need its own. On a server that preloads TimescaleDB (`make
+    timescaledb`'s, through HUB_BENCH_ADMIN_URL) both trees get hypertables, so the two compare on one engine."""
     root = Path(tempfile.mkdtemp(prefix="hub-baseline-"))
     name = f"hub_bench_base_{os.getpid()}"
     try:
         archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)  # noqa: S607
         base_env = hub_env(database_create(name), redis_url=redis_url, prefix=f"{env['HUB_CHANNEL_PREFIX']}base")
-        migrate({**base_env, "HUB_TIMESCALE": "off"})
+        migrate({**base_env, "HUB_TIMESCALE": "auto" if timescale_preloaded() else "off"})
         yield root, base_env
     finally:
         database_drop(name)

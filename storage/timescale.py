@@ -215,7 +215,8 @@ def hypertable_create(cursor: CursorWrapper) -> None:
     )
 
 
-# TimescaleDB's continuous aggregates roll up: the writer stores readings and latest values only.
+# TimescaleDB's continuous aggregates roll up: the writer stores readings and latest values only, the rows straight
+# into the hypertable (COPY's multi-insert path); a batch with resends is staged and goes in with ON CONFLICT.
 WRITE = WriteSql(
     rows=f"""
         {INSERT} ON CONFLICT DO NOTHING;
@@ -223,6 +224,7 @@ WRITE = WriteSql(
     """,
     resent=None,
     latest_only=LATEST_AND_SEEN,
+    direct=True,
 )
 
 
