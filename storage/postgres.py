@@ -193,16 +193,23 @@ _DIRECT_RESENT_INLINE = f"ROLLBACK TO SAVEPOINT hub_fast; {_STAGE_INLINE}"
 async def _copy_staged(cur: psycopg.AsyncClientCursor[Any], rows: Sequence[tuple[int, str, int, float]]) -> None:
     async with cur.copy(_COPY_STAGING) as copy:
         copy.set_types(_STAGING_TYPES)
-        for row in rows:
-            await copy.write_row(row)
+        await _copy_rows(copy, rows)
 
 
 async def _copy_direct(cur: psycopg.AsyncClientCursor[Any], rows: Sequence[tuple[int, str, int, float]]) -> None:
     async with cur.copy(_COPY_READINGS) as copy:
         copy.set_types(_STAGING_TYPES)
         # In (device_id, key, ts) order, as everywhere: two hub processes never wait for each other's rows crosswise.
-        for device_id, key, ts, value in sorted(rows):
-            await copy.write_row((device_id, key, (ts - _PG_EPOCH_MS) * 1000, value))
+        await _copy_rows(copy, [(d, k, (ts - _PG_EPOCH_MS) * 1000, v) for d, k, ts, v in sorted(rows)])
+
+
+async def _copy_rows(copy: psycopg.AsyncCopy, rows: Sequence[tuple[int, str, int, float]]) -> None:
+    # The copy's formatter row by row, awaiting only the full buffers it hands back: AsyncCopy.write_row costs a
+    # coroutine per row, 40 % of the loop's time.
+    write_row = copy.formatter.write_row
+    for row in rows:
+        if data := write_row(row):
+            await copy.write(data)
 
 
 class PostgresBackend:

@@ -285,3 +285,37 @@ async def test_backpressure_counts_rows_in_flight(make_device):
     await asyncio.wait_for(asyncio.gather(*futures), 10)
     await asyncio.wait_for(await asyncio.wait_for(blocked, 10), 10)
     await writer.drain()
+
+
+async def test_a_large_batch_goes_in_by_copy_exactly_and_its_resend_stores_nothing_twice(make_device, engine):
+    """Batches larger than the inline bound go in by binary COPY (on TimescaleDB straight into the hypertable, the
+    timestamps sent as PostgreSQL's own microseconds): every value and millisecond comes back as sent, over many of
+    COPY's buffers; sent again whole, the batch takes the resend path and the rollups count each reading once."""
+    devices = [await sync_to_async(make_device)() for _ in range(3)]
+    extremes = [1e300, -1e300, 5e-324, -0.0, 0.1, 2.0**53, 123456.789]
+    sent = {
+        d.id: [
+            R(T0 + 7 * i + j, key, extremes[i % len(extremes)] + j) for i in range(1_000) for j, key in enumerate("ab")
+        ]
+        for d in devices
+    }
+    backend = HookedBackend(inline_rows=0)
+    writer = Writer(backend, config=WriterConfig(flush_interval=0.05, batch_rows=20_000), after_commit=[])
+    writer.start()
+    for _attempt in range(2):
+        futures = [await writer.submit(DeviceIdentity(d.id, d.key), sent[d.id]) for d in devices]
+        await asyncio.wait_for(asyncio.gather(*futures), 30)
+    await writer.drain()
+    assert backend.resends >= 1
+    for d in devices:
+        stored = query(
+            "SELECT key, (extract(epoch FROM ts) * 1000)::bigint, value FROM ingest_reading WHERE device_id = %s"
+            " ORDER BY key, ts",
+            d.id,
+        )
+        assert stored == sorted((r.key, r.ts, r.value) for r in sent[d.id])
+    assert query("SELECT key, value FROM ingest_latestvalue WHERE device_id = %s ORDER BY key", devices[0].id) == [
+        ("a", extremes[999 % len(extremes)]),
+        ("b", extremes[999 % len(extremes)] + 1),
+    ]
+    rollups_equal_raw_rows(*(d.id for d in devices))
