@@ -1,10 +1,11 @@
 """PostgreSQL: every line of the hub's PostgreSQL-specific SQL, for the writer, the read side and retention.
 
-The writer's batches go in with COPY into a per-connection temp table, then one round trip of statements, then
-COMMIT; the minute and hour rollup tables are kept by the same transaction. Where the readings table is a
-TimescaleDB hypertable, the `Extension` (storage/timescale.py) takes over what it does differently: its continuous
-aggregates roll up (so the rows are COPied straight into the hypertable), whole chunks are dropped by retention,
-compression follows the settings.
+The writer's batches go straight into the readings table (binary COPY, or arrays when small), then one round trip of
+statements, then COMMIT; the minute and hour rollup tables are kept by the same transaction, from the batch's minute
+aggregates. A batch holding a resend is staged in a per-connection temp table and stored with ON CONFLICT DO NOTHING.
+Where the readings table is a TimescaleDB hypertable, the `Extension` (storage/timescale.py) takes over what it does
+differently: its continuous aggregates roll up, whole chunks are dropped by retention, compression follows the
+settings.
 
 Writes may overlap (one connection each). The writer orders them with a `Turn`: a batch's statements start only
 after the previous batch's have run, and it commits only after the previous one committed, so overlapping batches
@@ -58,32 +59,39 @@ _PG_STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS hub_staging "
     "(device_id bigint, key text, ts bigint, value float8) ON COMMIT DELETE ROWS"
 )
-_PG_SELECT = """
-    SELECT device_id, key, timestamptz 'epoch' + ts * interval '1 millisecond', value FROM hub_staging
-    ORDER BY device_id, key, ts
-"""
 _ROLLUP_UPSERT = """
     ON CONFLICT (device_id, key, bucket) DO UPDATE
     SET n = r.n + EXCLUDED.n, sum = r.sum + EXCLUDED.sum,
         min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max)
 """
-# Plain PostgreSQL: fold {source}'s rows into the minute rollups, and those minutes into the hour
-# rollups: one aggregation pass, each rollup row touched once per batch. TimescaleDB keeps its own.
-_PG_ROLLUPS = """
+# Plain PostgreSQL (TimescaleDB keeps its own): a batch's minute aggregates, then the minute rollups upserted from
+# them and the hour rollups from those minutes, each rollup row touched once per batch. The minutes come from the
+# hub (`minute_aggregates`: the batch's rows went straight into the readings table), or, for a batch that held a
+# resend, from the rows actually inserted (RETURNING skips conflicts): a resent reading is never counted twice.
+_MINUTES_OF_ARRAYS = """
     minutes AS MATERIALIZED (
-        SELECT device_id, key, date_bin(interval '1 minute', {ts}, timestamptz 'epoch') AS bucket,
+        SELECT device_id, key, timestamptz 'epoch' + b * interval '1 millisecond' AS bucket, n, sum, min, max
+        FROM unnest(%(md)s::bigint[], %(mk)s::text[], %(mb)s::bigint[], %(mn)s::bigint[], %(ms)s::float8[],
+                    %(mi)s::float8[], %(mx)s::float8[]) AS u(device_id, key, b, n, sum, min, max)
+    )
+"""
+_MINUTES_OF_INSERTED = """
+    minutes AS MATERIALIZED (
+        SELECT device_id, key, date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,
                count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
-        FROM {source} GROUP BY 1, 2, 3
-    ),
+        FROM inserted GROUP BY 1, 2, 3
+    )
+"""
+_ROLLUPS_OF_MINUTES = f"""
     minute_rollups AS (
         INSERT INTO ingest_rollup_1m AS r (device_id, key, bucket, n, sum, min, max)
-        SELECT * FROM minutes ORDER BY 1, 2, 3 {upsert}
+        SELECT * FROM minutes ORDER BY 1, 2, 3 {_ROLLUP_UPSERT}
     )
     INSERT INTO ingest_rollup_1h AS r (device_id, key, bucket, n, sum, min, max)
     SELECT device_id, key, date_bin(interval '1 hour', bucket, timestamptz 'epoch'),
            sum(n), sum(sum), min(min), max(max)
-    FROM minutes GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 {upsert}
-"""
+    FROM minutes GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 {_ROLLUP_UPSERT}
+"""  # noqa: S608 - module constants only
 # Latest values, then the devices' last_seen, the order a device's deletion locks them in, so the two
 # cannot deadlock. RETURNING names the devices that still exist: this one lookup per device stands in for
 # the foreign key's lookup per reading (migration 0004).
@@ -107,49 +115,50 @@ LATEST_AND_SEEN = """
     )
     SELECT id FROM seen
 """
-INSERT = f"INSERT INTO ingest_reading (device_id, key, ts, value) {_PG_SELECT}"
-# A small batch goes into hub_staging in the round trip of its statements (arrays), not in a COPY of its own: under
-# load each round trip also waits for the hub's busy event loop, and a COPY is two (issue 26).
-_STAGE_INLINE = (
-    "INSERT INTO hub_staging (device_id, key, ts, value)"
-    " SELECT * FROM unnest(%(rd)s::bigint[], %(rk)s::text[], %(rt)s::bigint[], %(rv)s::float8[]);"
-)
-INLINE_ROWS = 2_000  # up to this many rows a batch is staged inline; more go through COPY
-_ROLLUPS_STAGED = _PG_ROLLUPS.format(
-    ts="timestamptz 'epoch' + ts * interval '1 millisecond'", source="hub_staging", upsert=_ROLLUP_UPSERT
-)
-_ROLLUPS_INSERTED = _PG_ROLLUPS.format(ts="ts", source="inserted", upsert=_ROLLUP_UPSERT)
-# Rows in (device_id, key, ts) order everywhere: two transactions never wait for each other's rows
-# crosswise. A batch without resends goes in with a plain INSERT (about half the time of ON CONFLICT …
-# RETURNING); a unique violation rolls back to the savepoint and the batch takes _PG_APPLY_RESENT.
-_PG_APPLY = f"""
-    SAVEPOINT hub_fast;
-    {INSERT};
-    RELEASE SAVEPOINT hub_fast;
-    WITH {_ROLLUPS_STAGED};
-    {LATEST_AND_SEEN}
+# A batch that held a resend: its rows staged in hub_staging, then in with ON CONFLICT DO NOTHING (rows in (device_id,
+# key, ts) order everywhere: two transactions never wait for each other's rows crosswise).
+INSERT_STAGED = """
+    INSERT INTO ingest_reading (device_id, key, ts, value)
+    SELECT device_id, key, timestamptz 'epoch' + ts * interval '1 millisecond', value FROM hub_staging
+    ORDER BY device_id, key, ts
+    ON CONFLICT DO NOTHING
 """
-# Resends: only the rows actually inserted (RETURNING skips conflicts) are rolled up.
-_PG_APPLY_RESENT = f"""
-    ROLLBACK TO SAVEPOINT hub_fast;
-    WITH inserted AS ({INSERT} ON CONFLICT DO NOTHING RETURNING device_id, key, ts, value), {_ROLLUPS_INSERTED};
-    {LATEST_AND_SEEN}
-"""
+# A small batch travels as four arrays in the round trip of its statements, not in a COPY of its own: under load each
+# round trip also waits for the hub's busy event loop, and a COPY is two (issue 26).
+INLINE_ROWS = 2_000  # up to this many rows a batch goes in inline; more go by COPY
+_ROWS_OF_ARRAYS = "unnest(%(rd)s::bigint[], %(rk)s::text[], %(rt)s::bigint[], %(rv)s::float8[]) AS u(d, k, t, v)"
+_INSERT_INLINE = f"""
+    INSERT INTO ingest_reading (device_id, key, ts, value)
+    SELECT d, k, timestamptz 'epoch' + t * interval '1 millisecond', v FROM {_ROWS_OF_ARRAYS} ORDER BY d, k, t
+"""  # noqa: S608 - module constants only
+_STAGE_INLINE = f"INSERT INTO hub_staging (device_id, key, ts, value) SELECT * FROM {_ROWS_OF_ARRAYS};"  # noqa: S608
+# The rows go straight into the readings table under a savepoint: a plain INSERT or COPY (a hypertable's COPY takes
+# TimescaleDB's multi-insert path), about twice the rows per database core of INSERT … SELECT … ON CONFLICT from a
+# staging table (issue 26). A resend's unique violation rolls back to the savepoint and the batch takes `resent`.
+_DIRECT_INLINE = f"BEGIN; SAVEPOINT hub_fast; {_INSERT_INLINE}; RELEASE SAVEPOINT hub_fast;"
+_RESENT_INLINE = f"ROLLBACK TO SAVEPOINT hub_fast; {_STAGE_INLINE}"
 
 
 @dataclass(frozen=True, slots=True)
 class WriteSql:
-    """The statements of one batch, after its rows are copied into hub_staging (one round trip each)."""
+    """An engine's statements for a batch (one round trip each)."""
 
-    rows: str  # a batch with numeric rows
-    resent: str | None  # the same batch after `rows` hit a resend's unique violation (None: `rows` takes resends)
+    after_rows: str  # once the rows are in the readings table
+    resent: str  # a batch that held a resend, once its rows are staged in hub_staging
     latest_only: str  # a batch of text values only
-    # Rows go straight into the readings table under a savepoint, where nothing else reads them (TimescaleDB: its
-    # continuous aggregates roll up); only a resend's unique violation stages them and takes `rows`.
-    direct: bool = False
+    minutes: bool = False  # `after_rows` takes the batch's minute aggregates (plain PostgreSQL's rollups)
 
 
-PLAIN = WriteSql(rows=_PG_APPLY, resent=_PG_APPLY_RESENT, latest_only=LATEST_AND_SEEN)
+PLAIN = WriteSql(
+    after_rows=f"WITH {_MINUTES_OF_ARRAYS}, {_ROLLUPS_OF_MINUTES}; {LATEST_AND_SEEN}",
+    resent=f"""
+        WITH inserted AS ({INSERT_STAGED} RETURNING device_id, key, ts, value),
+        {_MINUTES_OF_INSERTED}, {_ROLLUPS_OF_MINUTES};
+        {LATEST_AND_SEEN}
+    """,
+    latest_only=LATEST_AND_SEEN,
+    minutes=True,
+)
 
 
 class Extension(Protocol):
@@ -174,20 +183,10 @@ class Extension(Protocol):
 # than its 8 bytes), hub and server together (issue 26).
 _COPY_STAGING = "COPY hub_staging (device_id, key, ts, value) FROM STDIN (FORMAT BINARY)"
 _STAGING_TYPES = ("int8", "text", "int8", "float8")
-# Straight into the readings table (WriteSql.direct): COPY into a hypertable takes TimescaleDB's multi-insert path,
-# about twice the rows per database core of INSERT … SELECT … ON CONFLICT from hub_staging (issue 26). timestamptz's
-# binary form is an int64 of microseconds since 2000-01-01 (PostgreSQL's timestamptz_recv): the hub sends that
-# integer as an int8 instead of building a datetime per row.
+# The readings table's timestamptz in its binary form, an int64 of microseconds since 2000-01-01 (PostgreSQL's
+# timestamptz_recv): the hub sends that integer as an int8 instead of building a datetime per row.
 _COPY_READINGS = "COPY ingest_reading (device_id, key, ts, value) FROM STDIN (FORMAT BINARY)"
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-_INSERT_INLINE = """
-    INSERT INTO ingest_reading (device_id, key, ts, value)
-    SELECT d, k, timestamptz 'epoch' + t * interval '1 millisecond', v
-    FROM unnest(%(rd)s::bigint[], %(rk)s::text[], %(rt)s::bigint[], %(rv)s::float8[]) AS u(d, k, t, v)
-    ORDER BY d, k, t
-"""
-_DIRECT_INLINE = f"BEGIN; SAVEPOINT hub_fast; {_INSERT_INLINE}; RELEASE SAVEPOINT hub_fast;"
-_DIRECT_RESENT_INLINE = f"ROLLBACK TO SAVEPOINT hub_fast; {_STAGE_INLINE}"
 
 
 async def _copy_staged(cur: psycopg.AsyncClientCursor[Any], rows: Sequence[tuple[int, str, int, float]]) -> None:
@@ -213,13 +212,12 @@ async def _copy_rows(copy: psycopg.AsyncCopy, rows: Sequence[tuple[int, str, int
 
 
 class PostgresBackend:
-    """Rows into a per-connection temp table, then one round trip of statements, then COMMIT.
+    """A batch's rows straight into the readings table, its rollups, latest values and devices in one round trip
+    of statements, then COMMIT.
 
-    A large batch is COPied in first (no turn needed, so it overlaps the previous write); a small one is staged by
-    the statements' own round trip, which also begins the transaction. Where nothing reads the staged rows
-    (`WriteSql.direct`: TimescaleDB) they go straight into the readings table instead, after the previous write's
-    statements ran. The statements run in one round trip, so a
-    write waits for the event loop (busy parsing in a loaded hub) once, not once per statement.
+    Rows go in after the previous write's statements ran (a `Turn`): a small batch as arrays in the statements' own
+    round trip, which also begins the transaction; a large one by binary COPY first. The statements run in one
+    round trip, so a write waits for the event loop (busy parsing in a loaded hub) once, not once per statement.
     """
 
     def __init__(
@@ -256,17 +254,9 @@ class PostgresBackend:
                 if self._sql is None:
                     self._sql = self._extension.write if await self._extension.active(conn) else PLAIN
                 cur = psycopg.AsyncClientCursor(conn)  # several statements with parameters in one round trip
-                inline = len(batch.rows) <= self._inline_rows
                 try:
-                    if self._sql.direct and batch.rows:
-                        await turn.to_apply()  # the rows go into the readings table: after the previous write's
-                        found = await self._apply_direct(cur, batch, self._sql, inline=inline)
-                    else:
-                        if not inline:
-                            await cur.execute("BEGIN")
-                            await _copy_staged(cur, batch.rows)
-                        await turn.to_apply()
-                        found = await self._apply(cur, batch, self._sql, inline=inline)
+                    await turn.to_apply()
+                    found = await self._apply(cur, batch, self._sql)
                     turn.applied()
                     if missing := set(batch.device_ids) - found:
                         raise DevicesGone(missing)
@@ -278,47 +268,31 @@ class PostgresBackend:
         finally:
             turn.applied()
 
-    async def _apply(
-        self, cur: psycopg.AsyncClientCursor[Any], batch: Batch, sql: WriteSql, *, inline: bool
-    ) -> set[int]:
+    async def _apply(self, cur: psycopg.AsyncClientCursor[Any], batch: Batch, sql: WriteSql) -> set[int]:
+        """The rows under a savepoint, then the statements; a resend's unique violation takes `sql.resent`."""
         params = _latest_params(batch)
-        statements = sql.rows if batch.rows else sql.latest_only
-        if batch.rows and inline:
-            params |= _row_params(batch)
-            statements = _STAGE_INLINE + statements  # before the savepoint: a resend's rollback keeps the staged rows
-        if inline:  # the transaction begins in this round trip (a COPY began it in a round trip of its own)
-            statements = "BEGIN;" + statements
-        if not batch.rows or sql.resent is None:
-            await cur.execute(statements, params)
-        else:
-            try:
-                await cur.execute(statements, params)
-            except psycopg.errors.UniqueViolation:
-                self.resends += 1
-                await cur.execute(sql.resent, params)
-        return await _devices_found(cur)
-
-    async def _apply_direct(
-        self, cur: psycopg.AsyncClientCursor[Any], batch: Batch, sql: WriteSql, *, inline: bool
-    ) -> set[int]:
-        """The rows straight into the readings table, then the latest values; a resend stages them and takes `rows`."""
-        params = _latest_params(batch)
+        if not batch.rows:
+            await cur.execute("BEGIN;" + sql.latest_only, params)
+            return await _devices_found(cur)
+        if sql.minutes:
+            params |= minute_aggregates(batch.rows)
+        inline = len(batch.rows) <= self._inline_rows
         try:
             if inline:
                 params |= _row_params(batch)
-                await cur.execute(_DIRECT_INLINE + sql.latest_only, params)
+                await cur.execute(_DIRECT_INLINE + sql.after_rows, params)
             else:
                 await cur.execute("BEGIN; SAVEPOINT hub_fast")
                 await _copy_direct(cur, batch.rows)
-                await cur.execute("RELEASE SAVEPOINT hub_fast;" + sql.latest_only, params)
+                await cur.execute("RELEASE SAVEPOINT hub_fast;" + sql.after_rows, params)
         except psycopg.errors.UniqueViolation:
             self.resends += 1
             if inline:
-                await cur.execute(_DIRECT_RESENT_INLINE + sql.rows, params)
+                await cur.execute(_RESENT_INLINE + sql.resent, params)
             else:
                 await cur.execute("ROLLBACK TO SAVEPOINT hub_fast")
                 await _copy_staged(cur, batch.rows)
-                await cur.execute(sql.rows, params)
+                await cur.execute(sql.resent, params)
         return await _devices_found(cur)
 
     async def close(self) -> None:
@@ -344,6 +318,35 @@ def _latest_params(batch: Batch) -> dict[str, object]:
         "x": [r.text for r in latest],
         "seen": batch.seen_at,
         "ids": list(batch.device_ids),
+    }
+
+
+def minute_aggregates(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, list[Any]]:
+    """Count, sum, min and max of the rows per (device, key, minute), as the arrays of _MINUTES_OF_ARRAYS.
+
+    Summed in (device, key, ts) order, the order the rows are stored in: the same float sums as SQL's over them."""
+    minutes: dict[tuple[int, str, int], list[Any]] = {}
+    for device_id, key, ts, value in sorted(rows):
+        bucket = (device_id, key, ts - ts % 60_000)
+        aggregate = minutes.get(bucket)
+        if aggregate is None:
+            minutes[bucket] = [1, value, value, value]
+        else:
+            aggregate[0] += 1
+            aggregate[1] += value
+            if value < aggregate[2]:
+                aggregate[2] = value
+            elif value > aggregate[3]:
+                aggregate[3] = value
+    buckets, aggregates = list(minutes), list(minutes.values())
+    return {
+        "md": [b[0] for b in buckets],
+        "mk": [b[1] for b in buckets],
+        "mb": [b[2] for b in buckets],
+        "mn": [a[0] for a in aggregates],
+        "ms": [a[1] for a in aggregates],
+        "mi": [a[2] for a in aggregates],
+        "mx": [a[3] for a in aggregates],
     }
 
 

@@ -18,7 +18,7 @@ from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.backends.utils import CursorWrapper
 
 from storage.engine import RAW, ROLLUPS
-from storage.postgres import INSERT, LATEST_AND_SEEN, WriteSql
+from storage.postgres import INSERT_STAGED, LATEST_AND_SEEN, WriteSql
 
 logger = logging.getLogger(__name__)
 
@@ -215,16 +215,11 @@ def hypertable_create(cursor: CursorWrapper) -> None:
     )
 
 
-# TimescaleDB's continuous aggregates roll up: the writer stores readings and latest values only, the rows straight
-# into the hypertable (COPY's multi-insert path); a batch with resends is staged and goes in with ON CONFLICT.
+# TimescaleDB's continuous aggregates roll up: the writer stores readings and latest values only.
 WRITE = WriteSql(
-    rows=f"""
-        {INSERT} ON CONFLICT DO NOTHING;
-        {LATEST_AND_SEEN}
-    """,
-    resent=None,
+    after_rows=LATEST_AND_SEEN,
+    resent=f"{INSERT_STAGED}; {LATEST_AND_SEEN}",
     latest_only=LATEST_AND_SEEN,
-    direct=True,
 )
 
 
