@@ -59,6 +59,9 @@ class TimedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # the WebSocket protocol bounds its own handshake
         super().handle_websocket_upgrade()
+        # This protocol is done: its parser refers back to it, a cycle that would keep it and its request's headers
+        # (1.6 KiB) until the collector's next pass, which on a hub of quiet sockets comes rarely (issue 26).
+        del self.parser
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -113,7 +116,7 @@ class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, closing a connection whose handshake is not over within the header timeout, and
     holding less while a socket is quiet (issue 26; bench/socket_memory.py): its event queue and write flag allocate
     nothing while empty (asyncio.Queue keeps four deques and an Event: 4 KiB of every socket), and the handshake's
-    request, response and deadline go once it is accepted (their headers: another 3 KiB).
+    request headers, response and deadline go once it is accepted (another 3 KiB).
 
     It also offers the application `write_frame` (the FRAME_EXTENSION of its scope): a message framed once for
     thousands of dashboard streams is written as it is, not encoded and framed again per socket."""
@@ -138,7 +141,10 @@ class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             self._handshake_deadline.cancel()
-            self.request = self.response = None  # type: ignore[assignment]  # read only before the accept
+            # Read only before the accept. The request stays referenced by websockets' parser (a local of the
+            # generator that goes on parsing frames): its headers are emptied in place.
+            self.request.headers.clear()
+            self.request = self.response = None  # type: ignore[assignment]
 
     def _timed_out(self) -> None:
         if not self.handshake_complete and not self.transport.is_closing():

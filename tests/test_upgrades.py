@@ -2,17 +2,24 @@
 internals the hub relies on"): an upgrade that changes any of it fails here, by name, before it misbehaves."""
 
 import ast
+import asyncio
+import gc
 import inspect
 import textwrap
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
+from websockets.http11 import Request
 
+from clients.device import DeviceClient
+from core.epoch import now_ms
+from hub.protocols import TimedHttpProtocol, TimedWebSocketProtocol
 from live.streams import BoundedStreamConsumer
 
 
@@ -125,3 +132,32 @@ def _methods_mentioning(cls, text: str) -> set[str]:
         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
         and any(ast.unparse(x) == text for x in ast.walk(n) if isinstance(x, ast.Attribute))
     }
+
+
+@pytest.mark.usefixtures("postgres", "redis")
+async def test_an_accepted_device_socket_keeps_nothing_of_its_handshake(live_hub, make_device):
+    """Once a device socket is accepted, the HTTP protocol that upgraded it is gone without a collector pass, and
+    neither the WebSocket protocol, websockets' parser nor the scope keep the handshake's headers; the socket
+    still acks (issue 26: what a quiet socket holds)."""
+    device = await sync_to_async(make_device)()
+    gc.collect()
+    gc.disable()  # what is gone is gone by reference counting, not by a pass that may come much later
+    try:
+        async with DeviceClient.connect(live_hub.ws, device.token) as client:
+            await client.send(f'{{"ts": {now_ms()}, "values": {{"t": 1}}}}')
+            async with asyncio.timeout(10):
+                await client.all_acked()
+            objects = gc.get_objects()
+            assert not [o for o in objects if isinstance(o, TimedHttpProtocol)]
+            (protocol,) = [o for o in objects if isinstance(o, TimedWebSocketProtocol)]
+            assert protocol.request is None and protocol.response is None
+            assert protocol.scope["headers"] == []
+            request = protocol.conn.parser.gi_frame.f_locals["request"]  # websockets' parser keeps it: emptied
+            assert isinstance(request, Request) and len(request.headers) == 0
+            del objects, protocol, request
+            await client.send(f'{{"ts": {now_ms()}, "values": {{"t": 2}}}}')
+            async with asyncio.timeout(10):
+                await client.all_acked()
+            assert client.acked_upto == 2 and not client.errors
+    finally:
+        gc.enable()

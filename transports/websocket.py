@@ -71,6 +71,9 @@ class DeviceSocket:
         inflight = transports.config.max_inflight_frames
         self.acks = AckSequencer(self._send_json, self._on_commit_failure, max_inflight=inflight)
         await self._send({"type": "websocket.accept"})
+        # Nothing reads a device socket's headers after its handshake: the list the server and every router's
+        # copy of the scope share is emptied, not kept for the socket's life (1.3 KiB per quiet device, issue 26).
+        scope["headers"].clear()
         metrics.CONNECTED_DEVICES.labels("ws").inc()
         self.sockets.opened(device.token_hash, self._revoked)
         self.control = SocketControl(runtime_in(scope).control, device, self._send_json)
