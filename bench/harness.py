@@ -33,6 +33,16 @@ if str(ROOT) not in sys.path:
 
 from testkit.process import HubExited, HubProcess, free_port  # noqa: E402 - needs the root on sys.path
 
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# `timeout 600 bench/…` ends a bench with SIGTERM, which by default kills it before any `finally`: the hubs it
+# started (one traced by tracemalloc spun at a full core for 20 minutes) outlived it and loaded every later run.
+# As SystemExit, the benches' `finally` blocks stop their hubs and drop their scratch databases.
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
 ADMIN_URL = os.environ.get("HUB_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Wide when piped (to a file, `make bench | tee`): tables stay one line per row.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
