@@ -5,17 +5,16 @@ A message is accepted or rejected as a whole. Rules and their rationale: docs/pa
 """
 
 import math
-import re
+import string
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 
-_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-# Keys repeat in every message of a device: a set lookup instead of a regex match per reading. Bounded (a device
-# cycling through made-up keys is refused by its key budget, but the parser runs before that budget).
-_VALID_KEYS: set[str] = set()
-_VALID_KEYS_MAX = 100_000
+# A key is 1-64 of these. Checked with str.strip (what is left once they are stripped from both ends must be
+# nothing): a loop in C, a quarter of a regex match's time, and this runs for every reading.
+_KEY_CHARS = string.ascii_letters + string.digits + "_.-"
+_KEY_MAX = 64
 _MAX_EXACT_INT = 2**53  # beyond this a double no longer holds every integer
 _SECONDS_FLOOR = 10**9  # 2001-09-09 in seconds: from here up, a small ts is a seconds timestamp
 _SECONDS_CEILING = 10**11  # ms timestamps below this are before 1973: almost surely seconds
@@ -129,8 +128,13 @@ def _parse_object(obj: dict[str, Any], out: list[Reading], *, now_ms: int, limit
     for key, raw in values.items():
         if raw is None:
             continue  # ThingsBoard skips nulls
-        if key not in _VALID_KEYS:
-            _check_key(key, index)
+        if not 0 < len(key) <= _KEY_MAX or key.strip(_KEY_CHARS):
+            raise IngestError(
+                ErrorCode.INVALID_KEY,
+                "keys are 1-64 characters of letters, digits, '_', '.' and '-'",
+                index=index,
+                key=key[:80],
+            )
         # The common case first, in one comparison: a finite float within range (NaN fails every comparison).
         if type(raw) is float and -MAX_MAGNITUDE <= raw <= MAX_MAGNITUDE:
             out.append(Reading(ts, key, raw))
@@ -142,18 +146,6 @@ def _parse_object(obj: dict[str, Any], out: list[Reading], *, now_ms: int, limit
                 f"more than {limits.max_readings} readings in one message",
                 index=index,
             )
-
-
-def _check_key(key: str, index: int | None) -> None:
-    if not _KEY.fullmatch(key):
-        raise IngestError(
-            ErrorCode.INVALID_KEY,
-            "keys are 1-64 characters of letters, digits, '_', '.' and '-'",
-            index=index,
-            key=key[:80],
-        )
-    if len(_VALID_KEYS) < _VALID_KEYS_MAX:
-        _VALID_KEYS.add(key)
 
 
 def _reading(ts: int, key: str, raw: Any, *, index: int | None) -> Reading:
