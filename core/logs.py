@@ -6,9 +6,9 @@ that: `extra` attributes such as Django's request, and tracebacks).
 """
 
 import logging
+import random
 import re
 import time
-import uuid
 from contextvars import ContextVar
 
 # ThingsBoard puts a device's token in the path: /api/v1/<TOKEN>/telemetry, /attributes, /rpc, ... So the first
@@ -100,7 +100,9 @@ def request_id_from(header: str | None) -> str:
     """The caller's X-Request-ID when it is sane, else a new random one."""
     if header and _VALID_REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    # 128 random bits from the process's generator, not uuid4's os.urandom: a request id names a request in the
+    # logs, it guards nothing, and the system call was 3 % of the event loop at 3,000 device posts a second.
+    return f"{random.getrandbits(128):032x}"  # noqa: S311
 
 
 class ThrottledLog:

@@ -2,12 +2,13 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import httpx
 from asgiref.sync import sync_to_async
 
-from core.logs import ThrottledLog
+from core.logs import ThrottledLog, request_id_from
 from tests.conftest import free_port
 from tests.waiting import eventually
 
@@ -124,3 +125,9 @@ def test_a_recurring_warning_is_logged_once_per_interval_with_a_count(caplog):
     throttled._next = 0.0  # the interval has passed
     throttled.warning("redis down (%d)", 5)
     assert caplog.records[-1].getMessage() == "redis down (5) (and 4 more like it in the last 60 s)"
+
+
+def test_a_request_without_a_sane_id_gets_a_new_random_one():
+    assert request_id_from("trace-42") == "trace-42"
+    made = {request_id_from(header) for header in (None, "", "bad id", "x" * 65, "a\nb") for _ in range(20)}
+    assert len(made) == 100 and all(re.fullmatch("[0-9a-f]{32}", rid) for rid in made)
