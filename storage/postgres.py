@@ -196,10 +196,10 @@ async def _copy_staged(cur: psycopg.AsyncClientCursor[Any], rows: Sequence[tuple
 
 
 async def _copy_direct(cur: psycopg.AsyncClientCursor[Any], rows: Sequence[tuple[int, str, int, float]]) -> None:
+    """`rows`, sorted, into the readings table."""
     async with cur.copy(_COPY_READINGS) as copy:
         copy.set_types(_STAGING_TYPES)
-        # In (device_id, key, ts) order, as everywhere: two hub processes never wait for each other's rows crosswise.
-        await _copy_rows(copy, [(d, k, (ts - _PG_EPOCH_MS) * 1000, v) for d, k, ts, v in sorted(rows)])
+        await _copy_rows(copy, [(d, k, (ts - _PG_EPOCH_MS) * 1000, v) for d, k, ts, v in rows])
 
 
 async def _copy_rows(copy: psycopg.AsyncCopy, rows: Sequence[tuple[int, str, int, float]]) -> None:
@@ -274,16 +274,19 @@ class PostgresBackend:
         if not batch.rows:
             await cur.execute("BEGIN;" + sql.latest_only, params)
             return await _devices_found(cur)
+        # In (device_id, key, ts) order, as everywhere: two hub processes never wait for each other's rows crosswise,
+        # and the minutes are summed in the order the rows are stored.
+        rows = sorted(batch.rows)
         if sql.minutes:
-            params |= minute_aggregates(batch.rows)
-        inline = len(batch.rows) <= self._inline_rows
+            params |= minute_aggregates(rows)
+        inline = len(rows) <= self._inline_rows
         try:
             if inline:
-                params |= _row_params(batch)
+                params |= _row_params(rows)
                 await cur.execute(_DIRECT_INLINE + sql.after_rows, params)
             else:
                 await cur.execute("BEGIN; SAVEPOINT hub_fast")
-                await _copy_direct(cur, batch.rows)
+                await _copy_direct(cur, rows)
                 await cur.execute("RELEASE SAVEPOINT hub_fast;" + sql.after_rows, params)
         except psycopg.errors.UniqueViolation:
             self.resends += 1
@@ -291,7 +294,7 @@ class PostgresBackend:
                 await cur.execute(_RESENT_INLINE + sql.resent, params)
             else:
                 await cur.execute("ROLLBACK TO SAVEPOINT hub_fast")
-                await _copy_staged(cur, batch.rows)
+                await _copy_staged(cur, rows)
                 await cur.execute(sql.resent, params)
         return await _devices_found(cur)
 
@@ -322,11 +325,11 @@ def _latest_params(batch: Batch) -> dict[str, object]:
 
 
 def minute_aggregates(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, list[Any]]:
-    """Count, sum, min and max of the rows per (device, key, minute), as the arrays of _MINUTES_OF_ARRAYS.
+    """Count, sum, min and max of `rows` per (device, key, minute), as the arrays of _MINUTES_OF_ARRAYS.
 
-    Summed in (device, key, ts) order, the order the rows are stored in: the same float sums as SQL's over them."""
+    `rows` come sorted, in the order they are stored: the same float sums as SQL's over them."""
     minutes: dict[tuple[int, str, int], list[Any]] = {}
-    for device_id, key, ts, value in sorted(rows):
+    for device_id, key, ts, value in rows:
         bucket = (device_id, key, ts - ts % 60_000)
         aggregate = minutes.get(bucket)
         if aggregate is None:
@@ -350,9 +353,9 @@ def minute_aggregates(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, 
     }
 
 
-def _row_params(batch: Batch) -> dict[str, object]:
+def _row_params(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, object]:
     """The rows as four arrays (a small batch goes in with its statements)."""
-    columns = list(zip(*batch.rows, strict=True))
+    columns = list(zip(*rows, strict=True))
     return {"rd": list(columns[0]), "rk": list(columns[1]), "rt": list(columns[2]), "rv": list(columns[3])}
 
 
