@@ -141,11 +141,11 @@ _RESENT_INLINE = f"ROLLBACK TO SAVEPOINT hub_fast; {_STAGE_INLINE}"
 
 @dataclass(frozen=True, slots=True)
 class WriteSql:
-    """An engine's statements for a batch (one round trip each)."""
+    """An engine's statements for a batch with numeric rows (one round trip each); a batch of text values only takes
+    LATEST_AND_SEEN on every engine."""
 
     after_rows: str  # once the rows are in the readings table
     resent: str  # a batch that held a resend, once its rows are staged in hub_staging
-    latest_only: str  # a batch of text values only
     minutes: bool = False  # `after_rows` takes the batch's minute aggregates (plain PostgreSQL's rollups)
 
 
@@ -156,7 +156,6 @@ PLAIN = WriteSql(
         {_MINUTES_OF_INSERTED}, {_ROLLUPS_OF_MINUTES};
         {LATEST_AND_SEEN}
     """,
-    latest_only=LATEST_AND_SEEN,
     minutes=True,
 )
 
@@ -272,7 +271,7 @@ class PostgresBackend:
         """The rows under a savepoint, then the statements; a resend's unique violation takes `sql.resent`."""
         params = _latest_params(batch)
         if not batch.rows:
-            await cur.execute("BEGIN;" + sql.latest_only, params)
+            await cur.execute("BEGIN;" + LATEST_AND_SEEN, params)
             return await _devices_found(cur)
         # In (device_id, key, ts) order, as everywhere: two hub processes never wait for each other's rows crosswise,
         # and the minutes are summed in the order the rows are stored.

@@ -219,7 +219,6 @@ def hypertable_create(cursor: CursorWrapper) -> None:
 WRITE = WriteSql(
     after_rows=LATEST_AND_SEEN,
     resent=f"{INSERT_STAGED}; {LATEST_AND_SEEN}",
-    latest_only=LATEST_AND_SEEN,
 )
 
 
