@@ -8,11 +8,10 @@ from accounts.scopes import scope_of, scoped
 from alerts.destinations import webhook_url_problem
 from alerts.evaluation import RuleSpec
 from alerts.models import AlertRule, Condition, Kind
+from core.keys import is_key
 from devices.labels import devices_labelled, labels_parse
 from devices.models import Device
 from storage.models import LatestValue
-
-_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def rule_problems(rule: AlertRule) -> dict[str, str]:
@@ -33,7 +32,7 @@ def rule_problems(rule: AlertRule) -> dict[str, str]:
         if rule.no_data_seconds <= 0:
             problems["no_data_seconds"] = "an offline rule needs the silence (seconds) after which it fires"
         return problems
-    if not _KEY.fullmatch(rule.key or ""):
+    if not is_key(rule.key or ""):
         problems["key"] = "a reading key: 1-64 letters, digits, '_', '.', '-'"
     elif not _key_reported(rule):
         problems["key"] = f"no device in this rule's scope has reported the key {rule.key!r}"

@@ -3,7 +3,6 @@
 Values are any JSON (a number, text, a boolean, an object, a list); keys follow the telemetry key grammar. A
 device keeps at most HUB_ATTRIBUTES_MAX_PER_SCOPE of each scope, each value at most HUB_ATTRIBUTE_MAX_BYTES."""
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -14,9 +13,9 @@ from django.utils import timezone
 
 from control.models import Attribute
 from control.refusals import ControlRefused
+from core.keys import is_key
 
 Scope = Attribute.Scope
-_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class AttributesRefused(ControlRefused):
@@ -43,7 +42,7 @@ def attributes_checked(values: object) -> dict[str, object]:
         raise AttributesRefused("body", 'send a JSON object of attributes, e.g. {"firmware": "1.2.0"}')
     limit = settings.HUB_ATTRIBUTE_MAX_BYTES
     for key, value in values.items():
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not isinstance(key, str) or not is_key(key):
             raise AttributesRefused(str(key)[:64], "a key is 1-64 letters, digits, '_', '.' or '-'")
         if len(orjson.dumps(value)) > limit:
             raise AttributesRefused(key, f"a value is at most {limit} bytes of JSON")
@@ -52,7 +51,7 @@ def attributes_checked(values: object) -> dict[str, object]:
 
 def keys_checked(keys: Iterable[str]) -> list[str]:
     found = [key for key in keys if key]
-    if bad := next((key for key in found if not _KEY.fullmatch(key)), None):
+    if bad := next((key for key in found if not is_key(key)), None):
         raise AttributesRefused(bad[:64], "a key is 1-64 letters, digits, '_', '.' or '-'")
     return found
 
