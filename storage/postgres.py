@@ -14,7 +14,7 @@ behave as if written one after the other.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -310,20 +310,44 @@ class PostgresBackend:
         return isinstance(exc, psycopg.DataError | UnicodeError)
 
 
+# A flush's arrays go as PostgreSQL array literals built by str.join (a loop in C): psycopg's client-side binding
+# quotes a list element by element in Python, 0.82 ms of a 64-row flush's sixteen arrays against 0.26 ms (issue 26).
+def int_array(values: Iterable[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def float_array(values: Sequence[float | None]) -> str:
+    """repr() is a float's shortest exact form: PostgreSQL reads back the same double."""
+    if None in values:
+        return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
+    return "{" + ",".join(map(repr, values)) + "}"
+
+
+def text_array(values: Sequence[str]) -> str:
+    """Every element quoted (a key may be spelled NULL); the key grammar (core/keys.py) has no quote or backslash,
+    so these are escaped only when some other caller's text holds one."""
+    if not values:
+        return "{}"
+    joined = '","'.join(values)
+    if "\\" in joined or joined.count('"') != 2 * (len(values) - 1):
+        joined = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return '{"' + joined + '"}'
+
+
 def _latest_params(batch: Batch) -> dict[str, object]:
     latest = batch.latest
     return {
-        "d": [r.device_id for r in latest],
-        "k": [r.key for r in latest],
-        "t": [r.ts for r in latest],
-        "v": [r.value for r in latest],
+        "d": int_array([r.device_id for r in latest]),
+        "k": text_array([r.key for r in latest]),
+        "t": int_array([r.ts for r in latest]),
+        "v": float_array([r.value for r in latest]),
         "x": [r.text for r in latest],
         "seen": batch.seen_at,
-        "ids": list(batch.device_ids),
+        "ids": int_array(batch.device_ids),
     }
 
 
-def minute_aggregates(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, list[Any]]:
+def minute_aggregates(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, str]:
     """Count, sum, min and max of `rows` per (device, key, minute), as the arrays of _MINUTES_OF_ARRAYS.
 
     `rows` come sorted, in the order they are stored: the same float sums as SQL's over them."""
@@ -342,20 +366,20 @@ def minute_aggregates(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, 
                 aggregate[3] = value
     buckets, aggregates = list(minutes), list(minutes.values())
     return {
-        "md": [b[0] for b in buckets],
-        "mk": [b[1] for b in buckets],
-        "mb": [b[2] for b in buckets],
-        "mn": [a[0] for a in aggregates],
-        "ms": [a[1] for a in aggregates],
-        "mi": [a[2] for a in aggregates],
-        "mx": [a[3] for a in aggregates],
+        "md": int_array([b[0] for b in buckets]),
+        "mk": text_array([b[1] for b in buckets]),
+        "mb": int_array([b[2] for b in buckets]),
+        "mn": int_array([a[0] for a in aggregates]),
+        "ms": float_array([a[1] for a in aggregates]),
+        "mi": float_array([a[2] for a in aggregates]),
+        "mx": float_array([a[3] for a in aggregates]),
     }
 
 
 def _row_params(rows: Sequence[tuple[int, str, int, float]]) -> dict[str, object]:
     """The rows as four arrays (a small batch goes in with its statements)."""
-    columns = list(zip(*rows, strict=True))
-    return {"rd": list(columns[0]), "rk": list(columns[1]), "rt": list(columns[2]), "rv": list(columns[3])}
+    devices, keys, stamps, values = zip(*rows, strict=True)
+    return {"rd": int_array(devices), "rk": text_array(keys), "rt": int_array(stamps), "rv": float_array(values)}
 
 
 async def _devices_found(cur: psycopg.AsyncClientCursor[Any]) -> set[int]:
