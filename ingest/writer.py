@@ -72,6 +72,7 @@ class _Flush:
 
     taken: list[_Pending]
     previous: "_Flush | None"
+    wake: asyncio.Event  # the writer's: set when this flush's statements have run (the next batch may go) or it ends
     _applied: asyncio.Event = field(default_factory=asyncio.Event)
     _committed: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     done: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or failed for good
@@ -82,6 +83,11 @@ class _Flush:
 
     def applied(self) -> None:
         self._applied.set()
+        self.wake.set()
+
+    @property
+    def applying(self) -> bool:
+        return not self._applied.is_set()
 
     async def to_commit(self) -> None:
         if self.previous is not None and not await asyncio.shield(self.previous._committed):
@@ -89,7 +95,7 @@ class _Flush:
 
     def attempted(self, committed: bool) -> None:
         """The overlapped attempt is over: committed, or rolled back (then it is retried alone)."""
-        self._applied.set()
+        self.applied()
         if not self._committed.done():
             self._committed.set_result(committed)
 
@@ -101,8 +107,10 @@ class _Flush:
 @dataclass(frozen=True, slots=True)
 class WriterConfig:
     flush_interval: float = 0.020
-    # An idle writer (no flush in flight) flushes what arrives at once: a lone request waits for one commit, not
-    # for flush_interval too; under load the next batch gathers while the previous flush runs (group commit).
+    # An idle writer flushes what arrives at once: a lone request waits for one commit, not for flush_interval too.
+    # Idle means no flush is running its statements: the next batch is taken as the previous one waits for its
+    # COMMIT's WAL flush, so the two overlap (issue 26: HTTP posts waited a whole commit more for their batch);
+    # under load the next batch gathers while the previous flush's statements run (group commit).
     flush_when_idle: bool = True
     batch_rows: int = 20_000
     max_pending_rows: int = 200_000
@@ -125,7 +133,7 @@ class Writer:
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._flush_ended = asyncio.Event()  # set as each flush ends (the batch waiting behind it may go)
+        self._flush_ended = asyncio.Event()  # set as a flush's statements have run and as it ends (the next may go)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
@@ -168,14 +176,14 @@ class Writer:
                 self._slots.release()
                 self._arrived.clear()
                 continue
-            flush = self._last = _Flush(self._take(), self._last)
+            flush = self._last = _Flush(self._take(), self._last, self._flush_ended)
             self._flushes[flush] = self.loop.create_task(self._flush(flush), name="hub-flush")
 
     async def _wait_for_batch(self) -> None:
-        # Flush when no flush is in flight (flush_when_idle), the oldest queued message is flush_interval old, or
-        # batch_rows are waiting.
+        # Flush when no flush is running its statements (flush_when_idle), the oldest queued message is
+        # flush_interval old, or batch_rows are waiting.
         while self._queue and not self._closing and self._queued_rows < self._config.batch_rows:
-            if self._config.flush_when_idle and not self._flushes:
+            if self._config.flush_when_idle and (self._last is None or not self._last.applying):
                 return
             remaining = self._queue[0].queued_at + self._config.flush_interval - time.monotonic()
             if remaining <= 0:

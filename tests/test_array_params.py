@@ -5,9 +5,9 @@ import math
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import make_conninfo
 
 from storage.postgres import float_array, int_array, text_array
 

@@ -319,3 +319,26 @@ async def test_a_large_batch_goes_in_by_copy_exactly_and_its_resend_stores_nothi
         ("b", extremes[999 % len(extremes)] + 1),
     ]
     rollups_equal_raw_rows(*(d.id for d in devices))
+
+
+async def test_the_next_batch_goes_in_while_the_previous_one_waits_for_its_commit(make_device):
+    """Group commit without waiting out the flush interval: once a flush's statements have run and it waits for its
+    COMMIT, what arrived meanwhile is flushed at once, its statements overlapping that commit (a post waits for about
+    one commit, not two)."""
+    device = await sync_to_async(make_device)()
+    ident = DeviceIdentity(device.id, device.key)
+    first_may_commit = Gate()
+    backend = HookedBackend(lambda n: Hooks(before_commit=first_may_commit.wait) if n == 1 else Hooks())
+    writer = Writer(backend, config=WriterConfig(flush_interval=30.0))  # the interval alone would wait 30 s
+    writer.start()
+    first = await writer.submit(ident, readings(T0, 10))
+    await eventually(lambda: first_may_commit.waiting == 1, what="the first flush to wait for its commit")
+    second = await writer.submit(ident, readings(T0 + 10, 10))
+    try:
+        await eventually(lambda: backend.writes == 2, timeout=5, what="the second batch to be flushed at once")
+        assert not first.done() and not second.done(), "neither is acked before its commit"
+    finally:
+        first_may_commit.open()
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert backend.committed == [T0, T0 + 10]
+    await writer.drain()

@@ -88,3 +88,29 @@ async def test_a_device_deleted_while_it_sends_is_told_its_token_is_gone(runtime
         answer = await asyncio.wait_for(posted, 10)
     assert answer.status_code == 401 and answer.json()["error"]["code"] == "unauthorized", answer.text
     assert await socket.receive_output(10) == {"type": "websocket.close", "code": 4403}
+
+
+async def test_a_devices_concurrent_posts_wait_for_one_token_lookup_and_rechecks_are_spread(make_device, monkeypatch):
+    """A fleet cached in one second must not come due in one second (the lookups run one at a time on the ORM's
+    thread), and a device's posts that arrive while its token is looked up wait for that lookup, not one each."""
+    from transports import tokens as module
+
+    devices = [await sync_to_async(make_device)() for _ in range(30)]
+    lookups: list[str] = []
+    real = module.device_authenticate
+
+    async def counted(*, token: str):
+        lookups.append(token)
+        return await real(token=token)
+
+    monkeypatch.setattr(module, "device_authenticate", counted)
+    cache = module.DeviceTokens(recheck_seconds=10.0)
+    found = await asyncio.gather(*(cache.device(d.token) for d in devices for _ in range(8)))
+    assert len(lookups) == len(devices), "one lookup per device, however many of its posts were waiting"
+    assert [f.key for f in found] == [d.key for d in devices for _ in range(8)]
+    assert await cache.device("not-a-token") is None
+    assert await cache.device(devices[0].token) is found[0] and len(lookups) == len(devices) + 1
+
+    due = sorted(entry[1] for entry in cache._known.values())
+    assert due[-1] - due[0] > 0.5, "rechecks come due over 80-100 % of the interval, not at once"
+    assert due[0] - time.monotonic() > 7.0
