@@ -11,8 +11,9 @@ from psycopg.conninfo import make_conninfo
 
 from storage.postgres import float_array, int_array, text_array
 
-# Text PostgreSQL can hold (no NUL), keys as the grammar allows them and anything else a caller might pass.
-texts = st.text(st.characters(exclude_characters="\x00"), max_size=20)
+# Text PostgreSQL can hold (no NUL, no lone surrogate: that is no UTF-8), keys as the grammar allows them and
+# anything else a caller might pass.
+texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=20)
 doubles = st.floats(allow_nan=False, allow_infinity=False)
 
 
