@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from storage.timescale import preloads_timescaledb  # noqa: E402
 from testkit.process import HubExited, HubProcess, free_port  # noqa: E402 - needs the root on sys.path
 
 
@@ -343,7 +344,7 @@ def database_backend_pids(url: str) -> list[int]:
 
 def timescale_preloaded(admin_url: str = ADMIN_URL) -> bool:
     with psycopg.connect(admin_url) as conn:
-        return "timescaledb" in str(conn.execute("SHOW shared_preload_libraries").fetchone()[0])
+        return preloads_timescaledb(str(conn.execute("SHOW shared_preload_libraries").fetchone()[0]))
 
 
 @contextmanager

@@ -43,14 +43,18 @@ def _fetch_value(cursor: CursorWrapper, sql: str, params: list[str] | None = Non
     return row[0]
 
 
+def preloads_timescaledb(shared_preload_libraries: str) -> bool:
+    """Whether a server's `shared_preload_libraries` setting names TimescaleDB (its own name, not a prefix of one)."""
+    return "timescaledb" in [name.strip() for name in shared_preload_libraries.split(",")]
+
+
 def timescale_missing_reason(cursor: CursorWrapper) -> str | None:
     """Why TimescaleDB cannot be used in this database, or None when the extension exists or can be created."""
     if _fetch_one(cursor, EXTENSION_CREATED):
         return None
     if not _fetch_one(cursor, "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
         return "the timescaledb extension is not installed on this PostgreSQL server"
-    preload = _fetch_value(cursor, "SELECT current_setting('shared_preload_libraries')")
-    if "timescaledb" not in [name.strip() for name in preload.split(",")]:
+    if not preloads_timescaledb(_fetch_value(cursor, "SELECT current_setting('shared_preload_libraries')")):
         return "timescaledb is installed but not in shared_preload_libraries (edit postgresql.conf and restart)"
     return None
 
